@@ -1,0 +1,292 @@
+"""One config system for every entry point: OmegaConf YAML, `key=value` overrides, components by
+import path, and a validator that reports every problem (with its dotted key) before anything loads.
+
+A component is a mapping with `_component_: package.module.Name` plus the keyword arguments of
+`Name` (torchtune's convention). `instantiate` builds it; `validate_component` binds the kwargs to the
+signature without building it, so a typo, a missing required argument or a missing weights file is
+found before any model loads. Parameters annotated `LocalPath` must name an existing local file or
+folder, or a file already in the user's Hugging Face cache (`hf://org/repo/path/in/repo`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import sys
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, NewType
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+COMPONENT_KEY = "_component_"
+HF_PREFIX = "hf://"
+
+LocalPath = NewType("LocalPath", str)
+"""A string naming a local file or folder, or `hf://org/repo/file` already in the HF cache."""
+
+
+class ConfigError(ValueError):
+    """Every problem found in a config, one `dotted.key: message` per line."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in the config:\n{lines}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> DictConfig:
+    """Load a YAML file and apply `key=value` overrides (OmegaConf dotlist syntax)."""
+    if not os.path.isfile(path):
+        raise ConfigError([f"<config>: file not found: {path}"])
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax errors carry the line and column
+        raise ConfigError([f"<config>: cannot parse {path}: {e}"]) from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError([f"<config>: {path} must hold a mapping at the top level"])
+    overrides = list(overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError([f"<override>: expected key=value, got {o!r}" for o in bad])
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    return cfg
+
+
+def to_container(node: Any) -> Any:
+    """Plain Python (dicts, lists, scalars) from an OmegaConf node; interpolations resolved."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def is_missing(node: DictConfig | Mapping, key: str) -> bool:
+    """True when `key` holds OmegaConf's required marker `???`."""
+    return isinstance(node, DictConfig) and OmegaConf.is_missing(node, key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Components
+
+
+def resolve_component(name: str) -> Any:
+    """Import `package.module.Name` (or `package.module.Class.method`).
+
+    The working directory is importable, so a user's own module next to their YAML resolves.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    parts = name.split(".")
+    if len(parts) < 2:
+        raise ImportError(f"{name!r} is not a dotted import path (expected package.module.Name)")
+    # The longest importable prefix is the module; the rest are attributes (Class.method).
+    for split in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:split])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and not module_name.startswith(e.name):
+                raise ImportError(f"importing {module_name!r} for {name!r} failed: {e}") from e
+            continue
+        for attr in parts[split:]:
+            if not hasattr(obj, attr):
+                raise ImportError(f"{'.'.join(parts[:split])!r} has no attribute path {'.'.join(parts[split:])!r}")
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"cannot import {name!r}: no module {parts[0]!r}")
+
+
+def is_component(node: Any) -> bool:
+    return isinstance(node, (Mapping, DictConfig)) and COMPONENT_KEY in node
+
+
+def instantiate(node: Any, key: str = "<root>", **runtime_kwargs: Any) -> Any:
+    """Build the component described by `node`; nested components in its kwargs are built first.
+
+    `runtime_kwargs` are supplied by the caller (e.g. a device) and win over the YAML. Any error
+    raised while building is re-raised as a ConfigError naming `key`.
+    """
+    if not is_component(node):
+        raise ConfigError([f"{key}: expected a mapping with {COMPONENT_KEY!r}"])
+    spec = dict(to_container(node))
+    target_name = spec.pop(COMPONENT_KEY)
+    try:
+        target = resolve_component(target_name)
+    except ImportError as e:
+        raise ConfigError([f"{key}.{COMPONENT_KEY}: {e}"]) from e
+    kwargs = {k: instantiate(v, f"{key}.{k}") if is_component(v) else v for k, v in spec.items()}
+    kwargs.update(runtime_kwargs)
+    try:
+        return target(**kwargs)
+    except ConfigError:
+        raise
+    except Exception as e:  # a constructor's own error, re-labelled with the config key
+        raise ConfigError([f"{key}: {type(e).__name__}: {e}"]) from e
+
+
+def validate_component(node: Any, key: str, provided: Iterable[str] = ()) -> list[str]:
+    """Problems with a component node, without building it.
+
+    Checks that `_component_` imports, that the kwargs bind to its signature (unknown names, required
+    arguments left out or set to `???`), that `LocalPath` parameters exist, and recurses into nested
+    components. `provided` names arguments the caller passes at build time.
+    """
+    if not is_component(node):
+        return [f"{key}: expected a mapping with {COMPONENT_KEY!r}, got {_kind(node)}"]
+    try:
+        target = resolve_component(str(node[COMPONENT_KEY]))
+    except ImportError as e:
+        return [f"{key}.{COMPONENT_KEY}: {e}"]
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return []  # builtins without a signature: nothing to check
+    hints = _type_hints(target)
+    params = signature.parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    problems: list[str] = []
+    present = [k for k in node if k != COMPONENT_KEY]
+    for name in present:
+        if name not in params and not takes_kwargs:
+            problems.append(f"{key}.{name}: unknown argument of {node[COMPONENT_KEY]} "
+                            f"(accepted: {', '.join(_named(params)) or 'none'})")
+    for name, p in params.items():
+        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or name in provided:
+            continue
+        if is_missing(node, name):
+            problems.append(f"{key}.{name}: required value is missing (???)")
+            continue
+        if name not in node:
+            if p.default is p.empty:
+                problems.append(f"{key}.{name}: required argument of {node[COMPONENT_KEY]} is not set")
+            continue
+        value = node[name]
+        if is_component(value):
+            problems += validate_component(value, f"{key}.{name}")
+        elif hints.get(name) in (LocalPath, typing.Optional[LocalPath]) and value is not None:
+            try:
+                resolve_local_path(str(value), f"{key}.{name}")
+            except FileNotFoundError as e:
+                problems.append(str(e))
+    return problems
+
+
+def _named(params: Mapping[str, inspect.Parameter]) -> list[str]:
+    return [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+def _type_hints(target: Any) -> dict[str, Any]:
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references in a user's module: skip path checks
+        return {}
+
+
+def _kind(node: Any) -> str:
+    return type(to_container(node)).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Local files
+
+
+def resolve_local_path(value: str, key: str) -> str:
+    """A local path for `value`, or FileNotFoundError naming `key`. Never downloads.
+
+    `hf://org/repo/path/in/repo` is looked up in the user's Hugging Face cache only.
+    """
+    if value.startswith(HF_PREFIX):
+        parts = value[len(HF_PREFIX):].split("/", 2)
+        if len(parts) == 3:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(repo_id=f"{parts[0]}/{parts[1]}", filename=parts[2])
+            if isinstance(cached, str) and os.path.exists(cached):
+                return cached
+        raise FileNotFoundError(
+            f"{key}: {value} is not in the local Hugging Face cache (nothing is downloaded at run time; "
+            f"fetch it with `huggingface-cli download` or set a local path)")
+    path = os.path.expanduser(value)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{key}: file or folder not found: {value}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain sections described by dataclasses
+
+
+def validate_section(node: Any, schema: type, key: str) -> list[str]:
+    """Problems with a plain (non-component) section against a dataclass `schema`.
+
+    Reports unknown keys, required fields that are absent or `???`, and values of the wrong type.
+    Nested dataclass fields are checked recursively. Field docstrings live on the dataclass.
+    """
+    if node is None:
+        node = {}
+    if not isinstance(node, (Mapping, DictConfig)):
+        return [f"{key}: expected a mapping, got {_kind(node)}"]
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    problems = [f"{key}.{k}: unknown key (accepted: {', '.join(fields)})" for k in node if k not in fields]
+    for name, field in fields.items():
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if name not in node or is_missing(node, name):
+            if required or is_missing(node, name):
+                problems.append(f"{key}.{name}: required value is missing")
+            continue
+        problems += _check_type(node[name], hints[name], f"{key}.{name}")
+    return problems
+
+
+def build_section(node: Any, schema: type) -> Any:
+    """The dataclass instance for a section that `validate_section` accepted."""
+    values = to_container(node) or {}
+    hints = typing.get_type_hints(schema)
+    kwargs = {}
+    for f in dataclasses.fields(schema):
+        if f.name in values:
+            hint = hints[f.name]
+            kwargs[f.name] = (build_section(values[f.name], hint)
+                              if dataclasses.is_dataclass(hint) else values[f.name])
+    return schema(**kwargs)
+
+
+def _check_type(value: Any, hint: Any, key: str) -> list[str]:
+    if dataclasses.is_dataclass(hint):
+        return validate_section(value, hint, key)
+    if hint is Any:
+        return []
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return []
+        attempts = [_check_type(value, o, key) for o in options if o is not type(None)]
+        return [] if any(not a for a in attempts) else attempts[0]
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        return [] if value in choices else [f"{key}: must be one of {list(choices)}, got {value!r}"]
+    if value is None:
+        return [f"{key}: must not be null"]
+    plain = to_container(value)
+    expected = origin or hint
+    if expected is float and isinstance(plain, int) and not isinstance(plain, bool):
+        return []
+    if expected in (list, tuple) and isinstance(plain, list):
+        return []
+    if expected is dict and isinstance(plain, dict):
+        return []
+    if isinstance(expected, type) and isinstance(plain, expected) and not (
+            expected is int and isinstance(plain, bool)):
+        return []
+    return [f"{key}: expected {getattr(expected, '__name__', expected)}, got {type(plain).__name__} {plain!r}"]
