@@ -171,7 +171,7 @@ def validate_component(node: Any, key: str, provided: Iterable[str] = ()) -> lis
         value = node[name]
         if is_component(value):
             problems += validate_component(value, f"{key}.{name}")
-        elif hints.get(name) in (LocalPath, typing.Optional[LocalPath]) and value is not None:
+        elif hints.get(name) in (LocalPath, LocalPath | None) and value is not None:
             try:
                 resolve_local_path(str(value), f"{key}.{name}")
             except FileNotFoundError as e:

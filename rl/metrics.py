@@ -1,0 +1,129 @@
+"""Per-step metrics: `metrics.jsonl` in the run directory, TensorBoard (and W&B when enabled), and a
+console line with the key numbers and an ETA.
+
+On resume the writer first drops the lines after the resumed step, so `metrics.jsonl` always holds
+exactly one line per completed step, whatever crashed in between.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+_CONSOLE_KEYS = (("reward/mean", "reward"), ("loss/policy", "loss"), ("loss/kl", "kl"),
+                 ("actor/clip_frac", "clip"), ("rollout/tokens_per_s", "tok/s"))
+
+
+class MetricsWriter:
+    """Writes scalars for each step; `start_step` is the step the run starts (or resumes) after."""
+
+    def __init__(self, run_dir: str | os.PathLike, total_steps: int, start_step: int = 0,
+                 tensorboard: bool = True, wandb: Mapping | None = None, config: Mapping | None = None):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self._started = time.monotonic()
+        truncate_metrics(self.path, start_step)
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step hides events a crashed run wrote after the checkpoint we resume from.
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
+        self._wandb = _init_wandb(wandb, config, run_dir) if wandb else None
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(dict(record), step=step)
+        print(self.console_line(step, record), flush=True)
+
+    def log_image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """An RGB uint8 image [H, W, 3] (e.g. a grid of samples with their rewards written under them)."""
+        if self._tb is not None:
+            self._tb.add_image(tag, image, step, dataformats="HWC")
+            self._tb.flush()
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({tag: wandb.Image(image)}, step=step)
+
+    def console_line(self, step: int, record: Mapping[str, float]) -> str:
+        done = step - self.start_step
+        per_step = (time.monotonic() - self._started) / max(done, 1)
+        eta = per_step * (self.total_steps - step)
+        parts = [f"step {step}/{self.total_steps}"]
+        parts += [f"{label} {record[key]:.4g}" for key, label in _CONSOLE_KEYS
+                  if isinstance(record.get(key), (int, float))]
+        parts += [f"{per_step:.1f}s/step", f"ETA {_duration(eta)}"]
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl file (a truncated last line, from a crash, is ignored)."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep only records with step <= last_step (and drop a torn last line)."""
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if r["step"] <= last_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf; null reads as "not available"
+    return value
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _init_wandb(options: Mapping, config: Mapping | None, run_dir) -> object | None:
+    try:
+        import wandb
+    except ImportError:
+        log.warning("logging.wandb is set but wandb is not installed; skipping W&B")
+        return None
+    return wandb.init(config=dict(config or {}), dir=str(run_dir), resume="allow", **dict(options))

@@ -1,0 +1,138 @@
+"""The config system: overrides, component building, and a validator that reports every problem by key."""
+
+import dataclasses
+import textwrap
+from typing import Literal
+
+import pytest
+
+from rl.config import (
+    ConfigError,
+    LocalPath,
+    build_section,
+    instantiate,
+    load_config,
+    resolve_local_path,
+    validate_component,
+    validate_section,
+)
+
+
+class Scorer:
+    """A component with a required weights path, used by the tests below."""
+
+    def __init__(self, weights: LocalPath, scale: float = 1.0, device: str | None = None):
+        self.weights, self.scale, self.device = weights, scale, device
+
+
+@dataclasses.dataclass
+class Section:
+    """dir: required. steps: an int. mode: a choice. limit: optional float."""
+
+    dir: str
+    steps: int = 10
+    mode: Literal["a", "b"] = "a"
+    limit: float | None = None
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_overrides_merge_and_create_keys(tmp_path):
+    path = write(tmp_path, """
+        a: {b: 1, c: x}
+    """)
+    cfg = load_config(path, ["a.b=5", "a.d=[1,2]", "e=null"])
+    assert cfg.a.b == 5 and cfg.a.c == "x" and list(cfg.a.d) == [1, 2] and cfg.e is None
+
+
+def test_bad_override_and_bad_yaml_are_config_errors(tmp_path):
+    path = write(tmp_path, "a: 1\n")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(path, ["a"])
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(write(tmp_path, "a: [1\n"))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_validator_lists_every_problem_with_its_dotted_key(tmp_path):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    path = write(tmp_path, f"""
+        comps:
+          missing:
+            _component_: test_config_system.Scorer
+            weights: ???
+          typo: {{_component_: test_config_system.Scorer, weights: {weights}, scael: 2}}
+          absent_file: {{_component_: test_config_system.Scorer, weights: {tmp_path}/nope.pt}}
+          bad_import: {{_component_: no_such_module.Thing}}
+          unset: {{_component_: test_config_system.Scorer}}
+          good: {{_component_: test_config_system.Scorer, weights: {weights}}}
+    """)
+    cfg = load_config(path)
+    problems = [p for name in cfg.comps for p in validate_component(cfg.comps[name], f"comps.{name}")]
+    assert len(problems) == 5, problems
+    assert problems[0].startswith("comps.missing.weights: required value is missing")
+    assert problems[1].startswith("comps.typo.scael: unknown argument")
+    assert problems[2].startswith("comps.absent_file.weights: file or folder not found")
+    assert problems[3].startswith("comps.bad_import._component_:")
+    assert problems[4].startswith("comps.unset.weights: required argument")
+    message = str(ConfigError(problems))
+    assert "5 problem(s)" in message and all(p in message for p in problems)
+
+
+def test_provided_arguments_are_not_required():
+    assert validate_component({"_component_": "test_config_system.Scorer"}, "x", provided=["weights"]) == []
+
+
+def test_instantiate_builds_nested_components_and_labels_errors(tmp_path):
+    node = {"_component_": "test_config_system.Scorer", "weights": str(tmp_path),
+            "device": {"_component_": "builtins.str", "object": "cpu"}}
+    built = instantiate(node, "r", scale=3.0)
+    assert built.device == "cpu" and built.scale == 3.0
+    with pytest.raises(ConfigError, match=r"r: TypeError"):
+        instantiate({"_component_": "test_config_system.Scorer", "nope": 1}, "r")
+
+
+def test_components_resolve_from_the_working_directory(tmp_path, monkeypatch):
+    source = "class Thing:\n    def __init__(self, n: int = 1):\n        self.n = n\n"
+    (tmp_path / "user_mod_cfgtest.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    assert instantiate({"_component_": "user_mod_cfgtest.Thing", "n": 4}).n == 4
+
+
+def test_class_methods_resolve_as_components():
+    node = {"_component_": "collections.OrderedDict.fromkeys", "iterable": ["a"]}
+    assert list(instantiate(node)) == ["a"]
+
+
+def test_sections_report_unknown_missing_and_mistyped_keys():
+    problems = validate_section({"steps": "ten", "mode": "c", "limit": "x", "extra": 1}, Section, "s")
+    assert sorted(problems) == sorted([
+        "s.extra: unknown key (accepted: dir, steps, mode, limit)",
+        "s.dir: required value is missing",
+        "s.steps: expected int, got str 'ten'",
+        "s.mode: must be one of ['a', 'b'], got 'c'",
+        "s.limit: expected float, got str 'x'",
+    ])
+    assert validate_section({"dir": "d", "steps": 3, "limit": 2}, Section, "s") == []
+    assert build_section({"dir": "d", "limit": 2}, Section) == Section(dir="d", limit=2)
+
+
+def test_hf_paths_come_only_from_the_local_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
+        resolve_local_path("hf://org/repo/model.pt", "rewards.hpsv2.checkpoint")
+    # The cache layout huggingface_hub writes: refs/main names the snapshot holding the file.
+    repo = tmp_path / "models--org--repo"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model.pt").write_bytes(b"w")
+    assert resolve_local_path("hf://org/repo/model.pt", "k").endswith("snapshots/abc123/model.pt")
