@@ -171,11 +171,26 @@ def validate_component(node: Any, key: str, provided: Iterable[str] = ()) -> lis
         value = node[name]
         if is_component(value):
             problems += validate_component(value, f"{key}.{name}")
-        elif hints.get(name) in (LocalPath, LocalPath | None) and value is not None:
-            try:
-                resolve_local_path(str(value), f"{key}.{name}")
-            except FileNotFoundError as e:
-                problems.append(str(e))
+        elif _mentions_local_path(hints.get(name)):
+            problems += _missing_paths(to_container(value), f"{key}.{name}")
+    return problems
+
+
+def _mentions_local_path(hint: Any) -> bool:
+    """True for LocalPath, LocalPath | None, list[LocalPath], str | list[LocalPath], ..."""
+    return hint is LocalPath or any(_mentions_local_path(arg) for arg in typing.get_args(hint))
+
+
+def _missing_paths(value: Any, key: str) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    problems = []
+    for i, item in enumerate(values):
+        if item is None:
+            continue
+        try:
+            resolve_local_path(str(item), f"{key}[{i}]" if isinstance(value, list) else key)
+        except FileNotFoundError as e:
+            problems.append(str(e))
     return problems
 
 
@@ -186,7 +201,8 @@ def _named(params: Mapping[str, inspect.Parameter]) -> list[str]:
 def _type_hints(target: Any) -> dict[str, Any]:
     fn = target.__init__ if inspect.isclass(target) else target
     try:
-        return typing.get_type_hints(fn)
+        # LocalPath resolves even where a module imports it only under TYPE_CHECKING (to stay light).
+        return typing.get_type_hints(fn, localns={"LocalPath": LocalPath})
     except Exception:  # unresolvable forward references in a user's module: skip path checks
         return {}
 

@@ -85,6 +85,17 @@ def test_validator_lists_every_problem_with_its_dotted_key(tmp_path):
     assert "5 problem(s)" in message and all(p in message for p in problems)
 
 
+class Source:
+    def __init__(self, paths: LocalPath | list[LocalPath]):
+        self.paths = paths
+
+
+def test_lists_of_paths_are_checked_item_by_item(tmp_path):
+    node = {"_component_": "test_config_system.Source", "paths": [str(tmp_path), str(tmp_path / "gone.jsonl")]}
+    assert validate_component(node, "prompts") == [f"prompts.paths[1]: file or folder not found: {tmp_path}/gone.jsonl"]
+    assert validate_component({**node, "paths": str(tmp_path)}, "prompts") == []
+
+
 def test_provided_arguments_are_not_required():
     assert validate_component({"_component_": "test_config_system.Scorer"}, "x", provided=["weights"]) == []
 
