@@ -1,0 +1,132 @@
+"""OCR text-rendering reward: LongText-Bench text accuracy of what OCR engines read in the image.
+
+X-Omni rewards text-rendering prompts with OCR accuracy from GOT-OCR2.0 and PaddleOCR jointly (how the
+two are joined is not published). Here any number of backends (`rewards.ocr_backends`) read each image;
+lines below `min_confidence` are dropped, the rest are joined and scored against `metadata[i]["text"]`
+with the official metric (`rewards.text_accuracy`). Several backends are joined per image by
+- "max" (default): the best single engine's accuracy. One engine's misreading does not punish a
+  correct rendering, and every score is an accuracy some engine actually read.
+- "union": each target word counts as found if any engine read it (multiset union of their words);
+  never below "max", and kinder to text that each engine reads only in part.
+An image without target text scores NaN (must not score) and is not read at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rewards.base import ImageLike, RewardOutput, to_uint8
+from rewards.ocr_backends import build_backend
+from rewards.text_accuracy import MODES, text_recall
+
+COMBINES = ("max", "union")
+
+
+def target_texts(metadata: Mapping[str, Any]) -> list[str]:
+    """`metadata["text"]` as a list of strings (absent or None: none; one string: one target)."""
+    targets = metadata.get("text")
+    if targets is None:
+        return []
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    if not all(isinstance(t, str) for t in targets):
+        raise TypeError(f'metadata["text"] must be a list of strings, got {targets!r}')
+    return targets
+
+
+def _labels(specs: Sequence[str | Mapping[str, Any]]) -> list[str]:
+    """A details key per backend: its name, with its position appended when a name repeats."""
+    names = [spec if isinstance(spec, str) else str(spec.get("name")) for spec in specs]
+    counts = Counter(names)
+    return [f"{name}_{i}" if counts[name] > 1 else name for i, name in enumerate(names)]
+
+
+class OCRReward:
+    """Text accuracy in [0, 1] of the OCR reading against the prompt's target strings.
+
+    Args:
+        backends: OCR engines, each a name ("rapidocr", "paddleocr", or a class import path) or a
+            mapping `{name: ..., **kwargs}` with the backend's options (see `rewards.ocr_backends`).
+        combine: "max" or "union", how several backends' readings make one score (module docstring).
+        mode: "auto" (character recall when the target has CJK characters, else word recall), "en"
+            (words) or "zh" (characters), as in LongText-Bench.
+        max_side: long-side limit for text detection, given to every backend that does not set its own.
+        min_confidence: recognised lines below this confidence are ignored.
+
+    details: `ocr_text/<backend>` (the kept lines, joined by newlines), `accuracy/<backend>`, and the
+    combined `matched` / `total` unit counts (LongText-Bench sums these over a set before dividing).
+    """
+
+    score_range = (0.0, 1.0)
+
+    def __init__(
+        self,
+        backends: Sequence[str | Mapping[str, Any]] = ("rapidocr",),
+        combine: str = "max",
+        mode: str = "auto",
+        max_side: int = 960,
+        min_confidence: float = 0.5,
+    ):
+        if isinstance(backends, (str, Mapping)) or not backends:
+            raise ValueError(f"backends must be a non-empty list of names or mappings, got {backends!r}")
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        built = [build_backend(spec, max_side) for spec in backends]
+        self.backends = dict(zip(_labels(backends), built, strict=True))
+        self.combine = combine
+        self.mode = mode
+        self.min_confidence = min_confidence
+
+    def read(self, image: ImageLike) -> dict[str, str]:
+        """Backend label -> the lines it read with enough confidence, joined by newlines."""
+        array = to_uint8(image)
+        return {
+            label: "\n".join(text for text, conf in backend.read(array) if conf >= self.min_confidence)
+            for label, backend in self.backends.items()
+        }
+
+    def score_one(self, image: ImageLike, targets: list[str]) -> dict[str, Any]:
+        """Score, per-backend texts and accuracies, and the combined (matched, total) of one image.
+
+        The targets must hold at least one word or character to find.
+        """
+        texts = self.read(image)
+        recalls = {label: text_recall(targets, text, self.mode) for label, text in texts.items()}
+        if self.combine == "union":
+            matched, total = text_recall(targets, list(texts.values()), self.mode)
+        else:
+            matched, total = max(recalls.values(), key=lambda r: r[0])
+        result: dict[str, Any] = {"score": matched / total}
+        for label, text in texts.items():
+            result[f"ocr_text/{label}"] = text
+            result[f"accuracy/{label}"] = recalls[label][0] / total
+        return {**result, "matched": matched, "total": total}
+
+    def __call__(
+        self,
+        images: Sequence[ImageLike],
+        prompts: Sequence[str],
+        metadata: Sequence[Mapping[str, Any]],
+    ) -> RewardOutput:
+        """Scores [N] in [0, 1]; NaN where `metadata[i]["text"]` has no target to find."""
+        if not len(images) == len(prompts) == len(metadata):
+            raise ValueError(f"got {len(images)} images, {len(prompts)} prompts, {len(metadata)} metadata")
+        unscored = {"score": math.nan, "matched": 0, "total": 0}
+        unscored |= {f"ocr_text/{label}": "" for label in self.backends}
+        unscored |= {f"accuracy/{label}": math.nan for label in self.backends}
+        results = []
+        for image, meta in zip(images, metadata, strict=True):
+            targets = target_texts(meta)
+            # No target, or only punctuation and spaces: nothing to find, so no OCR run either.
+            has_units = text_recall(targets, "", self.mode)[1] > 0
+            results.append(self.score_one(image, targets) if has_units else unscored)
+        details = {key: [r[key] for r in results] for key in unscored if key != "score"}
+        return RewardOutput(np.array([r["score"] for r in results], dtype=np.float32), details)

@@ -1,0 +1,128 @@
+"""The OCR reward with the real RapidOCR models shipped in its wheel, on rendered text.
+
+RapidOCR takes ~0.4 s per image here (more on a busy machine), so the rewards are built once per
+module and each test reads as few images as it can. PaddleOCR is not installed here: only its
+"no model folder" and "not installed" errors are tested.
+"""
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+from render_text import render_text_image
+
+from rewards.ocr import OCRReward, target_texts
+from rewards.ocr_backends import PaddleOCRBackend, RapidOCRBackend, build_backend
+from rl.config import ConfigError, instantiate, validate_component
+
+HELLO = "HELLO WORLD 2026"
+
+
+class LeftHalfOCR(RapidOCRBackend):
+    """A real RapidOCR that reads only the left half of the image (named by import path below)."""
+
+    def read(self, image: np.ndarray) -> list[tuple[str, float]]:
+        return super().read(image[:, : image.shape[1] // 2])
+
+
+class RightHalfOCR(RapidOCRBackend):
+    """A real RapidOCR that reads only the right half of the image."""
+
+    def read(self, image: np.ndarray) -> list[tuple[str, float]]:
+        return super().read(image[:, image.shape[1] // 2 :])
+
+
+@pytest.fixture(scope="module")
+def reward():
+    return OCRReward()
+
+
+@pytest.fixture(scope="module")
+def hello():
+    return render_text_image(HELLO)
+
+
+def test_reads_rendered_text_scores_fractions_and_nan(reward, hello):
+    blank = render_text_image("")
+    images = [hello, np.asarray(hello), blank, hello, hello]
+    metadata = [{"text": [HELLO]}, {"text": ["HELLO", "MOON", "2026", "2027"]}, {"text": ["HELLO"]},
+                {"text": []}, {"note": "no target"}]
+    out = reward(images, ["p"] * 5, metadata)
+    assert out.scores[:3].tolist() == [1.0, 0.5, 0.0]
+    assert math.isnan(out.scores[3]) and math.isnan(out.scores[4])
+    assert out.details["ocr_text/rapidocr"][:3] == [HELLO, HELLO, ""]
+    assert out.details["accuracy/rapidocr"][:3] == [1.0, 0.5, 0.0]
+    assert out.details["matched"] == [3, 2, 0, 0, 0] and out.details["total"] == [3, 4, 1, 0, 0]
+    assert out.details["ocr_text/rapidocr"][3] == ""  # never read: nothing to look for
+
+
+def test_min_confidence_drops_lines(hello):
+    strict = OCRReward(min_confidence=1.0)  # RapidOCR reads HELLO at ~0.999
+    out = strict([hello], ["p"], [{"text": HELLO}])
+    assert out.scores.tolist() == [0.0] and out.details["ocr_text/rapidocr"] == [""]
+
+
+@pytest.mark.parametrize("combine, expected", [("max", 0.5), ("union", 1.0)])
+def test_two_backends_joined_by_max_or_union(combine, expected):
+    halves = [{"name": f"{__name__}.LeftHalfOCR"}, {"name": f"{__name__}.RightHalfOCR", "max_side": 640}]
+    reward = OCRReward(backends=halves, combine=combine)
+    image = render_text_image("NORTH" + " " * 16 + "SOUTH", font_size=36)
+    out = reward([image], ["p"], [{"text": ["NORTH SOUTH"]}])
+    assert out.scores.tolist() == [expected]
+    left, right = f"{__name__}.LeftHalfOCR", f"{__name__}.RightHalfOCR"
+    assert out.details[f"ocr_text/{left}"] == ["NORTH"] and out.details[f"ocr_text/{right}"] == ["SOUTH"]
+    assert out.details[f"accuracy/{left}"] == [0.5] and out.details[f"accuracy/{right}"] == [0.5]
+
+
+def test_repeated_backend_names_get_distinct_labels():
+    reward = OCRReward(backends=["rapidocr", {"name": "rapidocr", "params": {"Det.box_thresh": 0.6}}])
+    assert list(reward.backends) == ["rapidocr_0", "rapidocr_1"]
+    assert reward.backends["rapidocr_1"].engine.cfg.Det.box_thresh == 0.6
+
+
+def test_paddleocr_needs_local_model_folders_then_the_package(tmp_path):
+    with pytest.raises(FileNotFoundError, match="text_detection_model_dir"):
+        PaddleOCRBackend(str(tmp_path / "missing_det"), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="text_recognition_model_dir"):
+        PaddleOCRBackend(str(tmp_path), str(tmp_path / "missing_rec"))
+    if importlib.util.find_spec("paddleocr") is not None:
+        pytest.skip("paddleocr is installed: its 'not installed' error cannot happen")
+    with pytest.raises(ImportError, match=r"pip install 'xomni-rl\[paddle\]'"):
+        PaddleOCRBackend(str(tmp_path), str(tmp_path))
+
+
+def test_config_errors_name_the_key(tmp_path):
+    node = {"_component_": "rewards.ocr.OCRReward",
+            "backends": [{"name": "paddleocr", "text_detection_model_dir": str(tmp_path / "det"),
+                          "text_recognition_model_dir": str(tmp_path)}]}
+    with pytest.raises(ConfigError, match=r"rewards\.ocr: FileNotFoundError: text_detection_model_dir"):
+        instantiate(node, "rewards.ocr")
+    assert validate_component({"_component_": "rewards.ocr.OCRReward", "backends": ["rapidocr"]}, "r") == []
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"backends": []}, "non-empty"), ({"backends": "rapidocr"}, "non-empty"),
+    ({"backends": ["tesseract"]}, "unknown OCR backend"), ({"backends": [{"max_side": 640}]}, "needs a name"),
+    ({"combine": "mean"}, "combine"), ({"mode": "fr"}, "mode"), ({"min_confidence": 1.5}, "min_confidence"),
+])
+def test_bad_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OCRReward(**kwargs)
+
+
+def test_target_texts_accepts_lists_tuples_arrays_and_one_string():
+    assert target_texts({"text": ["A", "B"]}) == ["A", "B"]
+    assert target_texts({"text": ("A",)}) == ["A"] and target_texts({"text": np.array(["A"])}) == ["A"]
+    assert target_texts({"text": "A B"}) == ["A B"]
+    assert target_texts({}) == [] and target_texts({"text": None}) == []
+
+
+def test_bad_inputs_raise(reward, hello):
+    with pytest.raises(ValueError, match="2 images"):
+        reward([hello, hello], ["p"], [{}])
+    with pytest.raises(TypeError, match="list of strings"):
+        reward([hello], ["p"], [{"text": [42]}])
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        build_backend("rapidocr").read(np.zeros((8, 8), np.uint8))
+    assert OCRReward.score_range == (0.0, 1.0)
