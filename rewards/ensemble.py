@@ -1,0 +1,353 @@
+"""The reward ensemble: per-prompt gates, NaN-aware combination, normalisation and per-reward stats.
+
+The pieces are pure and separable so the training driver can run each reward in its own Ray actor and
+still combine exactly like `RewardEnsemble`, which does everything in one process (offline scoring,
+single-process training):
+
+    gates   = [gater(prompt, metadata) ...]                  # which rewards apply, with which weight
+    scores  = {name: score_safely(reward, ...)[0].scores}     # [N] each, NaN = not applicable / failed
+    total   = combine(normalizer(scores), gate_weights, nan_policy)          # [N]
+
+The total is the weighted MEAN over the rewards that apply to an image, so totals of prompts with
+different gates (3 rewards vs 4) stay comparable; within a GRPO group (one prompt, one gate) a mean and
+a sum differ by a constant factor, which the group std normalisation removes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from rewards.base import ImageLike, Reward
+from rewards.faults import score_safely
+from rewards.gating import Gate, Gater, GatingConfig, build_gating, gate_rates, validate_gating
+from rl.config import (
+    ConfigError,
+    build_section,
+    instantiate,
+    resolve_component,
+    to_container,
+    validate_component,
+    validate_section,
+)
+
+NanPolicy = Literal["propagate", "renormalize"]
+NormalizeMode = Literal["none", "range", "batch", "running"]
+# Other columns of `python -m rewards.score`'s output: a reward may not take these names.
+RESERVED_NAMES = frozenset({"image", "prompt", "task", "total", "gates", "error", "reward_errors", "details",
+                            "meta", "text"})
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_EPS = 1e-6
+
+
+@dataclass
+class EnsembleConfig:
+    """The `ensemble:` section.
+
+    weights: reward name -> weight >= 0 (every configured reward needs one; 0 switches it off). Gates
+        may multiply it per task; the total is the weighted mean over the rewards that apply.
+    normalize: how raw scores are mapped before combining. "none": as they are; "range": by each
+        reward's `score_range` (lo, hi; a class attribute, checked before loading) to [0, 1]; "batch":
+        z-score over the batch (per reward, over the images it scored); "running": z-score with
+        exponential moving statistics (saved in checkpoints).
+    nan_policy: "propagate": an applicable reward that is NaN makes the total NaN, so a fault never moves
+        a GRPO group baseline; "renormalize": weighted mean over the rewards that did score.
+    timeout_s: seconds one reward call may take before it is abandoned and scored NaN (null: no limit).
+    batch_size: at most this many images per reward call.
+    momentum: weight of the old statistics in the "running" normaliser's update.
+    """
+
+    weights: dict = field(default_factory=dict)
+    normalize: NormalizeMode = "none"
+    nan_policy: NanPolicy = "propagate"
+    timeout_s: float | None = 300.0
+    batch_size: int = 32
+    momentum: float = 0.99
+
+
+def combine(scores: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor],
+            nan_policy: NanPolicy = "propagate") -> torch.Tensor:
+    """Weighted mean of per-reward scores per image.
+
+    scores: name -> float [N]; NaN where the reward did not apply or failed. weights: name -> float [N],
+    0 where the reward does not apply (a NaN score there is ignored, never imputed as 0). Rewards in
+    `scores` but not in `weights` are ignored. Returns float [N]: NaN where no reward applies, where
+    every applicable reward is NaN, and ("propagate") where any applicable reward is NaN.
+    """
+    if not weights:
+        raise ValueError("combine needs at least one reward")
+    names = list(weights)
+    missing = [n for n in names if n not in scores]
+    if missing:
+        raise ValueError(f"weights name rewards without scores: {missing}")
+    s = torch.stack([scores[n].float() for n in names])                          # [R, N]
+    w = torch.stack([torch.as_tensor(weights[n]).float() for n in names])        # [R, N]
+    if s.shape != w.shape:
+        raise ValueError(f"scores {tuple(s.shape)} and weights {tuple(w.shape)} differ in shape")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError("weights must be finite and >= 0")
+    applies, finite = w > 0, torch.isfinite(s)                                   # [R, N]
+    usable = applies & finite
+    num = torch.where(usable, w * s, 0).sum(0)                                   # [N]
+    den = torch.where(usable, w, 0).sum(0)                                       # [N]
+    total = torch.where(den > 0, num / den.clamp_min(_EPS), float("nan"))
+    if nan_policy == "propagate":
+        total[(applies & ~finite).any(0)] = float("nan")
+    elif nan_policy != "renormalize":
+        raise ValueError(f"nan_policy must be 'propagate' or 'renormalize', got {nan_policy!r}")
+    return total
+
+
+class Normalizer:
+    """Maps each reward's raw scores [N] to a common scale before `combine`; NaN stays NaN.
+
+    score_ranges: name -> (lo, hi), needed by "range". "running" keeps per-reward moving mean and
+    variance, updated with each batch before normalising it; `state_dict` / `load_state_dict` carry them
+    through checkpoints (plain floats).
+    """
+
+    def __init__(self, mode: NormalizeMode = "none", score_ranges: Mapping[str, tuple[float, float]] | None = None,
+                 momentum: float = 0.99):
+        if mode not in ("none", "range", "batch", "running"):
+            raise ValueError(f"unknown normalize mode {mode!r}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.mode, self.momentum = mode, momentum
+        self.score_ranges = dict(score_ranges or {})
+        self.stats: dict[str, dict[str, float]] = {}
+
+    def __call__(self, scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: self._one(name, s.float()) for name, s in scores.items()}
+
+    def _one(self, name: str, s: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return s
+        if self.mode == "range":
+            if name not in self.score_ranges:
+                raise ValueError(f"normalize 'range' needs a score_range for reward {name!r}")
+            lo, hi = self.score_ranges[name]
+            return (s - lo) / (hi - lo)
+        finite = s[torch.isfinite(s)]
+        if finite.numel() == 0:
+            return s
+        mean, var = finite.mean().item(), finite.var(correction=0).item()
+        if self.mode == "running":
+            mean, var = self._update(name, mean, var, finite.numel())
+        return (s - mean) / max(math.sqrt(var), _EPS)
+
+    def _update(self, name: str, mean: float, var: float, count: int) -> tuple[float, float]:
+        # The new statistics describe a mixture: the old distribution with weight m, the batch with 1 - m.
+        old = self.stats.get(name)
+        if old is not None:
+            m, delta = self.momentum, mean - old["mean"]
+            mean = old["mean"] + (1 - m) * delta
+            var = m * old["var"] + (1 - m) * var + m * (1 - m) * delta ** 2
+            count += int(old["count"])
+        self.stats[name] = {"mean": mean, "var": var, "count": count}
+        return mean, var
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "stats": {k: dict(v) for k, v in self.stats.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("mode") != self.mode:
+            raise ValueError(f"normalizer state is for mode {state.get('mode')!r}, this one is {self.mode!r}")
+        self.stats = {k: {"mean": float(v["mean"]), "var": float(v["var"]), "count": int(v["count"])}
+                      for k, v in state["stats"].items()}
+
+
+def reward_stats(scores: Mapping[str, torch.Tensor], applies: Mapping[str, torch.Tensor],
+                 failed: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Per reward, over the images it applies to: `reward/<name>/mean|std|nan_frac|count|failures`.
+
+    scores: name -> float [N]; applies, failed: name -> bool [N] (failed: the call faulted).
+    """
+    stats: dict[str, float] = {}
+    for name, s in scores.items():
+        values = s[applies[name]]
+        finite = values[torch.isfinite(values)]
+        count = values.numel()
+        stats[f"reward/{name}/mean"] = finite.mean().item() if finite.numel() else float("nan")
+        stats[f"reward/{name}/std"] = finite.std(correction=0).item() if finite.numel() else float("nan")
+        stats[f"reward/{name}/nan_frac"] = (count - finite.numel()) / count if count else 0.0
+        stats[f"reward/{name}/count"] = float(count)
+        stats[f"reward/{name}/failures"] = float(failed[name].sum())
+    return stats
+
+
+@dataclass
+class EnsembleResult:
+    """Everything about scoring a batch of N images.
+
+    total: float [N] (NaN = could not be scored). scores: name -> raw float [N] (NaN where the reward does
+    not apply or failed). applies: name -> bool [N]. failed: name -> bool [N] (the call faulted).
+    gates: N Gate decisions. errors: name -> None, or the errors of its failed calls.
+    details: name -> detail key -> list of N values (None where the reward did not run).
+    stats: `reward/<name>/...`, `reward/mean|std|nan_frac` (the total) and `gate/.../rate` metrics.
+    """
+
+    total: torch.Tensor
+    scores: dict[str, torch.Tensor]
+    applies: dict[str, torch.Tensor]
+    failed: dict[str, torch.Tensor]
+    gates: list[Gate]
+    errors: dict[str, str | None]
+    details: dict[str, dict[str, list[Any]]]
+    stats: dict[str, float]
+
+
+class RewardEnsemble:
+    """Gates, scores, normalises and combines a batch in-process.
+
+    Each reward is called only on the images whose gate includes it (OCR never sees a prompt without text
+    to render), in chunks of `config.batch_size`, through `score_safely` with `config.timeout_s`.
+    """
+
+    def __init__(self, rewards: Mapping[str, Reward], config: EnsembleConfig,
+                 gating: GatingConfig | None = None):
+        missing = [name for name in rewards if name not in config.weights]
+        if missing:
+            raise ValueError(f"no ensemble weight for reward(s) {missing}")
+        self.rewards = dict(rewards)
+        self.config = config
+        self.gater = Gater(gating or GatingConfig(), {n: float(config.weights[n]) for n in rewards})
+        ranges = {n: tuple(r.score_range) for n, r in rewards.items() if getattr(r, "score_range", None)}
+        if config.normalize == "range" and len(ranges) < len(rewards):
+            raise ValueError(f"normalize 'range' needs score_range on every reward; missing on "
+                             f"{sorted(set(rewards) - set(ranges))}")
+        self.normalizer = Normalizer(config.normalize, ranges, config.momentum)
+
+    @classmethod
+    def from_config(cls, cfg: Any, only: Sequence[str] | None = None) -> RewardEnsemble:
+        """Validate the `rewards`, `ensemble` and `gating` sections (ConfigError listing every problem),
+        then build the rewards; `only` keeps just those rewards (the others are neither checked nor built)."""
+        problems = validate_reward_sections(cfg, only)
+        if problems:
+            raise ConfigError(problems)
+        names = selected_rewards(cfg, only)
+        rewards = {name: instantiate(cfg.rewards[name], f"rewards.{name}") for name in names}
+        config = build_section(cfg.get("ensemble"), EnsembleConfig)
+        gating = build_gating(cfg.get("gating")) if cfg.get("gating") is not None else None
+        try:
+            return cls(rewards, config, gating)
+        except ValueError as e:
+            raise ConfigError([f"ensemble: {e}"]) from e
+
+    def __call__(self, images: Sequence[ImageLike], prompts: Sequence[str],
+                 metadata: Sequence[Mapping[str, Any]] | None = None) -> EnsembleResult:
+        n = len(images)
+        metadata = list(metadata) if metadata is not None else [{} for _ in range(n)]
+        if not len(prompts) == len(metadata) == n:
+            raise ValueError(f"got {n} images, {len(prompts)} prompts and {len(metadata)} metadata entries")
+        gates = [self.gater(p, m) for p, m in zip(prompts, metadata, strict=True)]
+        # Text rewards read their targets from metadata["text"]: the gate's (quoted spans or metadata).
+        reward_meta = [{**m, "text": g.text} for m, g in zip(metadata, gates, strict=True)]
+        scores, applies, failed, errors, details = {}, {}, {}, {}, {}
+        for name, reward in self.rewards.items():
+            applies[name] = torch.tensor([name in g.weights for g in gates], dtype=torch.bool)
+            scores[name], failed[name], errors[name], details[name] = self._score(
+                reward, images, prompts, reward_meta, applies[name])
+        weights = {name: torch.tensor([g.weights.get(name, 0.0) for g in gates]) for name in self.rewards}
+        total = combine(self.normalizer(scores), weights, self.config.nan_policy)
+        finite = total[torch.isfinite(total)]
+        stats = reward_stats(scores, applies, failed) | gate_rates(gates, self.rewards)
+        stats["reward/mean"] = finite.mean().item() if finite.numel() else float("nan")
+        stats["reward/std"] = finite.std(correction=0).item() if finite.numel() else float("nan")
+        stats["reward/nan_frac"] = 1 - finite.numel() / n if n else 0.0
+        return EnsembleResult(total, scores, applies, failed, gates, errors, details, stats)
+
+    def _score(self, reward: Reward, images: Sequence[ImageLike], prompts: Sequence[str],
+               metadata: Sequence[Mapping[str, Any]], applies: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, str | None, dict[str, list[Any]]]:
+        n = len(images)
+        scores, failed = torch.full((n,), float("nan")), torch.zeros(n, dtype=torch.bool)
+        errors: list[str] = []
+        details: dict[str, list[Any]] = {}
+        index = applies.nonzero().flatten().tolist()
+        for start in range(0, len(index), self.config.batch_size):
+            chunk = index[start:start + self.config.batch_size]
+            output, error = score_safely(reward, [images[i] for i in chunk], [prompts[i] for i in chunk],
+                                         [metadata[i] for i in chunk], self.config.timeout_s)
+            scores[chunk] = output.scores
+            if error is not None:
+                failed[chunk] = True
+                errors.append(error)
+            for key, values in output.details.items():
+                column = details.setdefault(key, [None] * n)
+                for i, value in zip(chunk, values, strict=True):
+                    column[i] = value
+        return scores, failed, "; ".join(dict.fromkeys(errors)) or None, details
+
+    def state_dict(self) -> dict[str, Any]:
+        """The normaliser's running statistics (empty for stateless modes)."""
+        return {"normalizer": self.normalizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.normalizer.load_state_dict(state["normalizer"])
+
+
+def selected_rewards(cfg: Any, only: Sequence[str] | None) -> list[str]:
+    """The configured reward names, in config order, restricted to `only` when given."""
+    names = list(cfg.get("rewards") or {})
+    return names if only is None else [n for n in names if n in set(only)]
+
+
+def validate_reward_sections(cfg: Any, only: Sequence[str] | None = None) -> list[str]:
+    """Every problem in the `rewards`, `ensemble` and `gating` sections of `cfg`, cross-references included.
+
+    `only` keeps just those rewards: the others are not checked (their `???` weights paths are not asked
+    for), and weights or gates naming them are ignored. Names that no reward has are still errors.
+    """
+    rewards = cfg.get("rewards")
+    if not rewards or not hasattr(rewards, "items"):
+        return ["rewards: expected a mapping of reward name -> component with at least one reward"]
+    names = list(rewards)
+    problems = [f"rewards.{n}: reward names must be identifiers and not one of {sorted(RESERVED_NAMES)}"
+                for n in names if not _NAME.match(str(n)) or n in RESERVED_NAMES]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        problems.append(f"only: unknown reward(s) {unknown} (configured: {', '.join(names)})")
+    selected = selected_rewards(cfg, only)
+    if only is not None and not selected:
+        problems.append("only: selects no reward")
+    ranged = (cfg.get("ensemble") or {}).get("normalize") == "range"
+    for name in selected:
+        component = validate_component(rewards[name], f"rewards.{name}")
+        if not component and ranged:
+            component += _range_problems(rewards[name], f"rewards.{name}")
+        problems += component
+    ensemble = cfg.get("ensemble")
+    section = validate_section(ensemble, EnsembleConfig, "ensemble")
+    problems += section or _check_ensemble(ensemble, names, selected)
+    return problems + validate_gating(cfg.get("gating"), names)
+
+
+def _range_problems(node: Any, key: str) -> list[str]:
+    # Checked on the class, before any model loads: an instance attribute set in __init__ is not seen.
+    target = node["_component_"]
+    if getattr(resolve_component(str(target)), "score_range", None) is None:
+        return [f"{key}: ensemble.normalize 'range' needs a class attribute score_range = (lo, hi) on {target}"]
+    return []
+
+
+def _check_ensemble(node: Any, names: list[str], selected: list[str]) -> list[str]:
+    node = to_container(node) or {}
+    weights = node.get("weights") or {}
+    problems = [f"ensemble.weights.{n}: {n!r} is not a configured reward (configured: {', '.join(names)})"
+                for n in weights if n not in names]
+    for name, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            problems.append(f"ensemble.weights.{name}: must be a finite number >= 0, got {value!r}")
+    problems += [f"ensemble.weights: no weight for reward {n!r}" for n in selected if n not in weights]
+    if node.get("batch_size", 1) < 1:
+        problems.append(f"ensemble.batch_size: must be >= 1, got {node['batch_size']}")
+    if node.get("timeout_s") is not None and node["timeout_s"] <= 0:
+        problems.append(f"ensemble.timeout_s: must be > 0 (or null for no limit), got {node['timeout_s']}")
+    if not 0 <= node.get("momentum", 0.99) < 1:
+        problems.append(f"ensemble.momentum: must be in [0, 1), got {node.get('momentum')}")
+    return problems

@@ -1,0 +1,182 @@
+"""Reading a set of images and their prompts for offline scoring, in one of three layouts.
+
+manifest   `--prompts` is JSONL or CSV with an `image` column (path relative to the images folder),
+           `prompt`, optional `text` (target strings: a JSON list, or in CSV a JSON list or a single
+           string) and `task`; any other column is carried through as metadata.
+longtext   LongText-Bench: `--prompts` is its prompts JSONL (`prompt_id`, `prompt`, `text`, `category`,
+           no `image`) and the folder holds `{prompt_id}_{k}.png` or `{prompt_id}.png`.
+sidecar    no `--prompts`: each image in the folder (recursively) has its prompt in `<name>.txt` beside it.
+
+A row that cannot be scored (bad JSON, missing prompt, duplicate image, a file named against the
+layout) is still returned, with `error` set, so the scorer reports it and goes on. Problems with the
+manifest as a whole (missing file, unknown format, no usable columns) raise ManifestError.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+_LONGTEXT_NAME = re.compile(r"^(?P<id>[^_/]+?)(?:_(?P<k>\d+))?\.(?:png|jpe?g|webp)$", re.IGNORECASE)
+
+
+class ManifestError(ValueError):
+    """The image set cannot be read at all (reported before any model loads)."""
+
+
+@dataclass
+class Row:
+    """One image to score.
+
+    key: the image path relative to the images folder (results are keyed by it, also for resume); for
+    a manifest line with no usable image, `<manifest name>:<line>`. path: the file (None when unknown).
+    prompt: None when missing. metadata: `text` (list of str), `task` and the other columns.
+    error: why the row cannot be scored, or None.
+    """
+
+    key: str
+    path: Path | None
+    prompt: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def read_rows(images_dir: str | Path, prompts: str | Path | None = None) -> tuple[str, list[Row]]:
+    """(layout name, rows) for an images folder and an optional prompts file; see the module docstring."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise ManifestError(f"--images: not a folder: {images_dir}")
+    if prompts is None:
+        return "sidecar", _sidecar_rows(images_dir)
+    prompts = Path(prompts)
+    if not prompts.is_file():
+        raise ManifestError(f"--prompts: file not found: {prompts}")
+    records = _read_records(prompts)
+    columns = {k for _, r in records if isinstance(r, dict) for k in r}
+    if "image" in columns:
+        return "manifest", _manifest_rows(images_dir, prompts.name, records)
+    if "prompt_id" in columns:
+        return "longtext", _longtext_rows(images_dir, prompts.name, records)
+    raise ManifestError(f"--prompts: {prompts} has neither an `image` column (manifest layout) nor a "
+                        f"`prompt_id` column (LongText-Bench layout); columns: {sorted(columns)}")
+
+
+def load_image(path: Path) -> Image.Image:
+    """The decoded RGB image; raises (OSError, ValueError, ...) for a missing, truncated or corrupt file."""
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def _read_records(path: Path) -> list[tuple[int, Any]]:
+    """(line number, parsed record) per data line; a record that does not parse is an error string."""
+    suffix = path.suffix.lower()
+    with open(path, encoding="utf-8", newline="") as f:
+        if suffix == ".csv":
+            return [(i + 2, _csv_record(r)) for i, r in enumerate(csv.DictReader(f))]
+        if suffix not in (".jsonl", ".ndjson"):
+            raise ManifestError(f"--prompts: {path.name}: expected a .jsonl or .csv file")
+        records = []
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append((number, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    records.append((number, f"invalid JSON: {e}"))
+        return records
+
+
+def _csv_record(row: dict[str, Any]) -> dict[str, Any]:
+    record = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+    text = record.get("text")
+    if isinstance(text, str):
+        try:
+            record["text"] = json.loads(text) if text.lstrip().startswith("[") else [text]
+        except json.JSONDecodeError:
+            record["text"] = [text]
+    return record
+
+
+def _problem(record: Any) -> str | None:
+    """Why a parsed record cannot give a prompt and metadata, or None."""
+    if isinstance(record, str):
+        return record
+    if not isinstance(record, dict):
+        return f"expected an object, got {type(record).__name__}"
+    if not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+        return "missing prompt"
+    text = record.get("text")
+    if text is not None and not (isinstance(text, str) or (
+            isinstance(text, list) and all(isinstance(t, str) for t in text))):
+        return f"`text` must be a string or a list of strings, got {text!r}"
+    if record.get("task") is not None and not isinstance(record["task"], str):
+        return f"`task` must be a string, got {record['task']!r}"
+    return None
+
+
+def _metadata(record: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
+    meta = {k: v for k, v in record.items() if k not in drop and v is not None}
+    if isinstance(meta.get("text"), str):
+        meta["text"] = [meta["text"]]
+    return meta
+
+
+def _manifest_rows(images_dir: Path, name: str, records: list[tuple[int, Any]]) -> list[Row]:
+    rows: list[Row] = []
+    first_line: dict[str, int] = {}
+    for number, record in records:
+        image = record.get("image") if isinstance(record, dict) else None
+        if not isinstance(image, str) or not image.strip():
+            why = _problem(record) if not isinstance(record, dict) else "missing image"
+            rows.append(Row(f"{name}:{number}", None, None, error=f"line {number}: {why}"))
+            continue
+        if image in first_line:
+            rows.append(Row(f"{name}:{number}", None, None,
+                            error=f"line {number}: image {image!r} already listed on line {first_line[image]}"))
+            continue
+        first_line[image] = number
+        problem = _problem(record)
+        prompt = record["prompt"] if problem != "missing prompt" else None
+        rows.append(Row(image, images_dir / image, prompt, _metadata(record, ("image", "prompt")),
+                        f"line {number}: {problem}" if problem else None))
+    return rows
+
+
+def _longtext_rows(images_dir: Path, name: str, records: list[tuple[int, Any]]) -> list[Row]:
+    by_id: dict[str, dict[str, Any]] = {}
+    rows: list[Row] = []
+    for number, record in records:
+        problem = _problem(record) or (None if isinstance(record.get("prompt_id"), (int, str))
+                                       else "missing prompt_id")
+        if problem:
+            rows.append(Row(f"{name}:{number}", None, None, error=f"line {number}: {problem}"))
+        else:
+            by_id[str(record["prompt_id"])] = record
+    for path in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        match = _LONGTEXT_NAME.match(path.name)
+        record = by_id.get(match["id"]) if match else None
+        if record is None:
+            why = (f"no prompt with prompt_id {match['id']!r} in {name}" if match
+                   else "name does not follow {prompt_id}_{k}.png")
+            rows.append(Row(path.name, path, None, error=why))
+        else:
+            rows.append(Row(path.name, path, record["prompt"], _metadata(record, ("prompt",))))
+    return rows
+
+
+def _sidecar_rows(images_dir: Path) -> list[Row]:
+    rows = []
+    for path in sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        key = path.relative_to(images_dir).as_posix()
+        sidecar = path.with_suffix(".txt")
+        prompt = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
+        rows.append(Row(key, path, prompt or None, error=None if prompt else f"no prompt: {sidecar.name} "
+                        f"is {'empty' if sidecar.is_file() else 'missing'}"))
+    return rows

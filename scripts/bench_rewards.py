@@ -1,0 +1,127 @@
+"""Throughput of each reward, batched against one image per call (the baseline, measured in the same run).
+
+    python scripts/bench_rewards.py [--images 16] [--batch-size 16] [--device auto]
+
+Prints one JSON object: images/s per reward batched and one by one, their ratio, and the whole
+`RewardEnsemble` (gating, fault handling, combination) against the sum of its rewards' batched times.
+Inputs are the project's sample images (scripts/make_sample_images.py): signs with their target text for
+OCR, photos for the others. The CLIP-based rewards (HPSv2, CLIP alignment) get random weights: a tiny
+open_clip architecture on CPU, the real ViT-H-14 / ViT-L-14 shapes when CUDA is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from rewards.clip_align import CLIPAlignReward
+from rewards.ensemble import EnsembleConfig, RewardEnsemble
+from rewards.gating import GatingConfig, quoted_spans
+from rewards.hpsv2 import HPSv2Reward
+from rewards.ocr import OCRReward
+from rewards.quality import QualityReward
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_sample_images import make_samples  # noqa: E402
+
+TINY = {"embed_dim": 32,
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+
+
+def clip_weights(architecture: str, folder: Path) -> str:
+    """A random-weights open_clip checkpoint for `architecture` ("bench-tiny-clip" is registered here)."""
+    import open_clip  # after `rewards`, whose import applies the torchvision fix open_clip needs
+
+    if architecture == "bench-tiny-clip" and architecture not in open_clip.list_models():
+        config = folder / f"{architecture}.json"
+        config.write_text(json.dumps(TINY))
+        open_clip.add_model_config(str(config))
+    path = folder / f"{architecture}.pt"
+    torch.save({"state_dict": open_clip.create_model(architecture).state_dict()}, path)
+    return str(path)
+
+
+def build_rewards(device: str, folder: Path) -> dict[str, object]:
+    cuda = torch.device(device).type == "cuda"
+    hps_arch, clip_arch = ("ViT-H-14", "ViT-L-14") if cuda else ("bench-tiny-clip", "bench-tiny-clip")
+    dtype = "bfloat16" if cuda else "float32"
+    return {
+        "hpsv2": HPSv2Reward(clip_weights(hps_arch, folder), model=hps_arch, device=device, dtype=dtype),
+        "clip_align": CLIPAlignReward(clip_arch, clip_weights(clip_arch, folder), device=device, dtype=dtype),
+        "quality": QualityReward(),
+        "ocr": OCRReward(backends=["rapidocr"]),
+    }
+
+
+def load_inputs(folder: Path, n: int) -> dict[str, tuple[list, list[str], list[dict]]]:
+    """Per kind ("text", "photo"): n images (repeated from the samples), prompts and metadata."""
+    rows = [json.loads(line) for line in make_samples(folder).read_text().splitlines()]
+    inputs = {}
+    for kind in ("text", "photo"):
+        chosen = [r for r in rows if r["category"] == kind]
+        chosen = [chosen[i % len(chosen)] for i in range(n)]
+        images = [Image.open(folder / r["image"]).convert("RGB") for r in chosen]
+        prompts = [r["prompt"] for r in chosen]
+        # the sign prompts quote their text: the OCR targets, as the gates pass them
+        metadata = [{"text": quoted_spans(p)} for p in prompts]
+        inputs[kind] = (images, prompts, metadata)
+    return inputs
+
+
+def images_per_s(call, images, prompts, metadata, batch_size: int) -> float:
+    """Throughput of `call` over all images in chunks of `batch_size` (after one warm-up chunk)."""
+    call(images[:batch_size], prompts[:batch_size], metadata[:batch_size])
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        call(images[i:i + batch_size], prompts[i:i + batch_size], metadata[i:i + batch_size])
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return len(images) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=16, help="images per measurement")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help='"auto": CUDA when available')
+    args = parser.parse_args()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        inputs = load_inputs(folder / "samples", args.images)
+        rewards = build_rewards(device, folder)
+        report = {}
+        for name, reward in rewards.items():
+            batch = inputs["text" if name == "ocr" else "photo"]
+            batched = images_per_s(reward, *batch, args.batch_size)
+            single = images_per_s(reward, *batch, 1)
+            report[name] = {"batched_img_s": round(batched, 2), "one_by_one_img_s": round(single, 2),
+                            "speedup": round(batched / single, 2)}
+        # The ensemble on text prompts (all four rewards apply): its cost against its rewards' own.
+        ensemble = RewardEnsemble(rewards, EnsembleConfig(weights=dict.fromkeys(rewards, 1.0),
+                                                          batch_size=args.batch_size),
+                                  GatingConfig(needs_text=["ocr"]))
+        text = inputs["text"]
+        whole = images_per_s(ensemble, text[0], text[1], text[2], args.batch_size)
+        parts = 1 / sum(1 / images_per_s(r, *text, args.batch_size) for r in rewards.values())
+        report["ensemble"] = {"img_s": round(whole, 2), "sum_of_rewards_img_s": round(parts, 2),
+                              "overhead": round(parts / whole - 1, 3)}
+    print(json.dumps({"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+                      "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "images": args.images,
+                      "batch_size": args.batch_size, "rewards": report}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
