@@ -1,0 +1,261 @@
+"""X-Omni's frozen image decoder: image codes -> SigLIP features -> FLUX (flow matching, true CFG) -> VAE.
+
+Same computation as X-Omni's `FluxPipelineWithSigLIP` (English decoder): the negative CFG branch has the
+empty prompt AND a zeroed SigLIP tensor, velocity = neg + s * (pos - neg), guidance embedding 1.0, sigmas
+linspace(1, 1/steps, steps) shifted by `calculate_shift` of the image sequence length, image size
+16h x 16w for an h x w token grid. Differences, each for RL: both CFG branches run in one batch, every
+sample draws its noise from its own generator (its image does not depend on its batch companions), each
+distinct prompt is encoded once per call, and invalid images are flagged on the float output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
+
+from rewards.base import resolve_device, resolve_dtype
+from rl.config import LocalPath, resolve_local_path
+from rl.decoder.base import DecodedImages, check_decoder_inputs, image_validity
+from rl.decoder.flux_siglip import FluxSigLIPTransformer
+from rl.decoder.text import FluxPromptEncoder
+from rl.decoder.vq import VQProjector
+
+FLUX_SUBFOLDERS = ("vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+
+
+@dataclass
+class _Conditioning:
+    """Transformer inputs shared by all steps for one chunk of n images (2n rows when CFG is on)."""
+
+    states: torch.Tensor  # [n or 2n, L_txt, d_t5]
+    pooled: torch.Tensor  # [n or 2n, d_clip]
+    siglip: torch.Tensor  # [n or 2n, h*w, z_channels]; the negative half is zero
+    img_ids: torch.Tensor  # [h*w, 3]
+    txt_ids: torch.Tensor  # [L_txt, 3]
+    guidance: torch.Tensor | None  # [n or 2n]
+
+
+class XOmniDecoder:
+    """Frozen decoder implementing `ImageDecoder`: `decoder(tokens [N, h*w], (h, w), prompts, seeds)`.
+
+    num_inference_steps, cfg_scale: flow-matching steps and true-CFG scale (X-Omni's model config holds them).
+    guidance_scale: value of FLUX's distilled-guidance embedding (X-Omni uses 1.0).
+    max_batch_size: images per transformer pass (a pass holds 2x as many rows when cfg_scale != 1).
+    """
+
+    def __init__(
+        self,
+        projector: VQProjector,
+        transformer: FluxSigLIPTransformer,
+        vae: AutoencoderKL,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        prompt_encoder: FluxPromptEncoder,
+        num_inference_steps: int,
+        cfg_scale: float,
+        guidance_scale: float = 1.0,
+        max_batch_size: int = 8,
+        dtype: str | torch.dtype = "float32",
+        device: str | None = None,
+    ):
+        if num_inference_steps < 1 or max_batch_size < 1:
+            raise ValueError("num_inference_steps and max_batch_size must be >= 1")
+        if scheduler.config.get("stochastic_sampling", False):
+            raise ValueError("stochastic_sampling schedulers draw noise without the per-sample generators")
+        if transformer.siglip_embed is None or transformer.siglip_embed.in_features != projector.z_channels:
+            raise ValueError(f"the transformer's siglip_embed must take the projector's {projector.z_channels} "
+                             "channels (set siglip_channels)")
+        self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
+        modules = (projector, transformer, vae, prompt_encoder.text_encoder, prompt_encoder.text_encoder_2)
+        for module in modules:
+            module.to(self.device).eval().requires_grad_(False)
+            if next(module.parameters()).dtype != self.dtype:  # from_pretrained already loads in dtype
+                module.to(self.dtype)
+        self.projector, self.transformer, self.vae = projector, transformer, vae
+        self.scheduler, self.prompt_encoder = scheduler, prompt_encoder
+        self.num_inference_steps, self.cfg_scale = num_inference_steps, float(cfg_scale)
+        self.guidance_scale, self.max_batch_size = float(guidance_scale), max_batch_size
+        self.latent_channels = vae.config.latent_channels
+        self.pixels_per_token = 2 ** len(vae.config.block_out_channels)  # VAE /8 then 2x2 packing = 16
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        xomni_path: LocalPath,
+        flux_path: LocalPath,
+        num_inference_steps: int | None = None,
+        cfg_scale: float | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        max_batch_size: int = 8,
+        max_sequence_length: int = 512,
+    ) -> XOmniDecoder:
+        """Load from an X-Omni model folder (its config.json `vision_config` names the projector file and
+        the decoder's diffusers subfolder) and a FLUX.1-dev folder (VAE, scheduler, CLIP, T5).
+
+        Steps, CFG scale and dtype default to the X-Omni config's `vision_config.decoder` / `.dtype`.
+        """
+        xomni_path = resolve_local_path(xomni_path, "xomni_path")
+        flux_path = resolve_local_path(flux_path, "flux_path")
+        vision = _read_vision_config(xomni_path)
+        encoder_cfg, decoder_cfg = vision.get("encoder", {}), vision.get("decoder", {})
+        steps = num_inference_steps if num_inference_steps is not None else decoder_cfg.get("num_inference_steps")
+        scale = cfg_scale if cfg_scale is not None else decoder_cfg.get("cfg_scale")
+        if steps is None or scale is None:
+            raise ValueError(f"{xomni_path}: vision_config.decoder lacks num_inference_steps/cfg_scale; "
+                             "pass them explicitly")
+        missing = [s for s in FLUX_SUBFOLDERS if not os.path.isdir(os.path.join(flux_path, s))]
+        if missing:
+            raise FileNotFoundError(f"flux_path: {flux_path} lacks the FLUX.1 subfolders {missing}")
+        torch_dtype = resolve_dtype(dtype or vision.get("dtype", "float32"))
+        # Checked before any weights load: VAE /8 and 2x2 packing must give X-Omni's pixels per token.
+        pixels_per_token = 2 ** len(AutoencoderKL.load_config(os.path.join(flux_path, "vae"))["block_out_channels"])
+        if decoder_cfg.get("upscale_factor", pixels_per_token) != pixels_per_token:
+            raise ValueError(f"vision_config.decoder.upscale_factor is {decoder_cfg['upscale_factor']} but the "
+                             f"FLUX VAE and 2x2 packing give {pixels_per_token} pixels per token")
+
+        projector = VQProjector.from_file(
+            _inside(xomni_path, encoder_cfg, "projector_path", "vision_config.encoder.projector_path"))
+        transformer = FluxSigLIPTransformer.from_pretrained(
+            _inside(xomni_path, decoder_cfg, "model_path", "vision_config.decoder.model_path"),
+            siglip_channels=projector.z_channels, torch_dtype=torch_dtype)
+        return cls(projector, transformer,
+                   AutoencoderKL.from_pretrained(os.path.join(flux_path, "vae"), torch_dtype=torch_dtype),
+                   FlowMatchEulerDiscreteScheduler.from_pretrained(os.path.join(flux_path, "scheduler")),
+                   _load_prompt_encoder(flux_path, torch_dtype, max_sequence_length),
+                   num_inference_steps=steps, cfg_scale=scale, max_batch_size=max_batch_size,
+                   dtype=torch_dtype, device=device)
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor, grid: tuple[int, int], prompts: Sequence[str],
+                 seeds: Sequence[int]) -> DecodedImages:
+        """tokens: long [N, h*w] -> images float32 [N, 3, 16h, 16w] in [0, 1] and valid bool [N]."""
+        check_decoder_inputs(tokens, grid, prompts, seeds)
+        states, pooled = self.prompt_encoder(prompts)
+        images = []
+        for start in range(0, tokens.shape[0], self.max_batch_size):
+            chunk = slice(start, start + self.max_batch_size)
+            images.append(self._decode_chunk(tokens[chunk], grid, states[chunk], pooled[chunk], seeds[chunk]))
+        raw = torch.cat(images).float().cpu()  # CPU: the images travel to reward actors
+        return DecodedImages(images=raw.clamp(0, 1), valid=image_validity(raw))
+
+    def _decode_chunk(self, tokens: torch.Tensor, grid: tuple[int, int], states: torch.Tensor,
+                      pooled: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """n images: tokens [n, h*w] -> float [n, 3, 16h, 16w] in [0, 1], not yet clamped."""
+        h, w = grid
+        features = self.projector.decode(tokens.to(self.device), h, w)  # [n, C, h, w]
+        siglip = features.flatten(2).transpose(1, 2)  # [n, h*w, C], raster order = packed latent order
+        cond = self._conditioning(siglip, states, pooled, grid)
+        latents = self._initial_latents(seeds, grid)  # [n, h*w, 4 * latent_channels]
+        sigmas = np.linspace(1.0, 1 / self.num_inference_steps, self.num_inference_steps)
+        cfg = self.scheduler.config
+        mu = calculate_shift(h * w, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        self.scheduler.set_timesteps(sigmas=sigmas, mu=mu, device=self.device)
+        for t in self.scheduler.timesteps:
+            velocity = self._velocity(latents, t, cond)
+            latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+        return self._to_pixels(latents, grid)
+
+    def _conditioning(self, siglip: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor,
+                      grid: tuple[int, int]) -> _Conditioning:
+        states, pooled = states.to(self.device, self.dtype), pooled.to(self.device, self.dtype)
+        if self.cfg_scale != 1.0:  # batch the negative branch: empty prompt, zeroed SigLIP tensor
+            empty_states, empty_pooled = self.prompt_encoder.empty()
+            states = torch.cat([states, empty_states.to(states).expand_as(states)])
+            pooled = torch.cat([pooled, empty_pooled.to(pooled).expand_as(pooled)])
+            siglip = torch.cat([siglip, torch.zeros_like(siglip)])
+        h, w = grid
+        img_ids = torch.zeros(h, w, 3, device=self.device)
+        img_ids[..., 1] = torch.arange(h, device=self.device)[:, None]
+        img_ids[..., 2] = torch.arange(w, device=self.device)[None, :]
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((states.shape[0],), self.guidance_scale, device=self.device)
+        return _Conditioning(states, pooled, siglip, img_ids.reshape(h * w, 3).to(self.dtype),
+                             torch.zeros(states.shape[1], 3, device=self.device, dtype=self.dtype), guidance)
+
+    def _velocity(self, latents: torch.Tensor, t: torch.Tensor, cond: _Conditioning) -> torch.Tensor:
+        """Guided velocity [n, h*w, 4 * latent_channels]; with cfg_scale == 1 only the positive branch runs."""
+        rows = cond.states.shape[0]
+        hidden = latents if rows == latents.shape[0] else torch.cat([latents, latents])
+        velocity = self.transformer(
+            hidden_states=hidden, encoder_hidden_states=cond.states, pooled_projections=cond.pooled,
+            timestep=t.expand(rows).to(self.dtype) / 1000, img_ids=cond.img_ids, txt_ids=cond.txt_ids,
+            guidance=cond.guidance, siglip_tensor=cond.siglip)
+        if rows == latents.shape[0]:
+            return velocity
+        positive, negative = velocity.chunk(2)
+        return negative + self.cfg_scale * (positive - negative)
+
+    def _initial_latents(self, seeds: Sequence[int], grid: tuple[int, int]) -> torch.Tensor:
+        """Packed noise [n, h*w, 4 * latent_channels], sample i from a CPU generator seeded with seeds[i].
+
+        CPU generators in float32 make a seed's noise the same on every device and dtype.
+        """
+        h, w = grid
+        noise = torch.stack([
+            torch.randn(self.latent_channels, 2 * h, 2 * w, generator=torch.Generator().manual_seed(int(s)))
+            for s in seeds])
+        return pack_latents(noise).to(self.device, self.dtype)
+
+    def _to_pixels(self, latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Packed latents [n, h*w, 4c] -> images [n, 3, 16h, 16w] mapped from [-1, 1] to [0, 1]."""
+        latents = unpack_latents(latents, grid)
+        config = self.vae.config
+        latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
+        return self.vae.decode(latents, return_dict=False)[0] / 2 + 0.5
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """[B, c, 2h, 2w] -> [B, h*w, 4c]: each 2x2 patch becomes one token (FLUX's packing, raster order)."""
+    b, c, hh, ww = latents.shape
+    latents = latents.view(b, c, hh // 2, 2, ww // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return latents.reshape(b, (hh // 2) * (ww // 2), c * 4)
+
+
+def unpack_latents(latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, h*w, 4c] -> [B, c, 2h, 2w]; the inverse of `pack_latents`."""
+    (h, w), (b, _, channels) = grid, latents.shape
+    latents = latents.view(b, h, w, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(b, channels // 4, 2 * h, 2 * w)
+
+
+def _load_prompt_encoder(flux_path: str, dtype: torch.dtype, max_sequence_length: int) -> FluxPromptEncoder:
+    def sub(name: str) -> str:
+        return os.path.join(flux_path, name)
+
+    return FluxPromptEncoder(
+        CLIPTextModel.from_pretrained(sub("text_encoder"), dtype=dtype),
+        CLIPTokenizer.from_pretrained(sub("tokenizer")),
+        T5EncoderModel.from_pretrained(sub("text_encoder_2"), dtype=dtype),
+        T5Tokenizer.from_pretrained(sub("tokenizer_2")),
+        max_sequence_length=max_sequence_length)
+
+
+def _read_vision_config(xomni_path: str) -> dict:
+    config_file = os.path.join(xomni_path, "config.json")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"xomni_path: {xomni_path} has no config.json")
+    with open(config_file) as f:
+        vision = json.load(f).get("vision_config")
+    if not isinstance(vision, dict):
+        raise ValueError(f"{config_file}: no vision_config (not an X-Omni checkpoint?)")
+    return vision
+
+
+def _inside(root: str, section: dict, name: str, key: str) -> str:
+    """Path `section[name]` relative to the X-Omni folder, or a clear error naming the config key."""
+    if name not in section:
+        raise ValueError(f"{root}/config.json: {key} is not set")
+    path = os.path.join(root, section[name])
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{key}: {path} not found")
+    return path

@@ -1,0 +1,142 @@
+"""Decoder throughput, printed as JSON.
+
+Default: the tiny random X-Omni decoder (rl.decoder.tiny) on this machine: images/s at batch 1 and at
+`--batch`, and one transformer step with the CFG branches batched vs run as two passes.
+--real-shapes: a FLUX.1-dev-shaped transformer with SigLIP injection (19 + 38 blocks, width 3072, random
+bf16 weights) and FLUX's VAE shape, at 384 and 1152 px (24x24 and 72x72 tokens) on CUDA: seconds per
+denoising step with batched vs two-pass CFG, and VAE decode seconds per image. Every figure is compared
+with a baseline measured in the same run.
+
+    python scripts/bench_decoder.py [--steps 4 --grid 8 8 --batch 8]
+    python scripts/bench_decoder.py --real-shapes [--batch 4 --device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+import diffusers
+import torch
+
+from rl.decoder import FluxSigLIPTransformer
+from rl.decoder.tiny import tiny_xomni_decoder
+
+T5_TOKENS = 512
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median seconds of `fn` over `repeats` runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def cfg_step_times(transformer: FluxSigLIPTransformer, batch: int, grid: tuple[int, int], text_tokens: int,
+                   device: torch.device, dtype: torch.dtype, repeats: int) -> dict:
+    """One transformer step for `batch` images: both CFG branches in one call (2*batch rows) vs two calls."""
+    config, (h, w) = transformer.config, grid
+
+    def inputs(rows: int) -> dict:
+        def rand(*shape):
+            return torch.randn(*shape, device=device, dtype=dtype)
+
+        return dict(hidden_states=rand(rows, h * w, config.in_channels),
+                    encoder_hidden_states=rand(rows, text_tokens, config.joint_attention_dim),
+                    pooled_projections=rand(rows, config.pooled_projection_dim),
+                    timestep=torch.full((rows,), 0.5, device=device, dtype=dtype),
+                    img_ids=torch.zeros(h * w, 3, device=device, dtype=dtype),
+                    txt_ids=torch.zeros(text_tokens, 3, device=device, dtype=dtype),
+                    guidance=torch.ones(rows, device=device, dtype=dtype),
+                    siglip_tensor=rand(rows, h * w, config.siglip_channels))
+
+    both, half = inputs(2 * batch), inputs(batch)
+    with torch.no_grad():
+        batched = timed(lambda: transformer(**both), device, repeats)
+        two_pass = timed(lambda: (transformer(**half), transformer(**half)), device, repeats)
+    return {"batched_cfg_s_per_step": round(batched, 5), "two_pass_cfg_s_per_step": round(two_pass, 5),
+            "speedup_batched_vs_two_pass": round(two_pass / batched, 3)}
+
+
+def bench_tiny(args: argparse.Namespace) -> dict:
+    """Full decode (text encoders, projector, transformer, VAE) of the tiny decoder, batch 1 vs --batch."""
+    grid, result = tuple(args.grid), {}
+    for batch in (1, args.batch):
+        decoder = tiny_xomni_decoder(num_inference_steps=args.steps, max_batch_size=batch)
+        call = (torch.randint(0, 16384, (batch, grid[0] * grid[1])), grid, ["a photo of a cat"] * batch,
+                list(range(batch)))
+        seconds = timed(lambda d=decoder, c=call: d(*c), torch.device("cpu"), args.repeats)
+        result[f"images_per_s_batch{batch}"] = round(batch / seconds, 3)
+    result[f"speedup_batch{args.batch}_vs_batch1"] = round(
+        result[f"images_per_s_batch{args.batch}"] / result["images_per_s_batch1"], 3)
+    cfg = cfg_step_times(decoder.transformer, args.batch, grid, decoder.prompt_encoder.max_sequence_length,
+                         torch.device("cpu"), torch.float32, args.repeats)
+    return {"decoder": "tiny random", "device": "cpu", "threads": torch.get_num_threads(), "steps": args.steps,
+            "cfg_scale": decoder.cfg_scale, "grid": list(grid),
+            "resolution": [16 * grid[0], 16 * grid[1]], **result, "transformer_step": cfg}
+
+
+def bench_real_shapes(args: argparse.Namespace) -> dict:
+    """FLUX.1-dev shapes with random bf16 weights: transformer step (CFG batched vs two passes) and VAE."""
+    from diffusers import AutoencoderKL  # here, after `rl` has applied its torchvision fix
+
+    device, dtype = torch.device(args.device), torch.bfloat16
+    transformer = FluxSigLIPTransformer(
+        in_channels=64, num_layers=args.num_layers, num_single_layers=args.num_single_layers,
+        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+        guidance_embeds=True, axes_dims_rope=(16, 56, 56), siglip_channels=1536).to(device, dtype).eval()
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
+        use_quant_conv=False, use_post_quant_conv=False).to(device, dtype).eval()
+    results = {}
+    for tokens_per_side in args.tokens_per_side:
+        grid = (tokens_per_side, tokens_per_side)
+        step = cfg_step_times(transformer, args.batch, grid, T5_TOKENS, device, dtype, args.repeats)
+        latents = torch.randn(args.batch, 16, 2 * tokens_per_side, 2 * tokens_per_side, device=device, dtype=dtype)
+        with torch.no_grad():
+            vae_s = timed(lambda z=latents: vae.decode(z), device, args.repeats)
+        results[f"{16 * tokens_per_side}px"] = {**step, "vae_decode_s_per_image": round(vae_s / args.batch, 5)}
+    return {"decoder": "FLUX.1-dev-shaped, random bf16", "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "double_blocks": args.num_layers, "single_blocks": args.num_single_layers, "batch": args.batch,
+            "t5_tokens": T5_TOKENS, "peak_gib": _peak_gib(device), **results}
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real-shapes", action="store_true", help="FLUX.1-dev shapes (needs a GPU)")
+    parser.add_argument("--device", default="cuda", help="device for --real-shapes")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps (tiny decoder)")
+    parser.add_argument("--grid", type=int, nargs=2, default=[8, 8], help="token grid h w (tiny decoder)")
+    parser.add_argument("--batch", type=int, default=8, help="images per batch")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+    parser.add_argument("--num-layers", type=int, default=19, help="double-stream blocks (--real-shapes)")
+    parser.add_argument("--num-single-layers", type=int, default=38, help="single-stream blocks (--real-shapes)")
+    parser.add_argument("--tokens-per-side", type=int, nargs="+", default=[24, 72],
+                        help="square token grids for --real-shapes (24 = 384 px, 72 = 1152 px)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    diffusers.utils.logging.set_verbosity_error()  # casting random weights to bf16 warns once per model
+    result = bench_real_shapes(args) if args.real_shapes else bench_tiny(args)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The frozen X-Omni decoder on tiny random parts (rl.decoder.tiny), and the demo PatchDecoder.
+
+Nothing is mocked: faults (NaN, constant images) are injected with forward hooks on the real VAE, and the
+CFG branches are observed with a forward pre-hook on the real transformer.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rl.config import validate_component
+from rl.decoder import (
+    DecodedImages,
+    ImageDecoder,
+    PatchDecoder,
+    XOmniDecoder,
+    image_validity,
+    to_uint8_images,
+)
+from rl.decoder.patch import FIXED_COLOURS, GLYPHS
+from rl.decoder.tiny import save_tiny_folders, tiny_xomni_decoder
+
+GRID = (2, 3)
+PROMPTS = ["a red cat", "a blue dog", "a red cat"]
+SEEDS = [11, 12, 13]
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return tiny_xomni_decoder(seed=0, cfg_scale=2.0)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return torch.randint(0, 16384, (3, GRID[0] * GRID[1]), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def reference(decoder, tokens):
+    return decoder(tokens, GRID, PROMPTS, SEEDS)
+
+
+@pytest.fixture(scope="module")
+def folders(decoder, tmp_path_factory):
+    return save_tiny_folders(decoder, tmp_path_factory.mktemp("ckpt"))
+
+
+def record_transformer_calls(decoder):
+    calls = []
+    hook = decoder.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append({k: v for k, v in kwargs.items() if v is not None}),
+        with_kwargs=True)
+    return calls, hook
+
+
+def test_output_shape_range_and_protocol(decoder, reference):
+    assert isinstance(decoder, ImageDecoder) and isinstance(reference, DecodedImages)
+    assert reference.images.shape == (3, 3, 16 * GRID[0], 16 * GRID[1])
+    assert reference.images.dtype == torch.float32
+    assert 0 <= reference.images.min() and reference.images.max() <= 1
+    assert reference.valid.tolist() == [True, True, True]
+
+
+def test_loads_from_xomni_and_flux_folders(decoder, tokens, reference, folders):
+    xomni_path, flux_path = folders
+    loaded = XOmniDecoder.from_pretrained(xomni_path, flux_path, max_sequence_length=16)
+    assert (loaded.num_inference_steps, loaded.cfg_scale) == (decoder.num_inference_steps, decoder.cfg_scale)
+    torch.testing.assert_close(loaded(tokens, GRID, PROMPTS, SEEDS).images, reference.images)
+    assert XOmniDecoder.from_pretrained(xomni_path, flux_path, num_inference_steps=3).num_inference_steps == 3
+
+
+def test_config_validator_reports_missing_folders(folders, tmp_path):
+    xomni_path, _ = folders
+    node = {"_component_": "rl.decoder.XOmniDecoder.from_pretrained",
+            "xomni_path": xomni_path, "flux_path": str(tmp_path / "nope")}
+    problems = validate_component(node, "decoder")
+    assert len(problems) == 1 and problems[0].startswith("decoder.flux_path:")
+    with pytest.raises(FileNotFoundError, match="text_encoder_2"):
+        XOmniDecoder.from_pretrained(xomni_path, str(tmp_path))
+
+
+def test_upscale_factor_must_match_the_vae(folders, tmp_path):
+    xomni_path, flux_path = folders
+    copy = shutil.copytree(xomni_path, tmp_path / "xomni")
+    config = json.loads((copy / "config.json").read_text())
+    config["vision_config"]["decoder"]["upscale_factor"] = 8
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="upscale_factor is 8"):
+        XOmniDecoder.from_pretrained(str(copy), flux_path)
+
+
+def test_sample_depends_only_on_its_own_seed(decoder, tokens, reference):
+    alone = decoder(tokens[1:2], GRID, PROMPTS[1:2], SEEDS[1:2])
+    torch.testing.assert_close(alone.images[0], reference.images[1], atol=1e-5, rtol=0)
+    reordered = decoder(tokens.flip(0), GRID, PROMPTS[::-1], SEEDS[::-1])
+    torch.testing.assert_close(reordered.images.flip(0), reference.images, atol=1e-5, rtol=0)
+    reseeded = decoder(tokens, GRID, PROMPTS, [s + 100 for s in SEEDS])
+    assert (reseeded.images - reference.images).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+
+
+def test_chunking_does_not_change_images(tokens, reference):
+    chunked = tiny_xomni_decoder(seed=0, cfg_scale=2.0, max_batch_size=2)
+    torch.testing.assert_close(chunked(tokens, GRID, PROMPTS, SEEDS).images, reference.images,
+                               atol=1e-5, rtol=0)
+
+
+def test_codes_and_prompts_condition_the_image(decoder, tokens, reference):
+    other_codes = decoder((tokens + 1) % 16384, GRID, PROMPTS, SEEDS)
+    assert (other_codes.images - reference.images).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+    other_prompt = decoder(tokens, GRID, ["a green bird"] * 3, SEEDS)
+    assert (other_prompt.images[1] - reference.images[1]).abs().max() > 1e-4
+
+
+def test_negative_branch_uses_empty_prompt_and_zero_siglip(decoder, tokens):
+    calls, hook = record_transformer_calls(decoder)
+    try:
+        decoder(tokens, GRID, PROMPTS, SEEDS)
+    finally:
+        hook.remove()
+    assert len(calls) == decoder.num_inference_steps
+    states, pooled = decoder.prompt_encoder(PROMPTS)
+    empty_states, empty_pooled = decoder.prompt_encoder([""])
+    features = decoder.projector.decode(tokens, *GRID).flatten(2).transpose(1, 2)
+    for call in calls:  # rows: 3 positive, then 3 negative
+        assert call["hidden_states"].shape[0] == 6
+        torch.testing.assert_close(call["hidden_states"][:3], call["hidden_states"][3:])
+        torch.testing.assert_close(call["siglip_tensor"][:3], features)
+        assert torch.count_nonzero(call["siglip_tensor"][3:]) == 0
+        torch.testing.assert_close(call["encoder_hidden_states"][:3], states)
+        torch.testing.assert_close(call["encoder_hidden_states"][3:], empty_states.expand_as(states))
+        torch.testing.assert_close(call["pooled_projections"][3:], empty_pooled.expand_as(pooled))
+        assert call["guidance"].tolist() == [1.0] * 6
+
+
+def test_cfg_scale_one_runs_only_the_positive_branch(tokens, reference):
+    single = tiny_xomni_decoder(seed=0, cfg_scale=1.0)
+    calls, hook = record_transformer_calls(single)
+    try:
+        images = single(tokens, GRID, PROMPTS, SEEDS).images
+    finally:
+        hook.remove()
+    assert all(call["hidden_states"].shape[0] == 3 for call in calls)
+    # neg + s * (pos - neg) is continuous in s: the batched two-branch path at s -> 1 meets the single one.
+    near_one = tiny_xomni_decoder(seed=0, cfg_scale=1.0 + 1e-4)(tokens, GRID, PROMPTS, SEEDS).images
+    torch.testing.assert_close(near_one, images, atol=1e-4, rtol=0)
+    assert (images - reference.images).abs().max() > 1e-3  # and CFG at 2.0 really differs
+
+
+def test_invalid_images_are_flagged_before_conversion(decoder, tokens):
+    def corrupt(module, args, output):
+        output = output.clone()
+        output[0, 0, 0, 0] = float("nan")
+        output[1] = 0.3  # a flat grey picture
+        return output
+
+    hook = decoder.vae.decoder.register_forward_hook(corrupt)
+    try:
+        decoded = decoder(tokens, GRID, PROMPTS, SEEDS)
+    finally:
+        hook.remove()
+    assert decoded.valid.tolist() == [False, False, True]
+    arrays = to_uint8_images(decoded.images)
+    assert arrays[0].dtype == np.uint8 and arrays[0].shape == (32, 48, 3) and arrays[0][0, 0, 0] == 0
+
+
+def test_prompt_encoder_encodes_each_distinct_prompt_once():
+    encoder = tiny_xomni_decoder(seed=1).prompt_encoder
+    batch_sizes = []
+    hook = encoder.text_encoder_2.register_forward_pre_hook(lambda m, args: batch_sizes.append(args[0].shape[0]))
+    try:
+        states, pooled = encoder(["b", "a", "b", "b"])
+        encoder.empty()
+        encoder.empty()
+    finally:
+        hook.remove()
+    assert batch_sizes == [2, 1]  # two distinct prompts, then the empty prompt once
+    torch.testing.assert_close(states[0], states[2])
+    assert not torch.equal(pooled[0], pooled[1])
+
+
+def test_bad_inputs_raise(decoder, tokens):
+    with pytest.raises(ValueError, match="one prompt and one seed"):
+        decoder(tokens, GRID, PROMPTS[:2], SEEDS)
+    with pytest.raises(ValueError, match="tokens must be"):
+        decoder(tokens, (3, 3), PROMPTS, SEEDS)
+    with pytest.raises(ValueError, match="16384"):
+        decoder(tokens + 16384, GRID, PROMPTS, SEEDS)
+
+
+def test_image_validity_and_uint8_conversion():
+    images = torch.rand(4, 3, 8, 8)
+    images[1] = torch.tensor([0.2, 0.5, 0.9])[:, None, None]  # flat colour
+    images[2] = 3.0  # blown out: constant once clipped
+    images[3, 2, 4, 4] = float("inf")
+    assert image_validity(images).tolist() == [True, False, False, False]
+    arrays = to_uint8_images(torch.tensor([0.0, 0.5, 1.0, float("nan")]).view(1, 1, 1, 4).expand(1, 3, 1, 4))
+    assert arrays[0][0, :, 0].tolist() == [0, 128, 255, 0]
+
+
+def test_patch_decoder_colours():
+    decoder = PatchDecoder(patch=4, palette_size=16, seed=3)
+    black, white = decoder.codes_for_tile(0), decoder.codes_for_tile(1)
+    assert len(black) and len(white) and FIXED_COLOURS[:2] == [(0, 0, 0), (1, 1, 1)]
+    tokens = torch.stack([black[0].repeat(6), torch.cat([black[:1].repeat(3), white[:1].repeat(3)])])
+    out = decoder(tokens, (2, 3), ["p", "q"], [0, 1])
+    assert out.images.shape == (2, 3, 8, 12) and out.valid.tolist() == [False, True]
+    assert out.images[1, :, :4].max() == 0 and out.images[1, :, 4:].min() == 1  # raster order: row 0 black
+    again = PatchDecoder(patch=4, palette_size=16, seed=3)(tokens, (2, 3), ["p", "q"], [0, 1])
+    torch.testing.assert_close(again.images, out.images)
+
+
+def test_patch_decoder_noise_is_per_sample():
+    decoder = PatchDecoder(patch=4, noise=0.1)
+    tokens = torch.randint(0, 16384, (3, 4), generator=torch.Generator().manual_seed(0))
+    batch = decoder(tokens, (2, 2), ["x"] * 3, [5, 6, 7]).images
+    torch.testing.assert_close(decoder(tokens[2:], (2, 2), ["x"], [7]).images[0], batch[2])
+    assert not torch.equal(decoder(tokens, (2, 2), ["x"] * 3, [8, 6, 7]).images[0], batch[0])
+
+
+def test_patch_decoder_glyphs_are_readable():
+    rapidocr = pytest.importorskip("rapidocr")
+    decoder = PatchDecoder(patch=32, mode="glyph")
+    word = "STOP42"
+    tokens = torch.stack([decoder.codes_for_tile(GLYPHS.index(c))[0] for c in word])[None]
+    image = to_uint8_images(decoder(tokens, (1, len(word)), ["x"], [0]).images)[0]
+    canvas = np.full((96, image.shape[1] + 64, 3), 255, np.uint8)
+    canvas[32:64, 32:-32] = image
+    engine = rapidocr.RapidOCR(params={"Det.limit_type": "max", "Det.limit_side_len": 960,
+                                       "Global.use_cls": False})
+    assert "".join(engine(canvas).txts).replace(" ", "") == word
+
+
+def test_patch_decoder_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="palette_size"):
+        PatchDecoder(palette_size=4)
+    with pytest.raises(ValueError, match="mode"):
+        PatchDecoder(mode="emoji")
+    with pytest.raises(ValueError, match="image codes"):
+        PatchDecoder()(torch.full((1, 4), -1), (2, 2), ["x"], [0])
