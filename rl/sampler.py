@@ -1,0 +1,150 @@
+"""Sampling image tokens from the X-Omni policy: KV cache, left padding, optional CFG, per-sample seeds.
+
+Log-prob convention: `ImageSamples.logprobs[i, t]` is log pi_theta(token | prefix) under the
+distribution the learner recomputes (`XOmniPolicy.token_logprobs`): softmax over the image codes of
+logits / temperature, WITHOUT top-k/top-p/min-p truncation and WITHOUT CFG. Truncation and CFG only
+change which token is drawn. This is the choice of verl and TRL (the untruncated, temperature-scaled
+policy); it makes the learner's first importance ratio exactly 1 (up to floating-point differences
+between incremental and teacher-forced forwards).
+
+Randomness: draw t of row i is the inverse CDF of the filtered distribution at the uniform
+`counter_uniforms(seeds)[i, t]`, which depends only on (seeds[i], t). A sample is therefore the same
+whichever worker, batch or row draws it, as far as the model's logits are batch-invariant (exactly on
+CPU float32 in practice; on GPU, kernel choices that depend on the batch shape can flip rare draws).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rl.policy import XOmniPolicy
+from rl.seeding import counter_uniforms
+from rl.tokenizer import PromptBatch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How image tokens are drawn. The defaults are what X-Omni's generation script samples with: it sets
+    temperature 1.0, min_p 0.03, top_p 1.0 and no CFG, and leaves top_k at transformers' GenerationConfig
+    default of 50.
+
+    temperature: logits are divided by it before the filters below (> 0).
+    top_k: keep the k most likely codes (0 = off).
+    top_p: keep the smallest set of most likely codes with total probability >= top_p (1.0 = off).
+    min_p: keep codes with probability >= min_p * the top code's probability (0.0 = off).
+    cfg_scale: classifier-free guidance; > 1 samples from uncond + cfg_scale * (cond - uncond) logits,
+        where the unconditional branch sees `<SOM>{h} {w}<IMAGE>` alone (1.0 = off, one forward per step).
+    Filters apply in the order CFG, temperature, top-k, top-p, min-p, as in transformers' generate().
+    """
+
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    min_p: float = 0.03
+    cfg_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+        if self.cfg_scale < 1:
+            raise ValueError(f"cfg_scale must be >= 1, got {self.cfg_scale}")
+
+
+@dataclass(frozen=True)
+class ImageSamples:
+    """tokens: long [N, h*w] image codes (raster order); logprobs: float32 [N, h*w] (see module docstring);
+    prompts: the PromptBatch they were drawn for (`prompts.with_image_tokens(tokens)` gives the
+    sequences the learner scores)."""
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    prompts: PromptBatch
+
+
+def sample_image_tokens(policy: XOmniPolicy, prompts: PromptBatch, params: SamplingParams,
+                        seeds: Sequence[int]) -> ImageSamples:
+    """Draw exactly h*w image tokens for every row of `prompts` (N rows; repeat a prompt G times for G
+    samples), row i driven by `seeds[i]` alone. Returns tensors on the policy's device."""
+    if len(seeds) != prompts.input_ids.shape[0]:
+        raise ValueError(f"need one seed per prompt row: {prompts.input_ids.shape[0]} rows, {len(seeds)} seeds")
+    if prompts.vocab_size != policy.config.vocab_size:
+        raise ValueError(f"prompts were encoded for vocab_size {prompts.vocab_size}, the policy has "
+                         f"{policy.config.vocab_size}")
+    prompts = prompts.to(policy.mm_head.weight.device)
+    uniforms = counter_uniforms(seeds, prompts.num_image_tokens).to(prompts.input_ids.device)  # [N, T] float64
+    with torch.inference_mode():
+        tokens, logprobs = _decode(policy, prompts, params, uniforms)
+    # Cloned outside inference mode: inference tensors could not be saved for backward by the learner.
+    return ImageSamples(tokens.clone(), logprobs.clone(), prompts)
+
+
+def _decode(policy: XOmniPolicy, prompts: PromptBatch, params: SamplingParams,
+            uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoding loop: codes long [N, T] and their log-probs float32 [N, T]."""
+    (num_rows, num_tokens), device = uniforms.shape, uniforms.device
+    cfg = params.cfg_scale > 1
+    input_ids, attention_mask = _with_uncond_rows(prompts) if cfg else (prompts.input_ids, prompts.attention_mask)
+    tokens = torch.empty(num_rows, num_tokens, dtype=torch.long, device=device)
+    logprobs = torch.empty(num_rows, num_tokens, dtype=torch.float32, device=device)
+    cache = policy.new_cache()
+    hidden = policy(input_ids, attention_mask, cache)[:, -1]  # [R, C], R = N or 2N with CFG
+    for t in range(num_tokens):
+        scaled = policy.image_head(hidden).float() / params.temperature  # [R, K]
+        cond = scaled[:num_rows]
+        guided = scaled[num_rows:] + params.cfg_scale * (cond - scaled[num_rows:]) if cfg else cond
+        tokens[:, t] = _draw(guided, params, uniforms[:, t])
+        # The learner's formula (gather - logsumexp), on the untruncated conditional distribution.
+        logprobs[:, t] = cond.gather(-1, tokens[:, t, None])[:, 0] - cond.logsumexp(dim=-1)
+        if t + 1 < num_tokens:  # the last token is never fed back
+            step_ids = (tokens[:, t] + prompts.vocab_size).repeat(2 if cfg else 1)[:, None]  # [R, 1]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(step_ids), 1)], dim=1)
+            hidden = policy(step_ids, attention_mask, cache)[:, -1]
+    return tokens, logprobs
+
+
+def _with_uncond_rows(prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditional rows then as many unconditional rows (the image prefix alone), left-padded to one
+    width: ids and mask [2N, P']."""
+    num_rows, width = prompts.input_ids.shape
+    uncond = prompts.uncond_ids
+    width_all = max(width, len(uncond))
+    ids = torch.full((2 * num_rows, width_all), prompts.pad_id, dtype=torch.long, device=uncond.device)
+    mask = torch.zeros_like(ids)
+    ids[:num_rows, width_all - width:] = prompts.input_ids
+    mask[:num_rows, width_all - width:] = prompts.attention_mask
+    ids[num_rows:, width_all - len(uncond):] = uncond
+    mask[num_rows:, width_all - len(uncond):] = 1
+    return ids, mask
+
+
+def _draw(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> torch.Tensor:
+    """One code per row from temperature-scaled logits [R, K] after top-k, top-p and min-p, by inverse CDF
+    at `uniforms` (float64 [R] in (0, 1]) -> codes long [R].
+
+    The filters run on the candidates only: the top-k codes (sorted), else all codes (sorted when top-p
+    needs it), so the per-step cost stays one pass over the K logits. The CDF is float64: a draw then moves
+    only if its uniform lies within ~1e-16 of a bucket edge. The most likely code always survives.
+    """
+    if params.top_k > 0:
+        values, codes = logits.topk(min(params.top_k, logits.shape[-1]), dim=-1)  # [R, k], descending
+    elif params.top_p < 1:
+        values, codes = logits.sort(dim=-1, descending=True)
+    else:
+        values, codes = logits, None
+    probs = values.double().softmax(dim=-1)  # renormalised over the candidates, as after HF's top-k warper
+    if params.top_p < 1:  # values are sorted: a code goes when the more likely ones already reach top_p
+        probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= params.top_p, 0.0)
+    if params.min_p > 0:
+        probs = probs.masked_fill(probs < params.min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+    cdf = probs.cumsum(dim=-1)
+    index = torch.searchsorted(cdf, uniforms[:, None] * cdf[:, -1:]).clamp(max=cdf.shape[-1] - 1)  # [R, 1]
+    return (index if codes is None else codes.gather(-1, index)).squeeze(-1)

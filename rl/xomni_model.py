@@ -1,0 +1,144 @@
+"""X-Omni's autoregressive transformer on transformers' Qwen2 building blocks (no remote code).
+
+Qwen2.5 with `num_mm_adap_layers` image-only blocks before and `num_mm_head_layers` after the language
+layers. Text ids embed through `lm_embed_tokens`, ids >= vocab_size through `mm_embed_tokens[id -
+vocab_size]`; in the image-only blocks every token attends to the whole sequence but only image
+positions take the block's output (text positions keep their input); the final norm is `mm_norm` at
+image positions and `lm_norm` at text positions. Parameter names match X-Omni's checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import Qwen2Config
+from transformers.cache_utils import Cache
+from transformers.masking_utils import create_causal_mask
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
+
+MM_SPECIAL_TOKENS = ("<SOM>", "<EOM>", "<IMAGE>")
+
+
+@strict
+class XOmniConfig(Qwen2Config):
+    """Qwen2 config plus X-Omni's multimodal keys; unknown keys (auto_map, vision_config) round-trip.
+
+    num_mm_adap_layers: image-only blocks before the language layers.
+    num_mm_head_layers: image-only blocks after the language layers.
+    mm_vocab_size: rows of `mm_embed_tokens` / outputs of `mm_head` (16384 codes + 64 extra rows).
+    image_vocab_size: image codes; image mode is a softmax over `mm_head` rows [0, image_vocab_size).
+    mm_special_tokens: tokenizer strings for start of image, end of image and the grid/image separator.
+    """
+
+    model_type = "x-omni"
+
+    num_mm_adap_layers: int = 4
+    num_mm_head_layers: int = 4
+    mm_vocab_size: int = 16448
+    image_vocab_size: int = 16384
+    mm_special_tokens: list[str] | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.mm_special_tokens is None:
+            self.mm_special_tokens = list(MM_SPECIAL_TOKENS)
+        super().__post_init__(**kwargs)
+        if self.num_mm_adap_layers + self.num_mm_head_layers > self.num_hidden_layers:
+            raise ValueError(f"num_mm_adap_layers + num_mm_head_layers ({self.num_mm_adap_layers} + "
+                             f"{self.num_mm_head_layers}) exceeds num_hidden_layers ({self.num_hidden_layers})")
+        if not 0 < self.image_vocab_size <= self.mm_vocab_size:
+            raise ValueError(f"image_vocab_size ({self.image_vocab_size}) must be in (0, mm_vocab_size "
+                             f"({self.mm_vocab_size})]")
+
+    def to_dict(self) -> dict:
+        """Also writes the pre-5.0 RoPE keys: X-Omni's released code (transformers 4.x) reads `rope_theta`
+        and would silently fall back to 10000 without it."""
+        out = super().to_dict()
+        rope = out.get("rope_parameters") or {}
+        if "rope_theta" in rope:
+            out["rope_theta"] = rope["rope_theta"]
+            out["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else dict(rope)
+        return out
+
+
+class XOmniModel(nn.Module):
+    """Embeddings, decoder layers and the per-position final norm: ids [B, L] -> hidden [B, L, C]."""
+
+    def __init__(self, config: XOmniConfig):
+        super().__init__()
+        self.config = config
+        # padding_idx=-1 (the last row) as in X-Omni: that row is zero at init and never gets a gradient.
+        self.lm_embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=-1)
+        self.mm_embed_tokens = nn.Embedding(config.mm_vocab_size, config.hidden_size, padding_idx=-1)
+        self.layers = nn.ModuleList(Qwen2DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.lm_norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mm_norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = Qwen2RotaryEmbedding(config=config)
+        first_lm = config.num_mm_adap_layers
+        self.is_lm_layer = [first_lm <= i < config.num_hidden_layers - config.num_mm_head_layers
+                            for i in range(config.num_hidden_layers)]
+        self.gradient_checkpointing = False
+
+    def _apply(self, fn, recurse=True):
+        """Device moves and dtype casts (`policy.to(torch.bfloat16)`), then exact float32 RoPE frequencies
+        again: X-Omni's transformers model keeps them in float32, and rounded to bf16 they would turn image
+        positions (thousands) by whole radians."""
+        super()._apply(fn, recurse)
+        device = self.rotary_emb.inv_freq.device
+        if device.type != "meta":
+            with torch.device("cpu"):
+                exact = Qwen2RotaryEmbedding(config=self.config)
+            self.rotary_emb.inv_freq = exact.inv_freq.to(device)
+            self.rotary_emb.original_inv_freq = exact.original_inv_freq.to(device)
+        return self
+
+    def embed(self, input_ids: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
+        """[B, L] ids -> [B, L, C]; each lookup's index is clamped into its own table, and `where` keeps the
+        right one (the other branch gets a zero gradient)."""
+        vocab = self.config.vocab_size
+        text = self.lm_embed_tokens(input_ids.clamp(max=vocab - 1))
+        image = self.mm_embed_tokens((input_ids - vocab).clamp(min=0))
+        return torch.where(is_image[..., None], image, text)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        """Final-normed hidden states [B, L, C] for ids [B, L].
+
+        attention_mask: [B, past + L], 1 for real tokens, 0 for (left) padding; None = no padding.
+        past_key_values: a cache holding `past` earlier positions; it is extended in place.
+        Positions come from the mask (cumulative count of real tokens), so left padding does not shift them.
+        """
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        length = input_ids.shape[1]
+        if attention_mask is None:
+            position_ids = torch.arange(past, past + length, device=input_ids.device)[None].expand_as(input_ids)
+        else:
+            if attention_mask.shape != (input_ids.shape[0], past + length):
+                raise ValueError(f"attention_mask must be [B, past + L] = {[input_ids.shape[0], past + length]}, "
+                                 f"got {list(attention_mask.shape)}")
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        is_image = input_ids >= self.config.vocab_size  # [B, L]
+        hidden = self.embed(input_ids, is_image)
+        mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                  past_key_values=past_key_values, position_ids=position_ids)
+        rope = self.rotary_emb(hidden, position_ids)
+        gate = is_image[..., None]  # [B, L, 1]
+        for layer, is_lm in zip(self.layers, self.is_lm_layer, strict=True):
+            args = (layer, is_lm, hidden, gate, mask, rope, position_ids, past_key_values)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden = checkpoint(_run_layer, *args, use_reentrant=False)
+            else:
+                hidden = _run_layer(*args)
+        return torch.where(gate, self.mm_norm(hidden), self.lm_norm(hidden))
+
+
+def _run_layer(layer, is_lm, hidden, gate, mask, rope, position_ids, past_key_values) -> torch.Tensor:
+    """One decoder layer; an image-only layer updates image positions only."""
+    out = layer(hidden, attention_mask=mask, position_ids=position_ids, past_key_values=past_key_values,
+                position_embeddings=rope)
+    return out if is_lm else torch.where(gate, out, hidden)

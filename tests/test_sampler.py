@@ -1,0 +1,228 @@
+"""Seeding, the X-Omni prompt format and the image-token sampler, on the tiny policy and tokenizer."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
+
+from rl.sampler import SamplingParams, sample_image_tokens
+from rl.seeding import counter_uniforms, sample_seed
+from rl.tiny import tiny_policy, tiny_tokenizer
+from rl.tokenizer import PromptFormat, image_prefix, load_tokenizer
+
+GRID = (4, 6)
+PROMPTS = ["a red cat on a sofa", "hi", "猫と犬", "a lighthouse at dusk, oil painting"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Decoding runs hundreds of tiny ops: a second thread only adds synchronisation (10x slower when
+    the 2-core machine is oversubscribed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return tiny_policy(seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def peaked():
+    """A policy whose image distributions are far from uniform, so that min-p / top-p / CFG bite."""
+    model = tiny_policy(seed=1).eval()
+    with torch.no_grad():
+        model.mm_head.weight.mul_(40.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def fmt(tokenizer, policy):
+    return PromptFormat(tokenizer, policy.config.vocab_size)
+
+
+def _seeds(n, step=0):
+    return [sample_seed(7, step, i, 0, "policy") for i in range(n)]
+
+
+def _teacher_logits(model, prompts, tokens):
+    """Image logits [N, T, K] predicting each sampled token, from a full teacher-forced forward."""
+    ids, mask = prompts.with_image_tokens(tokens)
+    with torch.no_grad():
+        return model.image_head(model(ids, mask)[:, -tokens.shape[1] - 1:-1]).float()
+
+
+# -- seeding ----------------------------------------------------------------------------------------
+
+def test_sample_seed_is_stable_and_distinct():
+    # Pinned: must not change across processes, machines or Python versions.
+    assert sample_seed(1, 2, 3, 0, "policy") == 5307008659248668872
+    seeds = {sample_seed(1, 2, 3, 0, "policy"), sample_seed(1, 2, 3, 1, "policy"), sample_seed(1, 2, 4, 0, "policy"),
+             sample_seed(1, 3, 3, 0, "policy"), sample_seed(2, 2, 3, 0, "policy"), sample_seed(1, 2, 3, 0, "decoder")}
+    assert len(seeds) == 6 and all(0 <= s < 2**63 for s in seeds)
+    with pytest.raises(ValueError, match="step"):
+        sample_seed(1, -1, 0, 0, "policy")
+    with pytest.raises(TypeError, match="seed"):
+        sample_seed(1.5, 0, 0, 0, "policy")
+
+
+def test_counter_uniforms_depend_only_on_seed_and_position():
+    seeds = _seeds(4)
+    batch = counter_uniforms(seeds, 500)
+    assert batch.shape == (4, 500) and batch.dtype == torch.float64
+    assert torch.equal(counter_uniforms(seeds[2:3], 500)[0], batch[2])
+    assert torch.equal(counter_uniforms(seeds[::-1], 300), batch.flip(0)[:, :300])
+    assert 0 < batch.min() and batch.max() <= 1
+    assert abs(batch.mean().item() - 0.5) < 0.02
+    assert not torch.equal(batch[0], batch[1])
+
+
+# -- prompt format ----------------------------------------------------------------------------------
+
+def test_prompt_format_left_pads_and_ends_with_the_image_prefix(fmt, tokenizer):
+    batch = fmt.encode(PROMPTS, GRID)
+    prefix = tokenizer(image_prefix(GRID), add_special_tokens=False).input_ids
+    assert image_prefix(GRID) == "<SOM>4 6<IMAGE>"
+    assert batch.uncond_ids.tolist() == prefix
+    assert (batch.input_ids[:, -len(prefix):] == torch.tensor(prefix)).all()
+    lengths = batch.attention_mask.sum(1)
+    assert lengths.tolist() == [len(tokenizer(p + image_prefix(GRID)).input_ids) for p in PROMPTS]
+    for row, n in zip(batch.attention_mask, lengths, strict=True):  # padding on the left only
+        assert row[-n:].all() and not row[:-n].any()
+    codes = torch.randint(0, 16384, (4, 24))
+    ids, mask = batch.with_image_tokens(codes)
+    assert ids.shape == mask.shape == (4, batch.input_ids.shape[1] + 24)
+    assert torch.equal(ids[:, -24:], codes + fmt.vocab_size) and mask[:, -24:].all()
+    with pytest.raises(ValueError, match="codes must be"):
+        batch.with_image_tokens(codes[:, :5])
+    with pytest.raises(ValueError, match="grid must be two positive ints"):
+        fmt.encode(PROMPTS, (4.0, 6))
+
+
+def test_load_tokenizer_and_its_checks(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "ok")
+    loaded = load_tokenizer(str(tmp_path / "ok"))
+    assert loaded("a<SOM>1 2<IMAGE>").input_ids == tokenizer("a<SOM>1 2<IMAGE>").input_ids
+    plain = tiny_tokenizer()
+    plain.pad_token = None
+    with pytest.raises(ValueError, match="no pad token"):
+        PromptFormat(plain, 260)
+    words = Tokenizer(models.WordLevel({"a": 0, "<pad>": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>").save_pretrained(tmp_path / "bare")
+    with pytest.raises(ValueError, match="lacks X-Omni's special tokens"):
+        load_tokenizer(str(tmp_path / "bare"))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_tokenizer(str(tmp_path / "missing"))
+
+
+# -- sampler ----------------------------------------------------------------------------------------
+
+def test_exact_length_valid_codes_and_reproducible(policy, fmt):
+    batch = fmt.encode(PROMPTS, GRID)
+    first = sample_image_tokens(policy, batch, SamplingParams(), _seeds(4))
+    again = sample_image_tokens(policy, batch, SamplingParams(), _seeds(4))
+    other = sample_image_tokens(policy, batch, SamplingParams(), _seeds(4, step=1))
+    assert first.tokens.shape == first.logprobs.shape == (4, 24)
+    assert first.tokens.dtype == torch.long and first.logprobs.dtype == torch.float32
+    assert 0 <= first.tokens.min() and first.tokens.max() < 16384
+    assert torch.equal(first.tokens, again.tokens) and torch.equal(first.logprobs, again.logprobs)
+    assert (first.tokens != other.tokens).float().mean() > 0.9
+
+
+def test_a_sample_does_not_depend_on_its_batch_or_row(policy, fmt):
+    seeds = _seeds(4)
+    batch = sample_image_tokens(policy, fmt.encode(PROMPTS, GRID), SamplingParams(), seeds)
+    alone = sample_image_tokens(policy, fmt.encode(PROMPTS[2:3], GRID), SamplingParams(), seeds[2:3])
+    order = [3, 1, 0, 2]
+    shuffled = sample_image_tokens(policy, fmt.encode([PROMPTS[i] for i in order], GRID), SamplingParams(),
+                                   [seeds[i] for i in order])
+    assert torch.equal(alone.tokens[0], batch.tokens[2])
+    assert torch.equal(shuffled.tokens, batch.tokens[order])
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(temperature=0.7, top_k=0, min_p=0.1),
+                                    SamplingParams(cfg_scale=3.0, top_p=0.9)])
+def test_logprobs_equal_the_learner_recomputation(policy, fmt, params):
+    """Untruncated, temperature-scaled, no-CFG log-probs: the learner's first ratio is exactly 1.
+    (Truncated ones would be near log(1/50) with the default top_k=50, not near log(1/16384).)"""
+    batch = fmt.encode(PROMPTS, GRID)
+    samples = sample_image_tokens(policy, batch, params, _seeds(4))
+    ids, mask = samples.prompts.with_image_tokens(samples.tokens)
+    learner = policy.token_logprobs(ids, mask, 24, temperature=params.temperature)
+    torch.testing.assert_close(samples.logprobs, learner.logprobs.detach(), atol=1e-5, rtol=0)
+    learner.logprobs.sum().backward()  # the samples feed an autograd graph (no inference tensors)
+    assert policy.mm_head.weight.grad is not None
+    policy.zero_grad(set_to_none=True)
+
+
+def test_defaults_are_xomni_generation_settings():
+    assert SamplingParams() == SamplingParams(temperature=1.0, top_k=50, top_p=1.0, min_p=0.03, cfg_scale=1.0)
+
+
+def test_top_k_restricts_the_support_and_1_is_greedy(peaked, fmt):
+    batch = fmt.encode(PROMPTS, GRID)
+    samples = sample_image_tokens(peaked, batch, SamplingParams(top_k=1, min_p=0.0), _seeds(4))
+    assert torch.equal(samples.tokens, _teacher_logits(peaked, batch, samples.tokens).argmax(-1))
+    samples = sample_image_tokens(peaked, batch, SamplingParams(top_k=3, min_p=0.0), _seeds(4))
+    top3 = _teacher_logits(peaked, batch, samples.tokens).topk(3, dim=-1).indices
+    assert (top3 == samples.tokens[..., None]).any(-1).all()
+    assert (top3[..., 0] != samples.tokens).any()
+
+
+@pytest.mark.parametrize("min_p", [0.0, 0.3])
+def test_min_p_restricts_the_support(peaked, fmt, min_p):
+    batch = fmt.encode(PROMPTS, GRID)
+    samples = sample_image_tokens(peaked, batch, SamplingParams(top_k=0, min_p=min_p), _seeds(4))
+    probs = _teacher_logits(peaked, batch, samples.tokens).softmax(-1)
+    ratio = probs.gather(-1, samples.tokens[..., None]).squeeze(-1) / probs.amax(-1)
+    if min_p:
+        assert (ratio >= min_p * (1 - 1e-4)).all()
+    else:
+        assert (ratio < 0.3).any()  # without the filter, unlikely codes are drawn: the check above can fail
+
+
+def test_top_p_restricts_the_support(peaked, fmt):
+    batch = fmt.encode(PROMPTS, GRID)
+    samples = sample_image_tokens(peaked, batch, SamplingParams(top_k=0, top_p=0.5, min_p=0.0), _seeds(4))
+    probs = _teacher_logits(peaked, batch, samples.tokens).softmax(-1)
+    chosen = probs.gather(-1, samples.tokens[..., None])
+    mass_above = (probs * (probs > chosen)).sum(-1)  # mass of strictly more likely codes
+    assert (mass_above < 0.5 + 1e-4).all()
+
+
+def test_cfg_scale_one_is_no_cfg_and_cfg_guides_with_the_prefix_alone(peaked, fmt):
+    batch = fmt.encode(PROMPTS, GRID)
+    plain = sample_image_tokens(peaked, batch, SamplingParams(), _seeds(4))
+    # Just above 1 the CFG path runs (batched unconditional rows) but samples the conditional distribution.
+    near_one = sample_image_tokens(peaked, batch, SamplingParams(cfg_scale=1.0 + 1e-9), _seeds(4))
+    assert torch.equal(near_one.tokens, plain.tokens)
+    torch.testing.assert_close(near_one.logprobs, plain.logprobs, atol=1e-5, rtol=0)
+
+    scale = 4.0
+    greedy = sample_image_tokens(peaked, batch, SamplingParams(cfg_scale=scale, top_k=1, min_p=0.0), _seeds(4))
+    assert 0 <= greedy.tokens.min() and greedy.tokens.max() < 16384
+    cond = _teacher_logits(peaked, batch, greedy.tokens)
+    uncond_batch = fmt.encode([""] * 4, GRID)  # "" + prefix == the prefix alone
+    assert torch.equal(uncond_batch.input_ids[0], batch.uncond_ids)
+    uncond = _teacher_logits(peaked, uncond_batch, greedy.tokens)
+    assert torch.equal(greedy.tokens, (uncond + scale * (cond - uncond)).argmax(-1))
+    assert not torch.equal(greedy.tokens, cond.argmax(-1))
+
+
+def test_bad_arguments_are_rejected(policy, fmt):
+    batch = fmt.encode(PROMPTS, GRID)
+    with pytest.raises(ValueError, match="one seed per prompt row"):
+        sample_image_tokens(policy, batch, SamplingParams(), _seeds(3))
+    with pytest.raises(ValueError, match="vocab_size"):
+        sample_image_tokens(policy, PromptFormat(fmt.tokenizer, 300).encode(PROMPTS, GRID), SamplingParams(),
+                            _seeds(4))
+    for bad in (dict(temperature=0), dict(top_p=0), dict(min_p=1), dict(cfg_scale=0.5), dict(top_k=-1)):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
