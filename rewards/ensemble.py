@@ -201,8 +201,74 @@ class EnsembleResult:
     stats: dict[str, float]
 
 
+class Combiner:
+    """Everything the ensemble does besides calling the rewards: gating, normalising, combining, stats.
+
+    The training driver uses it on scores gathered from reward actors; `RewardEnsemble` uses it
+    in-process. names: the rewards in use; score_ranges: name -> (lo, hi), needed by normalize "range".
+    """
+
+    def __init__(self, names: Sequence[str], config: EnsembleConfig, gating: GatingConfig | None = None,
+                 score_ranges: Mapping[str, tuple[float, float]] | None = None):
+        missing = [name for name in names if name not in config.weights]
+        if missing:
+            raise ValueError(f"no ensemble weight for reward(s) {missing}")
+        ranges = dict(score_ranges or {})
+        if config.normalize == "range" and any(n not in ranges for n in names):
+            raise ValueError(f"normalize 'range' needs score_range on every reward; missing on "
+                             f"{sorted(set(names) - set(ranges))}")
+        self.names, self.config = list(names), config
+        self.gater = Gater(gating or GatingConfig(), {n: float(config.weights[n]) for n in names})
+        self.normalizer = Normalizer(config.normalize, ranges, config.momentum)
+
+    @classmethod
+    def from_config(cls, cfg: Any, only: Sequence[str] | None = None) -> Combiner:
+        """Validate the `rewards`, `ensemble` and `gating` sections (ConfigError listing every problem) and
+        build the combiner without building any reward (score ranges are read from the reward classes)."""
+        names, config, gating = _sections(cfg, only)
+        ranges = {}
+        for name in names:
+            score_range = getattr(resolve_component(str(cfg.rewards[name]["_component_"])), "score_range", None)
+            if score_range is not None:
+                ranges[name] = tuple(score_range)
+        try:
+            return cls(names, config, gating, ranges)
+        except ValueError as e:
+            raise ConfigError([f"ensemble: {e}"]) from e
+
+    def gate(self, prompts: Sequence[str], metadata: Sequence[Mapping[str, Any]]
+             ) -> tuple[list[Gate], list[dict[str, Any]], dict[str, torch.Tensor]]:
+        """Gates for N prompts, the metadata rewards receive (with the gate's target `text`), and per reward
+        the bool [N] mask of the rows it applies to."""
+        gates = [self.gater(p, m) for p, m in zip(prompts, metadata, strict=True)]
+        # Text rewards read their targets from metadata["text"]: the gate's (quoted spans or metadata).
+        reward_meta = [{**m, "text": g.text} for m, g in zip(metadata, gates, strict=True)]
+        applies = {name: torch.tensor([name in g.weights for g in gates], dtype=torch.bool) for name in self.names}
+        return gates, reward_meta, applies
+
+    def combine(self, scores: Mapping[str, torch.Tensor], applies: Mapping[str, torch.Tensor],
+                failed: Mapping[str, torch.Tensor], gates: Sequence[Gate]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The total float [N] and the batch's stats (`reward/...`, `gate/...`) from raw scores name -> [N]."""
+        weights = {name: torch.tensor([g.weights.get(name, 0.0) for g in gates]) for name in self.names}
+        total = combine(self.normalizer({n: scores[n] for n in self.names}), weights, self.config.nan_policy)
+        finite = total[torch.isfinite(total)]
+        n = len(total)
+        stats = reward_stats(scores, applies, failed) | gate_rates(gates, self.names)
+        stats["reward/mean"] = finite.mean().item() if finite.numel() else float("nan")
+        stats["reward/std"] = finite.std(correction=0).item() if finite.numel() else float("nan")
+        stats["reward/nan_frac"] = 1 - finite.numel() / n if n else 0.0
+        return total, stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """The normaliser's running statistics (empty for stateless modes)."""
+        return {"normalizer": self.normalizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.normalizer.load_state_dict(state["normalizer"])
+
+
 class RewardEnsemble:
-    """Gates, scores, normalises and combines a batch in-process.
+    """Gates, scores, normalises and combines a batch in-process (offline scoring).
 
     Each reward is called only on the images whose gate includes it (OCR never sees a prompt without text
     to render), in chunks of `config.batch_size`, through `score_safely` with `config.timeout_s`.
@@ -210,29 +276,17 @@ class RewardEnsemble:
 
     def __init__(self, rewards: Mapping[str, Reward], config: EnsembleConfig,
                  gating: GatingConfig | None = None):
-        missing = [name for name in rewards if name not in config.weights]
-        if missing:
-            raise ValueError(f"no ensemble weight for reward(s) {missing}")
+        ranges = {n: tuple(r.score_range) for n, r in rewards.items() if getattr(r, "score_range", None)}
         self.rewards = dict(rewards)
         self.config = config
-        self.gater = Gater(gating or GatingConfig(), {n: float(config.weights[n]) for n in rewards})
-        ranges = {n: tuple(r.score_range) for n, r in rewards.items() if getattr(r, "score_range", None)}
-        if config.normalize == "range" and len(ranges) < len(rewards):
-            raise ValueError(f"normalize 'range' needs score_range on every reward; missing on "
-                             f"{sorted(set(rewards) - set(ranges))}")
-        self.normalizer = Normalizer(config.normalize, ranges, config.momentum)
+        self.combiner = Combiner(list(rewards), config, gating, ranges)
 
     @classmethod
     def from_config(cls, cfg: Any, only: Sequence[str] | None = None) -> RewardEnsemble:
         """Validate the `rewards`, `ensemble` and `gating` sections (ConfigError listing every problem),
         then build the rewards; `only` keeps just those rewards (the others are neither checked nor built)."""
-        problems = validate_reward_sections(cfg, only)
-        if problems:
-            raise ConfigError(problems)
-        names = selected_rewards(cfg, only)
+        names, config, gating = _sections(cfg, only)
         rewards = {name: instantiate(cfg.rewards[name], f"rewards.{name}") for name in names}
-        config = build_section(cfg.get("ensemble"), EnsembleConfig)
-        gating = build_gating(cfg.get("gating")) if cfg.get("gating") is not None else None
         try:
             return cls(rewards, config, gating)
         except ValueError as e:
@@ -244,21 +298,12 @@ class RewardEnsemble:
         metadata = list(metadata) if metadata is not None else [{} for _ in range(n)]
         if not len(prompts) == len(metadata) == n:
             raise ValueError(f"got {n} images, {len(prompts)} prompts and {len(metadata)} metadata entries")
-        gates = [self.gater(p, m) for p, m in zip(prompts, metadata, strict=True)]
-        # Text rewards read their targets from metadata["text"]: the gate's (quoted spans or metadata).
-        reward_meta = [{**m, "text": g.text} for m, g in zip(metadata, gates, strict=True)]
-        scores, applies, failed, errors, details = {}, {}, {}, {}, {}
+        gates, reward_meta, applies = self.combiner.gate(prompts, metadata)
+        scores, failed, errors, details = {}, {}, {}, {}
         for name, reward in self.rewards.items():
-            applies[name] = torch.tensor([name in g.weights for g in gates], dtype=torch.bool)
             scores[name], failed[name], errors[name], details[name] = self._score(
                 reward, images, prompts, reward_meta, applies[name])
-        weights = {name: torch.tensor([g.weights.get(name, 0.0) for g in gates]) for name in self.rewards}
-        total = combine(self.normalizer(scores), weights, self.config.nan_policy)
-        finite = total[torch.isfinite(total)]
-        stats = reward_stats(scores, applies, failed) | gate_rates(gates, self.rewards)
-        stats["reward/mean"] = finite.mean().item() if finite.numel() else float("nan")
-        stats["reward/std"] = finite.std(correction=0).item() if finite.numel() else float("nan")
-        stats["reward/nan_frac"] = 1 - finite.numel() / n if n else 0.0
+        total, stats = self.combiner.combine(scores, applies, failed, gates)
         return EnsembleResult(total, scores, applies, failed, gates, errors, details, stats)
 
     def _score(self, reward: Reward, images: Sequence[ImageLike], prompts: Sequence[str],
@@ -285,10 +330,19 @@ class RewardEnsemble:
 
     def state_dict(self) -> dict[str, Any]:
         """The normaliser's running statistics (empty for stateless modes)."""
-        return {"normalizer": self.normalizer.state_dict()}
+        return self.combiner.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.normalizer.load_state_dict(state["normalizer"])
+        self.combiner.load_state_dict(state)
+
+
+def _sections(cfg: Any, only: Sequence[str] | None) -> tuple[list[str], EnsembleConfig, GatingConfig | None]:
+    """The validated reward names, ensemble section and gating section (ConfigError on any problem)."""
+    problems = validate_reward_sections(cfg, only)
+    if problems:
+        raise ConfigError(problems)
+    gating = build_gating(cfg.get("gating")) if cfg.get("gating") is not None else None
+    return selected_rewards(cfg, only), build_section(cfg.get("ensemble"), EnsembleConfig), gating
 
 
 def selected_rewards(cfg: Any, only: Sequence[str] | None) -> list[str]:
