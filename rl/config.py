@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NewType
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 COMPONENT_KEY = "_component_"
 HF_PREFIX = "hf://"
@@ -71,6 +72,21 @@ def to_container(node: Any) -> Any:
 def is_missing(node: DictConfig | Mapping, key: str) -> bool:
     """True when `key` holds OmegaConf's required marker `???`."""
     return isinstance(node, DictConfig) and OmegaConf.is_missing(node, key)
+
+
+def missing_reason(node: DictConfig | Mapping, key: str) -> str | None:
+    """Why `key` has no value: "???", or "set X" when it interpolates `${X}` and X is `???`; else None."""
+    if not isinstance(node, DictConfig) or key not in node.keys():
+        return None
+    if OmegaConf.is_missing(node, key):
+        return "???"
+    raw = OmegaConf.to_container(node, resolve=False)[key]
+    if isinstance(raw, str) and OmegaConf.is_interpolation(node, key):
+        try:
+            node[key]
+        except (MissingMandatoryValue, InterpolationToMissingValueError):
+            return f"set {raw.strip('${}')}, which it interpolates"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +177,9 @@ def validate_component(node: Any, key: str, provided: Iterable[str] = ()) -> lis
     for name, p in params.items():
         if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or name in provided:
             continue
-        if is_missing(node, name):
-            problems.append(f"{key}.{name}: required value is missing (???)")
+        missing = missing_reason(node, name)
+        if missing:
+            problems.append(f"{key}.{name}: required value is missing ({missing})")
             continue
         if name not in node:
             if p.default is p.empty:
