@@ -48,7 +48,9 @@ class PatchDecoder:
             generator = torch.Generator().manual_seed(seed)
         else:
             raise ValueError(f"mode must be 'colour' or 'glyph', got {mode!r}")
-        self.code_to_tile = torch.randint(len(self.tiles), (codebook_size,), generator=generator)
+        # A shuffled round-robin: every tile gets codebook_size / len(tiles) codes (+-1), so even a small
+        # codebook reaches every colour or glyph.
+        self.code_to_tile = torch.randperm(codebook_size, generator=generator) % len(self.tiles)
         self.patch, self.noise, self.mode = patch, noise, mode
 
     def codes_for_tile(self, tile: int) -> torch.Tensor:
