@@ -20,8 +20,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
-_CONSOLE_KEYS = (("reward/mean", "reward"), ("loss/policy", "loss"), ("loss/kl", "kl"),
-                 ("actor/clip_frac", "clip"), ("rollout/tokens_per_s", "tok/s"))
+# The policy loss is not shown: on-policy its value is ~0 by construction (ratio 1, centred advantages).
+_CONSOLE_KEYS = (("reward/mean", "reward"), ("kl/k3_mean", "kl"), ("entropy/mean", "entropy"),
+                 ("actor/grad_norm", "grad"), ("rollout/tokens_per_s", "tok/s"))
 
 
 class MetricsWriter:

@@ -11,7 +11,8 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from rewards.ensemble import validate_reward_sections
-from rl.config import load_config
+from rl.config import ConfigError, load_config
+from rl.train_config import validate_train_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 REWARD_SECTIONS = {"rewards", "ensemble", "gating"}
@@ -39,8 +40,21 @@ def check_reward_config(cfg: DictConfig, tmp_path: Path) -> None:
     assert validate_reward_sections(cfg) == []
 
 
+def check_train_config(cfg: DictConfig, tmp_path: Path) -> None:
+    """A training config: validates once its `???` weights paths exist; until then every problem is a
+    missing value (named with the key to set), reported all at once."""
+    if OmegaConf.missing_keys(cfg):
+        with pytest.raises(ConfigError) as error:
+            validate_train_config(cfg)
+        assert all("required value is missing" in p for p in error.value.problems), error.value.problems
+        fill_missing(cfg, tmp_path)
+    spec = validate_train_config(cfg)
+    assert spec.trainer.steps > 0 and spec.rollout.group_size >= 2
+
+
 KIND_CHECKS = {
     "rewards": (lambda keys: keys <= REWARD_SECTIONS and "rewards" in keys, check_reward_config),
+    "train": (lambda keys: {"run", "model", "trainer"} <= keys, check_train_config),
 }
 
 
@@ -52,7 +66,7 @@ def kind_of(cfg: DictConfig) -> str:
 
 
 def test_configs_exist():
-    assert any(path.name == "rewards.yaml" for path in CONFIGS)
+    assert {"rewards.yaml", "tiny.yaml", "xomni.yaml"} <= {path.name for path in CONFIGS}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)

@@ -1,0 +1,185 @@
+"""Driver-side handles on the Ray actors: starting Ray, placing the rollout and learner groups, calling
+them, and turning a dead actor into a `RunAborted` that names it (so `resume=auto` can take over).
+
+The driver's loop calls `RolloutGroup.generate`, `LearnerGroup.update` and `sync_weights` as if they were
+local functions; everything Ray-specific lives here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rl.learner import Learner, TrainBatch
+from rl.reward_pool import RunAborted
+from rl.rollout import RolloutResult, RolloutWorker
+from rl.train_config import LearnerConfig, RayConfig, RolloutConfig, TrainerConfig
+from rl.weight_sync import free_port, node_ip
+
+# Environment of every actor: tokenizers' thread pool warns after fork; Ray's usage stats stay off.
+ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join the cluster at `cfg.address`, or start a local Ray when it is null (the embedded default).
+
+    A local Ray puts the working directory on the workers' path, so users' reward modules next to their
+    YAML import in the reward actors as they do in the driver. On a cluster use
+    `ray job submit --working-dir .` for the same effect.
+    """
+    if ray.is_initialized():
+        return
+    env = dict(ACTOR_ENV)
+    if cfg.address is None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, namespace=cfg.namespace, include_dashboard=False,
+                 runtime_env={"env_vars": env}, log_to_driver=True)
+    else:
+        ray.init(address=cfg.address, namespace=cfg.namespace, runtime_env={"env_vars": env})
+
+
+def check_resources(needs: Mapping[str, tuple[float, float]], joined_cluster: bool) -> None:
+    """Fail fast when the actors' CPUs/GPUs exceed the cluster's: Ray would otherwise leave the surplus
+    actors pending forever. `needs`: part -> (cpus, gpus). On a joined cluster an autoscaler may still add
+    nodes, so there it only warns."""
+    total = ray.cluster_resources()
+    cpus, gpus = (sum(n[i] for n in needs.values()) for i in (0, 1))
+    if cpus <= total.get("CPU", 0) + 1e-9 and gpus <= total.get("GPU", 0) + 1e-9:
+        return
+    parts = ", ".join(f"{name} {c:g} CPU / {g:g} GPU" for name, (c, g) in needs.items())
+    message = (f"the actors need {cpus:g} CPUs and {gpus:g} GPUs ({parts}); the Ray cluster has "
+               f"{total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs. Lower rollout.num_actors, "
+               f"learner.world_size or the per-actor num_cpus/num_gpus, or raise ray.num_cpus/num_gpus")
+    if not joined_cluster:
+        raise RunAborted(message)
+    print(f"warning: {message}; waiting for the cluster to scale up", flush=True)
+
+
+def call(refs: Any, what: str, timeout_s: float | None = None) -> Any:
+    """`ray.get` that reports a dead or stuck actor as RunAborted naming `what`."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except ray.exceptions.RayActorError as e:
+        raise RunAborted(f"{what} died: {str(e).rstrip('.')}.\n"
+                         "Resume from the last checkpoint with resume=auto.") from e
+    except ray.exceptions.GetTimeoutError as e:
+        raise RunAborted(f"{what} did not answer within {timeout_s}s (ray.call_timeout_s)") from e
+
+
+def _placed(cls: type, count: int, num_cpus: float, num_gpus: float) -> tuple[list, Any]:
+    """Options for `count` actors of `cls`, one per bundle of a PACK placement group (GPU actors land
+    together), and the group (to remove at shutdown)."""
+    bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+    group = placement_group([bundle] * count, strategy="PACK")
+    ray.get(group.ready())
+    remote = ray.remote(cls)
+    return [remote.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0,
+                           scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i))
+            for i in range(count)], group
+
+
+def shutdown_actors(actors: Sequence[Any], group: Any = None) -> None:
+    """Kill `actors` and release their placement group (so a later run in this Ray can be placed)."""
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+    if group is not None:
+        remove_placement_group(group)
+
+
+class RolloutGroup:
+    """`rollout.num_actors` RolloutWorkers; rows are split into contiguous chunks, one per actor."""
+
+    def __init__(self, model: Mapping[str, Any], cfg: RolloutConfig, timeout_s: float | None):
+        options, self.group = _placed(RolloutWorker, cfg.num_actors, cfg.num_cpus, cfg.num_gpus)
+        self.actors = [o.remote(model, cfg) for o in options]  # models load in the background
+        self.timeout_s = timeout_s
+
+    def ready(self) -> None:
+        """Wait until every actor has built its policy and decoder."""
+        self._call([a.ping.remote() for a in self.actors], "starting")
+
+    def _call(self, refs: Any, stage: str) -> Any:
+        return call(refs, f"a rollout actor ({stage})", self.timeout_s)
+
+    def shutdown(self) -> None:
+        shutdown_actors(self.actors, self.group)
+
+    def generate(self, prompts: Sequence[str], policy_seeds: Sequence[int], decoder_seeds: Sequence[int]
+                 ) -> tuple[RolloutResult, list, list[tuple[int, int]]]:
+        """Sample and decode every row. Returns the merged result, the actors' image refs (left in the object
+        store for the reward actors) and, per row, (chunk, index) locating its image among those refs."""
+        size = -(-len(prompts) // len(self.actors))
+        chunks = [range(s, min(s + size, len(prompts))) for s in range(0, len(prompts), size)]
+        calls = [actor.generate.options(num_returns=2).remote(
+            [prompts[i] for i in rows], [policy_seeds[i] for i in rows], [decoder_seeds[i] for i in rows])
+            for actor, rows in zip(self.actors, chunks, strict=False)]
+        results = self._call([result for result, _ in calls], "generate")
+        merged = RolloutResult(torch.cat([r.tokens for r in results]), torch.cat([r.logprobs for r in results]),
+                               torch.cat([r.valid for r in results]), max(r.sample_s for r in results),
+                               max(r.decode_s for r in results))
+        locations = [(c, i) for c, rows in enumerate(chunks) for i in range(len(rows))]
+        return merged, [images for _, images in calls], locations
+
+
+class LearnerGroup:
+    """`learner.world_size` Learner ranks (FSDP when > 1). Calls go to every rank; rank 0 answers."""
+
+    def __init__(self, model: Mapping[str, Any], trainer: TrainerConfig, cfg: LearnerConfig, grid: Sequence[int],
+                 temperature: float, timeout_s: float | None):
+        options, self.group = _placed(Learner, cfg.world_size, cfg.num_cpus, cfg.num_gpus)
+        self.ranks = [o.remote(model, trainer, cfg, tuple(grid), temperature, rank) for rank, o in enumerate(options)]
+        self.timeout_s = timeout_s
+
+    def ready(self) -> None:
+        """Form the process group (rank 0 hosts it) and build the policy, reference and optimizer."""
+        address, port = self._call(self.ranks[0].address.remote(), "starting")
+        self._call([r.setup.remote(address, port) for r in self.ranks], "setting up")
+
+    def _call(self, refs: Any, stage: str) -> Any:
+        return call(refs, f"a learner actor ({stage})", self.timeout_s)
+
+    def shutdown(self) -> None:
+        shutdown_actors(self.ranks, self.group)
+
+    def run(self, method: str, *args: Any, stage: str | None = None) -> Any:
+        """Call `method` on every rank; rank 0's answer."""
+        return self._call([getattr(r, method).remote(*args) for r in self.ranks], stage or method)[0]
+
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        return self.run("update", ray.put(batch), stage="update")
+
+
+class WeightSync:
+    """Learner -> rollout actors after every update, by the object store or a collective broadcast."""
+
+    def __init__(self, learner: LearnerGroup, rollout: RolloutGroup, mode: str, use_gpu: bool):
+        self.learner, self.rollout = learner, rollout
+        self.mode = ("collective" if use_gpu else "object_store") if mode == "auto" else mode
+        if self.mode == "collective":
+            self._join("nccl" if use_gpu else "gloo")
+
+    def _join(self, backend: str) -> None:
+        host, port = node_ip(), free_port()
+        if any(node != host for node in self.learner.run("address", stage="weight-sync set-up")[:1]):
+            host, port = self.learner.run("address", stage="weight-sync set-up")
+        world = 1 + len(self.rollout.actors)
+        refs = [self.learner.ranks[0].join_weight_group.remote(host, port, world, backend)]
+        refs += [a.join_weight_group.remote(host, port, i + 1, world, backend)
+                 for i, a in enumerate(self.rollout.actors)]
+        call(refs, "an actor joining the weight-sync group")
+        self.spec = self.learner.run("weight_spec", stage="weight spec")
+
+    def __call__(self) -> None:
+        if self.mode == "object_store":
+            (ref,) = self.learner.run("publish_weights", stage="publishing weights")
+            refs = [a.load_weights.remote(ref) for a in self.rollout.actors]
+        else:
+            refs = [r.broadcast_weights.remote() for r in self.learner.ranks]
+            refs += [a.receive_weights.remote(self.spec) for a in self.rollout.actors]
+        call(refs, "an actor during weight sync", self.learner.timeout_s)

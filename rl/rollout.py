@@ -1,0 +1,103 @@
+"""Rollout actors: policy + decoder replicas that turn prompts into image tokens, log-probs and pictures.
+
+A `RolloutWorker` holds no random state. The driver hands it, for every row, the prompt and two seeds
+derived from (run seed, step, prompt index, sample index): one for the sampler and one for the
+decoder's noise. A restarted worker, or another worker, therefore redraws exactly the same samples.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rl.config import instantiate
+from rl.decoder import to_uint8_images
+from rl.sampler import SamplingParams, sample_image_tokens
+from rl.tokenizer import PromptFormat
+from rl.train_config import RolloutConfig
+from rl.weight_sync import CollectiveGroup
+
+
+@dataclass
+class RolloutResult:
+    """N rows in the order requested, T = h*w image tokens each (CPU tensors).
+
+    tokens: long [N, T] image codes. logprobs: float32 [N, T], the sampler's log-probs (see rl/sampler.py).
+    valid: bool [N], False for NaN/inf/constant images (they get NaN rewards and zero advantage).
+    sample_s / decode_s: seconds spent sampling tokens and decoding images.
+    """
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    valid: torch.Tensor
+    sample_s: float
+    decode_s: float
+
+
+def pick_device(num_gpus: float) -> torch.device:
+    """The actor's device: its GPU when Ray gave it one, else the CPU."""
+    return torch.device("cuda") if num_gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+
+
+class RolloutWorker:
+    """One replica of the policy (inference only) and the frozen decoder.
+
+    model: the `model` config section (plain dict): `policy`, `tokenizer`, `decoder` components.
+    rollout: the `rollout` section. Built inside a Ray actor with `rollout.num_gpus` GPUs.
+    """
+
+    def __init__(self, model: Mapping[str, Any], rollout: RolloutConfig):
+        self.device = pick_device(rollout.num_gpus)
+        self.dtype = getattr(torch, rollout.dtype)
+        tokenizer = instantiate(model["tokenizer"], "model.tokenizer")
+        policy = instantiate(model["policy"], "model.policy")
+        self.policy = policy.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.decoder = instantiate(model["decoder"], "model.decoder")
+        if hasattr(self.decoder, "to"):
+            self.decoder = self.decoder.to(self.device)
+        self.format = PromptFormat(tokenizer, self.policy.config.vocab_size)
+        self.grid = (int(rollout.grid[0]), int(rollout.grid[1]))
+        self.batch_size = rollout.batch_size
+        self.sampling = SamplingParams(**vars(rollout.sampling))
+        self._group: CollectiveGroup | None = None
+
+    def generate(self, prompts: Sequence[str], policy_seeds: Sequence[int],
+                 decoder_seeds: Sequence[int]) -> tuple[RolloutResult, list[np.ndarray]]:
+        """Sample and decode one image per row. Returns the result and the images as uint8 [H, W, 3]."""
+        tokens, logprobs, valid, images = [], [], [], []
+        sample_s = decode_s = 0.0
+        for start in range(0, len(prompts), self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            began = time.perf_counter()
+            samples = sample_image_tokens(self.policy, self.format.encode(list(prompts[rows]), self.grid),
+                                          self.sampling, list(policy_seeds[rows]))
+            middle = time.perf_counter()
+            decoded = self.decoder(samples.tokens, self.grid, list(prompts[rows]), list(decoder_seeds[rows]))
+            sample_s, decode_s = sample_s + middle - began, decode_s + time.perf_counter() - middle
+            tokens.append(samples.tokens.cpu())
+            logprobs.append(samples.logprobs.float().cpu())
+            valid.append(decoded.valid.cpu())
+            images += to_uint8_images(decoded.images)
+        result = RolloutResult(torch.cat(tokens), torch.cat(logprobs), torch.cat(valid), sample_s, decode_s)
+        return result, images
+
+    def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Weights from the object store (the learner's full state dict, any dtype)."""
+        self.policy.load_state_dict(state, strict=True)
+
+    def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
+        self._group = CollectiveGroup(host, port, rank, world_size, backend)
+
+    def receive_weights(self, reference: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
+        """Weights broadcast by the learner; `reference` = name -> (shape, dtype name) of what it sends."""
+        meta = {name: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+                for name, (shape, dtype) in reference.items()}
+        self._group.receive_state(self.policy, meta, self.device)
+
+    def ping(self) -> bool:
+        return True

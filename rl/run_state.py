@@ -1,0 +1,94 @@
+"""What a training checkpoint holds besides the learner's files, and which checkpoint a run resumes from.
+
+A checkpoint directory (see rl/checkpoint.py for how it is written atomically):
+  policy/               the policy in X-Omni's format (config.json + safetensors): XOmniPolicy.from_pretrained
+  optimizer.pt          AdamW state (tensors and numbers only; loaded with weights_only=True)
+  learner_state.json    LR schedule and the learner's counters
+  trainer_state.json    step, run seed, group size, prompt-source position, reward normaliser state,
+                        reward-actor restart counts and failure history
+  config.yaml           the resolved config of the run that wrote it
+  versions.json         package versions
+  COMPLETE              written last
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from rl.checkpoint import checkpoint_root, is_complete, latest_checkpoint, save_checkpoint
+from rl.config import ConfigError
+from rl.metrics import METRICS_FILE
+from rl.train_config import TrainSpec
+
+TRAINER_STATE = "trainer_state.json"
+PACKAGES = ("xomni-rl", "torch", "transformers", "diffusers", "ray", "open_clip_torch", "trl", "rapidocr")
+
+
+def find_resume_checkpoint(spec: TrainSpec, run_dir: Path) -> Path | None:
+    """The checkpoint named by `resume` (null: none; "auto": the newest complete one in run_dir, or none
+    yet; a path: that one). A checkpoint written with another seed or group size is refused: the run could
+    not reproduce its own samples."""
+    if spec.resume is None:
+        earlier = latest_checkpoint(run_dir) is not None or (run_dir / METRICS_FILE).exists()
+        if earlier and not spec.run.overwrite:
+            raise ConfigError([f"run.dir: {run_dir} holds an earlier run; continue it with resume=auto, or "
+                               f"start over with run.overwrite=true (its checkpoints and metrics are replaced)"])
+        if earlier:
+            shutil.rmtree(checkpoint_root(run_dir), ignore_errors=True)
+        return None
+    path = latest_checkpoint(run_dir) if spec.resume == "auto" else Path(spec.resume)
+    if path is None:
+        print(f"resume=auto: no complete checkpoint in {run_dir}; starting from step 0", flush=True)
+        return None
+    if not is_complete(path):
+        raise ConfigError([f"resume: {path} is not a complete checkpoint (no COMPLETE marker)"])
+    state = read_trainer_state(path)
+    problems = []
+    for key, was, now in (("run.seed", state["seed"], spec.run.seed),
+                          ("rollout.group_size", state["group_size"], spec.rollout.group_size)):
+        if was != now:
+            problems.append(f"{key}: the checkpoint {path} was written with {was}, this run sets {now}; "
+                            f"resuming would not reproduce the run (set it back, or start a new run.dir)")
+    if problems:
+        raise ConfigError(problems)
+    return path
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    with open(Path(path) / TRAINER_STATE) as f:
+        return json.load(f)
+
+
+def write_checkpoint(run_dir: Path, step: int, spec: TrainSpec, learner: Any, prompts: Any, combiner: Any,
+                     rewards: Any) -> Path:
+    """Everything needed to resume exactly at `step` (learner files are written by the learner actors)."""
+
+    def write(directory: Path) -> None:
+        learner.run("save", str(directory), stage="saving a checkpoint")
+        state = {"step": step, "seed": spec.run.seed, "group_size": spec.rollout.group_size,
+                 "prompts": prompts.state_dict(), "ensemble": combiner.state_dict(),
+                 "reward_pool": rewards.state_dict()}
+        with open(directory / TRAINER_STATE, "w") as f:
+            json.dump(state, f, indent=1)
+        OmegaConf.save(spec.cfg, directory / "config.yaml", resolve=True)
+        with open(directory / "versions.json", "w") as f:
+            json.dump(package_versions(), f, indent=1)
+
+    return save_checkpoint(run_dir, step, write, spec.checkpoint.keep)
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions

@@ -1,0 +1,87 @@
+"""Draw reward, KL and per-reward curves from one or several runs' metrics.jsonl into one PNG.
+
+    python scripts/plot_metrics.py runs/a/metrics.jsonl runs/b/metrics.jsonl --out curves.png
+
+Panels: reward/mean, loss/kl (and kl/k3_mean), then one panel per reward (`reward/<name>/mean`) found in
+any of the files. Each run is one line, labelled by its directory name; --smooth averages over a window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rl.metrics import read_metrics  # noqa: E402
+
+PER_REWARD = re.compile(r"^reward/([^/]+)/mean$")
+
+
+def panels(runs: dict[str, list[dict]]) -> list[tuple[str, list[str]]]:
+    """(title, metric keys) per panel: the total reward, KL, then each reward found in any run."""
+    names = sorted({m.group(1) for records in runs.values() for r in records for k in r
+                    if (m := PER_REWARD.match(k))})
+    return ([("reward/mean", ["reward/mean"]), ("KL to the reference", ["kl/k3_mean"])]
+            + [(f"reward/{n}/mean", [f"reward/{n}/mean"]) for n in names])
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Moving average over `window` steps that skips missing (NaN) values."""
+    if window <= 1:
+        return values
+    kernel = np.ones(window)
+    finite = np.isfinite(values)
+    total = np.convolve(np.where(finite, values, 0), kernel, mode="same")
+    count = np.convolve(finite.astype(float), kernel, mode="same")
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def plot(paths: list[Path], out: Path, window: int = 1) -> Path:
+    runs = {f"{p.parent.name or p.stem}": read_metrics(p) for p in paths}
+    layout = panels(runs)
+    columns = min(3, len(layout))
+    rows = math.ceil(len(layout) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows), squeeze=False)
+    for ax, (title, keys) in zip(axes.flat, layout, strict=False):
+        for label, records in runs.items():
+            for key in keys:
+                steps = np.array([r["step"] for r in records])
+                values = np.array([r.get(key) if r.get(key) is not None else np.nan for r in records], float)
+                if np.isfinite(values).any():
+                    ax.plot(steps, smooth(values, window), label=label if len(keys) == 1 else f"{label} {key}")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(layout):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("metrics", nargs="+", type=Path, help="metrics.jsonl files (one per run)")
+    parser.add_argument("--out", type=Path, default=Path("curves.png"))
+    parser.add_argument("--smooth", type=int, default=1, help="moving-average window in steps")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.metrics if not p.is_file()]
+    if missing:
+        parser.error(f"not found: {', '.join(missing)}")
+    print(plot(args.metrics, args.out, args.smooth))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

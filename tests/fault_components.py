@@ -1,0 +1,91 @@
+"""Components that misbehave on purpose, named by import path (`tests.fault_components.X`) in the
+training tests' configs, so faults are injected through the same door users plug their own code in.
+
+They run inside real Ray actors; nothing here is a mock of the project's code.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from rewards.base import RewardOutput
+from rl.decoder import DecodedImages, PatchDecoder
+from rl.policy import TokenLogprobs, XOmniPolicy
+from rl.tiny import tiny_policy_config
+
+
+class MeanPixel:
+    """A cheap deterministic reward: mean pixel value / 255."""
+
+    score_range = (0.0, 1.0)
+
+    def __call__(self, images, prompts, metadata):
+        return RewardOutput(torch.tensor([float(np.asarray(im).mean()) / 255 for im in images]))
+
+
+class Raises:
+    """Always raises."""
+
+    def __call__(self, images, prompts, metadata):
+        raise RuntimeError("injected reward failure")
+
+
+class Sleeps:
+    """Sleeps `seconds` before answering: past the ensemble timeout, it is abandoned."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, images, prompts, metadata):
+        time.sleep(self.seconds)
+        return RewardOutput(torch.zeros(len(images)))
+
+
+class ReturnsNaN:
+    """Answers NaN for every image ("cannot score"): not a fault, just no score."""
+
+    def __call__(self, images, prompts, metadata):
+        return RewardOutput(torch.full((len(images),), float("nan")))
+
+
+class WrongLength:
+    """Returns one score too many."""
+
+    def __call__(self, images, prompts, metadata):
+        return RewardOutput(torch.zeros(len(images) + 1))
+
+
+class NaNImages(PatchDecoder):
+    """A PatchDecoder whose images are NaN for every row with an even seed (about half the rows)."""
+
+    def __call__(self, tokens, grid, prompts, seeds) -> DecodedImages:
+        out = super().__call__(tokens, grid, prompts, seeds)
+        broken = torch.tensor([int(s) % 2 == 0 for s in seeds])
+        images = out.images.clone()
+        images[broken] = float("nan")
+        return DecodedImages(images, out.valid & ~broken)
+
+
+class NaNLossPolicy(XOmniPolicy):
+    """A tiny policy whose learner log-probs (grad-enabled calls) are NaN on the listed call numbers."""
+
+    nan_calls: frozenset[int] = frozenset()
+    grad_calls: int = 0
+
+    def token_logprobs(self, *args, **kwargs) -> TokenLogprobs:
+        out = super().token_logprobs(*args, **kwargs)
+        if not torch.is_grad_enabled():
+            return out
+        self.grad_calls += 1
+        if self.grad_calls in self.nan_calls:
+            return TokenLogprobs(out.logprobs * float("nan"), out.entropy)
+        return out
+
+
+def nan_loss_policy(nan_calls: list[int], seed: int = 0, **overrides) -> NaNLossPolicy:
+    policy = NaNLossPolicy.from_config(tiny_policy_config(**overrides), seed=seed)
+    policy.nan_calls = frozenset(nan_calls)
+    return policy

@@ -1,0 +1,98 @@
+"""The learner in-process (no Ray): GRPO updates on the tiny policy with samples from the real sampler."""
+
+import dataclasses
+
+import pytest
+import torch
+from train_helpers import tiny_spec
+
+from rl.decoder import PatchDecoder, to_uint8_images
+from rl.grpo import group_advantages
+from rl.learner import Learner, TrainBatch
+from rl.sampler import sample_image_tokens
+from rl.seeding import sample_seed
+from rl.train_config import LearnerConfig
+
+PROMPTS = ["A neon shop sign reading \"OPEN\".", "A jar labeled \"JAM\"."]
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    return tiny_spec(tmp_path_factory.mktemp("run"))
+
+
+def make_learner(spec, **trainer) -> Learner:
+    model = {k: dict(v) for k, v in spec.cfg.model.items()}
+    learner = Learner(model, dataclasses.replace(spec.trainer, **trainer), LearnerConfig(), tuple(spec.rollout.grid),
+                      spec.rollout.sampling.temperature)
+    learner.setup()
+    return learner
+
+
+def sample(learner: Learner, spec, step: int, group: int = 4) -> TrainBatch:
+    prompts = [p for p in PROMPTS for _ in range(group)]
+    seeds = [sample_seed(0, step, i, g, "policy") for i in range(len(PROMPTS)) for g in range(group)]
+    samples = sample_image_tokens(learner.policy, learner.format.encode(prompts, tuple(spec.rollout.grid)),
+                                  spec.rollout.sampling, seeds)
+    advantages = torch.linspace(-1.5, 1.5, len(prompts))
+    return TrainBatch(prompts, samples.tokens, samples.logprobs, advantages)
+
+
+def current_logprobs(learner: Learner, batch: TrainBatch) -> torch.Tensor:
+    with torch.no_grad():
+        return learner._token_logprobs(learner.policy, batch, range(len(batch.prompts)), False).logprobs
+
+
+def test_first_ratio_is_one_and_advantages_move_log_probs_their_way(spec):
+    learner = make_learner(spec)
+    batch = sample(learner, spec, step=1)
+    stats = learner.update(batch)
+    assert stats["ratio/min"] == pytest.approx(1, abs=1e-5) and stats["ratio/max"] == pytest.approx(1, abs=1e-5)
+    assert stats["kl/k3_mean"] == pytest.approx(0, abs=1e-6)  # the policy still equals its reference
+    change = (current_logprobs(learner, batch) - batch.old_logprobs).sum(1)  # [N]
+    assert change[batch.advantages > 0].mean() > 0 > change[batch.advantages < 0].mean()
+
+
+def test_micro_batching_does_not_change_the_update(spec):
+    whole, pieces = make_learner(spec, micro_batch_size=8), make_learner(spec, micro_batch_size=3)
+    batch = sample(whole, spec, step=1)
+    a, b = whole.update(batch), pieces.update(batch)
+    for key in ("loss/total", "loss/kl", "actor/grad_norm", "entropy/mean"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+
+
+def test_save_and_load_resume_the_optimizer_exactly(spec, tmp_path):
+    original = make_learner(spec)
+    original.update(sample(original, spec, step=1))
+    original.save(str(tmp_path))
+    restored = make_learner(spec)
+    restored.load(str(tmp_path))
+    batch = sample(original, spec, step=2)
+    a, b = original.update(batch), restored.update(batch)
+    assert a == b
+    after_a, after_b = original.full_state_dict(), restored.full_state_dict()
+    assert all(torch.equal(after_a[k], after_b[k]) for k in after_a)
+
+
+def test_grpo_teaches_the_tiny_policy_to_write_the_requested_letters(spec):
+    """A short version of the CPU demo, in-process: the OCR reward of glyph rows rises."""
+    from rewards.ocr import OCRReward
+
+    learner = make_learner(spec)
+    decoder = PatchDecoder(mode="glyph", patch=16, codebook_size=64, seed=0)
+    ocr = OCRReward(mode="zh")
+    prompts = [f"A sign that says \"{word}\"." for word in ("OPEN", "STOP", "TAXI", "SEA")]
+    group, means = 6, []
+    for step in range(1, 15):
+        rows = [p for p in prompts for _ in range(group)]
+        seeds = [sample_seed(0, step, i, g, "policy") for i in range(len(prompts)) for g in range(group)]
+        samples = sample_image_tokens(learner.policy, learner.format.encode(rows, (1, 6)), spec.rollout.sampling,
+                                      seeds)
+        images = to_uint8_images(decoder(samples.tokens, (1, 6), rows, seeds).images)
+        targets = [{"text": [p.split('"')[1]]} for p in rows]
+        rewards = ocr(images, rows, targets).scores
+        learner.update(TrainBatch(rows, samples.tokens, samples.logprobs,
+                                  group_advantages(rewards.view(len(prompts), group)).view(-1)))
+        means.append(rewards.mean().item())
+    first, last = sum(means[:4]) / 4, sum(means[-4:]) / 4
+    assert last > first + 0.1, means

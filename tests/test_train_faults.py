@@ -1,0 +1,89 @@
+"""Faults during training (DESIGN.md reliability promises 3-6), injected on a real local Ray with tiny models.
+
+Faulty rewards, a decoder that returns NaN images and a policy whose loss turns NaN are ordinary
+components from tests/fault_components.py; actors are killed with `ray.kill`.
+"""
+
+import math
+
+import pytest
+import ray
+import torch
+from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
+
+from rl.reward_pool import RunAborted
+from rl.train import Trainer
+
+GOOD = {"_component_": "tests.fault_components.MeanPixel"}
+
+
+@pytest.fixture
+def trainer_for(tmp_path, local_ray):  # noqa: F811
+    made = []
+
+    def make(rewards=None, overrides=()):
+        made.append(Trainer(tiny_spec(tmp_path / f"run{len(made)}", rewards, overrides)))
+        return made[-1]
+
+    yield make
+    for trainer in made:
+        trainer.close()
+
+
+def test_reward_faults_stay_in_their_column_and_invalid_images_are_masked(trainer_for):
+    rewards = {"good": GOOD, "raises": {"_component_": "tests.fault_components.Raises"},
+               "slow": {"_component_": "tests.fault_components.Sleeps", "seconds": 60},
+               "nan": {"_component_": "tests.fault_components.ReturnsNaN"},
+               "short": {"_component_": "tests.fault_components.WrongLength"}}
+    trainer = trainer_for(rewards, ("ensemble.timeout_s=5", "ensemble.nan_policy=renormalize",
+                                    "model.decoder._component_=tests.fault_components.NaNImages"))
+    metrics = trainer.train_step(1)
+    n = 8
+    invalid = round(metrics["rollout/invalid_frac"] * n)
+    assert 0 < invalid < n  # NaN images are flagged and counted
+    assert metrics["reward/good/count"] == n - invalid  # ...and never reach a reward
+    assert math.isfinite(metrics["reward/good/mean"]) and metrics["reward/good/failures"] == 0
+    for name in ("raises", "slow", "short"):  # exception, timeout, wrong length: NaN, counted
+        assert metrics[f"reward/{name}/failures"] == n - invalid
+        assert metrics[f"reward/{name}/nan_frac"] == 1.0
+    assert metrics["reward/nan/failures"] == 0 and metrics["reward/nan/nan_frac"] == 1.0
+    assert trainer.rewards.restarts == {"good": 0, "raises": 0, "slow": 1, "nan": 0, "short": 0}
+    # Invalid rows get NaN totals, hence zero advantage; valid rows are scored by "good" alone.
+    assert metrics["advantage/zero_frac"] >= invalid / n
+
+    ray.kill(trainer.rewards.actors["good"], no_restart=True)  # a dead reward actor is restarted
+    metrics = trainer.train_step(2)
+    assert trainer.rewards.restarts["good"] == 1
+    assert metrics["reward/good/failures"] == metrics["reward/good/count"]  # that step's rows are lost
+    metrics = trainer.train_step(3)
+    assert metrics["reward/good/failures"] == 0 and math.isfinite(metrics["reward/good/mean"])
+
+
+def test_non_finite_loss_skips_the_step_then_stops_the_run(trainer_for):
+    policy = ("model.policy._component_=tests.fault_components.nan_loss_policy", "model.policy.nan_calls=[2,3]",
+              "trainer.max_nonfinite_steps=2")
+    trainer = trainer_for({"good": GOOD}, policy)
+    first = trainer.train_step(1)
+    assert first["actor/skipped_steps"] == 0
+    before = trainer.learner.run("full_state_dict")
+    second = trainer.train_step(2)  # NaN loss: optimizer step skipped, weights untouched, counted
+    assert second["actor/skipped_steps"] == 1 and second["actor/nonfinite_in_row"] == 1
+    after = trainer.learner.run("full_state_dict")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(RunAborted, match=r"2 optimizer steps in a row .*\(trainer.max_nonfinite_steps=2\)"):
+        trainer.train_step(3)
+
+
+def test_the_run_stops_with_a_message_naming_what_failed(trainer_for):
+    rewards = {"good": GOOD, "broken": {"_component_": "tests.fault_components.Raises"}}
+    trainer = trainer_for(rewards, ("reward_workers.failure_window=1", "reward_workers.max_failure_frac=0.5"))
+    with pytest.raises(RunAborted, match=r"reward 'broken' failed on 8 of 8 samples .*injected reward failure"):
+        trainer.train_step(1)
+
+    ray.kill(trainer.rollout.actors[0], no_restart=True)
+    with pytest.raises(RunAborted, match=r"(?s)a rollout actor \(generate\) died.*resume=auto"):
+        trainer.train_step(2)
+
+    ray.kill(trainer.learner.ranks[0], no_restart=True)
+    with pytest.raises(RunAborted, match=r"a learner actor \(update\) died"):
+        trainer.learner.update(None)
