@@ -1,0 +1,124 @@
+"""`python -m rl.export`: a training checkpoint + the base X-Omni folder -> a complete X-Omni folder.
+
+The base is a tiny policy saved in shards (so the LM weights are an index + shards, as X-Omni ships them),
+its config.json extended with X-Omni's remote-code and vision keys, a tokenizer, and stand-in vision files
+(their content does not matter: they must be copied byte for byte).
+"""
+
+import filecmp
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from rl.checkpoint import MARKER, save_checkpoint
+from rl.export import export, main
+from rl.policy import XOmniPolicy
+from rl.tiny import tiny_policy, tiny_tokenizer
+from rl.tokenizer import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTRA_CONFIG = {"auto_map": {"AutoModelForCausalLM": "modeling_xomni.XOmniForCausalLM"},
+                "vision_config": {"encoder": {"siglip_path": "vit.safetensors", "projector_path": "vq.pth"},
+                                  "decoder": {"model_path": "diffusers"}}}
+VISION_FILES = {"modeling_xomni.py": b"# X-Omni's model code\n", "vq.pth": b"projector", "vit.safetensors": b"vit",
+                "diffusers/config.json": b"{}", "diffusers/diffusion_pytorch_model.safetensors": b"flux"}
+
+
+def make_base(folder: Path, dtype: str | None = None) -> Path:
+    tiny_policy(seed=0).save_pretrained(folder, max_shard_size="200KB")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(EXTRA_CONFIG)
+    if dtype:
+        config["torch_dtype"] = dtype
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    tiny_tokenizer().save_pretrained(folder)
+    for name, content in VISION_FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    return folder
+
+
+def make_checkpoint(run_dir: Path, policy: XOmniPolicy, step: int = 40) -> Path:
+    return save_checkpoint(run_dir, step, lambda d: policy.save_pretrained(d / "policy"), keep=1)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return tiny_policy(seed=1)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_base(tmp_path_factory.mktemp("base") / "X-Omni-SFT")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, trained):
+    return make_checkpoint(tmp_path_factory.mktemp("run"), trained)
+
+
+def test_export_writes_the_trained_weights_into_a_copy_of_the_base(base, checkpoint, trained, tmp_path):
+    out = tmp_path / "X-Omni-RL"
+    command = [sys.executable, "-m", "rl.export", "--checkpoint", str(checkpoint), "--base", str(base),
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list(base.glob("model-*.safetensors"))) > 1  # the base really is sharded
+    assert not list(out.glob("model-*.safetensors")) and (out / "model.safetensors").is_file()
+    # Everything but the LM weights is the base's, byte for byte, config.json included.
+    for name in [*VISION_FILES, "config.json", "tokenizer.json", "tokenizer_config.json"]:
+        assert filecmp.cmp(base / name, out / name, shallow=False), name
+    assert json.loads((out / "export_info.json").read_text())["step"] == 40
+    assert sorted(p.name for p in out.parent.iterdir()) == ["X-Omni-RL"]  # no temporary folder left
+    exported = XOmniPolicy.from_pretrained(out)
+    assert exported.config.auto_map == EXTRA_CONFIG["auto_map"]
+    for key, value in trained.state_dict().items():
+        assert torch.equal(exported.state_dict()[key], value), key
+    assert not torch.equal(exported.mm_head.weight, XOmniPolicy.from_pretrained(base).mm_head.weight)
+    assert load_tokenizer(out).get_vocab() == tiny_tokenizer().get_vocab()
+
+
+def test_weights_take_the_dtype_the_base_declares(tmp_path, checkpoint, trained):
+    base = make_base(tmp_path / "base", dtype="bfloat16")
+    out = export(checkpoint, base, tmp_path / "out")
+    with safe_open(out / "model.safetensors", framework="pt") as f:
+        weight = f.get_tensor("mm_head.weight")
+    assert weight.dtype == torch.bfloat16 and torch.equal(weight, trained.mm_head.weight.bfloat16())
+
+
+def test_incomplete_checkpoint_is_refused(base, trained, tmp_path, capsys):
+    checkpoint = make_checkpoint(tmp_path / "run", trained)
+    (checkpoint / MARKER).unlink()
+    assert main(["--checkpoint", str(checkpoint), "--base", str(base), "--out", str(tmp_path / "out")]) == 2
+    assert "not a complete training checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_policy_of_another_shape_is_refused(base, tmp_path, capsys):
+    checkpoint = make_checkpoint(tmp_path / "run", tiny_policy(seed=1, intermediate_size=96))
+    assert main(["--checkpoint", str(checkpoint), "--base", str(base), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "does not have the base model's shape (18 tensors differ" in err
+    assert "model.layers.0.mlp.down_proj.weight: checkpoint [64, 96], base [64, 128]" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite_and_must_not_overlap_the_inputs(base, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    args = ["--checkpoint", str(checkpoint), "--base", str(base), "--out", str(out)]
+    assert main(args) == 2
+    assert "exists and is not empty (pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert main(["--checkpoint", str(checkpoint), "--base", str(base), "--out", str(base / "rl"), "--overwrite"]) == 2
+    assert "overlaps --base" in capsys.readouterr().err
