@@ -1,6 +1,7 @@
 """`python -m rl.train` end to end in subprocesses (each starts its own local Ray): resume equivalence across
 a SIGKILL, and the errors a user sees before anything loads."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +13,9 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import REPO, save_config, tiny_config
 
-from rl.checkpoint import list_checkpoints
+from rl.checkpoint import list_checkpoints, save_checkpoint
 from rl.metrics import read_metrics
+from rl.run_state import TRAINER_STATE
 
 # Wall-clock figures differ between runs; everything else must not.
 TIMING = ("time/", "rollout/tokens_per_s", "rollout/images_per_s")
@@ -70,13 +72,14 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
 
 
 def test_a_changed_seed_or_group_size_is_refused_on_resume(tmp_path):
-    config = save_config(tiny_config(tmp_path, overrides=("trainer.steps=1", "checkpoint.every=1")),
-                         tmp_path / "tiny.yaml")
-    assert train(config).returncode == 0
-    refused = train(config, "resume=auto", "run.seed=1", "rollout.group_size=2", "trainer.steps=2")
+    """Refused before Ray starts, so a checkpoint written by rl.run_state's layout is enough here."""
+    config = save_config(tiny_config(tmp_path, overrides=("trainer.steps=2",)), tmp_path / "tiny.yaml")
+    state = {"step": 1, "seed": 0, "group_size": 4}
+    save_checkpoint(tmp_path, 1, lambda path: (path / TRAINER_STATE).write_text(json.dumps(state)), keep=1)
+    refused = train(config, "resume=auto", "run.seed=1", "rollout.group_size=2")
     assert refused.returncode == 2
     assert "run.seed: the checkpoint" in refused.stderr and "rollout.group_size: the checkpoint" in refused.stderr
-    again = train(config, "trainer.steps=2")  # neither resume nor overwrite: the earlier run is kept
+    again = train(config)  # neither resume nor overwrite: the earlier run is kept
     assert again.returncode == 2 and "holds an earlier run" in again.stderr
 
 

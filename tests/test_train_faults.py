@@ -14,7 +14,7 @@ from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray
 from rl.reward_pool import RunAborted
 from rl.train import Trainer
 
-GOOD = {"_component_": "tests.fault_components.MeanPixel"}
+GOOD = {"_component_": "tests.fault_rewards.MeanPixel"}
 
 
 @pytest.fixture
@@ -31,11 +31,11 @@ def trainer_for(tmp_path, local_ray):  # noqa: F811
 
 
 def test_reward_faults_stay_in_their_column_and_invalid_images_are_masked(trainer_for):
-    rewards = {"good": GOOD, "raises": {"_component_": "tests.fault_components.Raises"},
-               "slow": {"_component_": "tests.fault_components.Sleeps", "seconds": 60},
-               "nan": {"_component_": "tests.fault_components.ReturnsNaN"},
-               "short": {"_component_": "tests.fault_components.WrongLength"}}
-    trainer = trainer_for(rewards, ("ensemble.timeout_s=5", "ensemble.nan_policy=renormalize",
+    rewards = {"good": GOOD, "raises": {"_component_": "tests.fault_rewards.Raises"},
+               "slow": {"_component_": "tests.fault_rewards.Sleeps", "seconds": 60},
+               "nan": {"_component_": "tests.fault_rewards.ReturnsNaN"},
+               "short": {"_component_": "tests.fault_rewards.WrongLength"}}
+    trainer = trainer_for(rewards, ("ensemble.timeout_s=3", "ensemble.nan_policy=renormalize",
                                     "model.decoder._component_=tests.fault_components.NaNImages"))
     metrics = trainer.train_step(1)
     n = 8
@@ -75,7 +75,7 @@ def test_non_finite_loss_skips_the_step_then_stops_the_run(trainer_for):
 
 
 def test_the_run_stops_with_a_message_naming_what_failed(trainer_for):
-    rewards = {"good": GOOD, "broken": {"_component_": "tests.fault_components.Raises"}}
+    rewards = {"good": GOOD, "broken": {"_component_": "tests.fault_rewards.Raises"}}
     trainer = trainer_for(rewards, ("reward_workers.failure_window=1", "reward_workers.max_failure_frac=0.5"))
     with pytest.raises(RunAborted, match=r"reward 'broken' failed on 8 of 8 samples .*injected reward failure"):
         trainer.train_step(1)
