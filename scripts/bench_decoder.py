@@ -15,31 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 
 import diffusers
 import torch
 
 from rl.decoder import FluxSigLIPTransformer
 from rl.decoder.tiny import tiny_xomni_decoder
+from rl.timing import median_seconds
 
 T5_TOKENS = 512
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of `fn` over `repeats` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def cfg_step_times(transformer: FluxSigLIPTransformer, batch: int, grid: tuple[int, int], text_tokens: int,
@@ -62,8 +46,8 @@ def cfg_step_times(transformer: FluxSigLIPTransformer, batch: int, grid: tuple[i
 
     both, half = inputs(2 * batch), inputs(batch)
     with torch.no_grad():
-        batched = timed(lambda: transformer(**both), device, repeats)
-        two_pass = timed(lambda: (transformer(**half), transformer(**half)), device, repeats)
+        batched = median_seconds(lambda: transformer(**both), device, repeats)
+        two_pass = median_seconds(lambda: (transformer(**half), transformer(**half)), device, repeats)
     return {"batched_cfg_s_per_step": round(batched, 5), "two_pass_cfg_s_per_step": round(two_pass, 5),
             "speedup_batched_vs_two_pass": round(two_pass / batched, 3)}
 
@@ -75,7 +59,7 @@ def bench_tiny(args: argparse.Namespace) -> dict:
         decoder = tiny_xomni_decoder(num_inference_steps=args.steps, max_batch_size=batch)
         call = (torch.randint(0, 16384, (batch, grid[0] * grid[1])), grid, ["a photo of a cat"] * batch,
                 list(range(batch)))
-        seconds = timed(lambda d=decoder, c=call: d(*c), torch.device("cpu"), args.repeats)
+        seconds = median_seconds(lambda d=decoder, c=call: d(*c), torch.device("cpu"), args.repeats)
         result[f"images_per_s_batch{batch}"] = round(batch / seconds, 3)
     result[f"speedup_batch{args.batch}_vs_batch1"] = round(
         result[f"images_per_s_batch{args.batch}"] / result["images_per_s_batch1"], 3)
@@ -105,7 +89,7 @@ def bench_real_shapes(args: argparse.Namespace) -> dict:
         step = cfg_step_times(transformer, args.batch, grid, T5_TOKENS, device, dtype, args.repeats)
         latents = torch.randn(args.batch, 16, 2 * tokens_per_side, 2 * tokens_per_side, device=device, dtype=dtype)
         with torch.no_grad():
-            vae_s = timed(lambda z=latents: vae.decode(z), device, args.repeats)
+            vae_s = median_seconds(lambda z=latents: vae.decode(z), device, args.repeats)
         results[f"{16 * tokens_per_side}px"] = {**step, "vae_decode_s_per_image": round(vae_s / args.batch, 5)}
     return {"decoder": "FLUX.1-dev-shaped, random bf16", "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
 
 import torch
 
 from rl.policy import XOmniPolicy
+from rl.timing import median_seconds
 from rl.tiny import tiny_policy_config
 from rl.xomni_model import XOmniConfig
 
@@ -44,18 +44,11 @@ def direct_logprobs(policy: XOmniPolicy, input_ids: torch.Tensor, num_image_toke
 
 
 def timed(step, repeats: int, device: torch.device) -> tuple[float, float]:
-    """Seconds per call and peak memory in GiB: the GPU's, or on the CPU the process's peak RSS so far
+    """Median seconds per call and peak memory in GiB: the GPU's, or on the CPU the process's peak RSS so far
     (monotonic, so `ours` runs first and the direct path's figure shows what it adds)."""
-    step()  # warm-up
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    began = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - began) / repeats
+    seconds = median_seconds(step, device, repeats)
     if device.type == "cuda":
         return seconds, torch.cuda.max_memory_allocated() / 2**30
     return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 
 import torch
 
@@ -27,6 +25,7 @@ import rl  # noqa: F401  (torchvision fix before transformers model classes)
 from rl.policy import XOmniConfig, XOmniPolicy
 from rl.sampler import SamplingParams, sample_image_tokens
 from rl.seeding import sample_seed
+from rl.timing import median_seconds
 from rl.tiny import tiny_policy_config, tiny_tokenizer
 from rl.tokenizer import PromptFormat
 
@@ -61,20 +60,6 @@ def generate_twin(config: XOmniConfig, dtype: torch.dtype, device: torch.device)
         torch.set_default_dtype(default)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of `fn` over `repeats` runs (the caller warms up)."""
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device or ("cuda" if args.model_size == "7b" else "cpu"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.model_size == "7b" else "float32"))
@@ -90,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
         return lambda: sample_image_tokens(policy, fmt.encode(prompts, grid), params, seeds)
 
     ours((2, 2))()
-    ours_s = timed(ours(tuple(args.grid)), device, args.repeats)
+    ours_s = median_seconds(ours(tuple(args.grid)), device, args.repeats, warmup=False)
     ours_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     policy = None  # free its memory before the twin is built
     if device.type == "cuda":
@@ -108,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
 
     with torch.inference_mode():
         generate((2, 2))()
-        generate_s = timed(generate(tuple(args.grid)), device, args.repeats)
+        generate_s = median_seconds(generate(tuple(args.grid)), device, args.repeats, warmup=False)
     tokens = args.batch * args.grid[0] * args.grid[1]
     return {"model_size": args.model_size, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
             else "cpu", "dtype": str(dtype).removeprefix("torch."), "layers": config.num_hidden_layers,
