@@ -20,7 +20,6 @@ from rl.learner import Learner, TrainBatch
 from rl.reward_pool import RunAborted
 from rl.rollout import RolloutResult, RolloutWorker
 from rl.train_config import LearnerConfig, RayConfig, RolloutConfig, TrainerConfig
-from rl.weight_sync import free_port, node_ip
 
 # Environment of every actor: tokenizers' thread pool warns after fork; Ray's usage stats stay off.
 ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -165,9 +164,8 @@ class WeightSync:
             self._join("nccl" if use_gpu else "gloo")
 
     def _join(self, backend: str) -> None:
-        host, port = node_ip(), free_port()
-        if any(node != host for node in self.learner.run("address", stage="weight-sync set-up")[:1]):
-            host, port = self.learner.run("address", stage="weight-sync set-up")
+        # Learner rank 0 is rank 0 of the group and hosts its store, so the address is taken on its node.
+        host, port = self.learner.run("address", stage="weight-sync set-up")
         world = 1 + len(self.rollout.actors)
         refs = [self.learner.ranks[0].join_weight_group.remote(host, port, world, backend)]
         refs += [a.join_weight_group.remote(host, port, i + 1, world, backend)
