@@ -133,11 +133,12 @@ class Learner:
         for start in range(rows.start, rows.stop, t.micro_batch_size):
             micro = range(start, min(start + t.micro_batch_size, rows.stop))
             index = list(micro)
+            sequences = self._sequences(batch, micro)  # tokenised once for the reference and the policy
             ref = None
             if self.reference is not None:
                 with torch.no_grad():
-                    ref = self._token_logprobs(self.reference, batch, micro, with_entropy=False).logprobs
-            out = self._token_logprobs(self.policy, batch, micro, with_entropy=True)
+                    ref = self._token_logprobs(self.reference, sequences, with_entropy=False).logprobs
+            out = self._token_logprobs(self.policy, sequences, with_entropy=True)
             loss, stats = grpo_loss(
                 out.logprobs, batch.old_logprobs[index].to(self.device), ref, batch.advantages[index].to(self.device),
                 torch.ones_like(out.logprobs), clip_eps=t.clip_eps, kl_coef=t.kl_coef, aggregation=t.aggregation,
@@ -164,14 +165,19 @@ class Learner:
                     value /= self.world_size
         return {key: float(value) for key, value in totals.items()}
 
-    def _token_logprobs(self, model: XOmniPolicy, batch: TrainBatch, rows: range, with_entropy: bool):
+    def _sequences(self, batch: TrainBatch, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), long [n, P + T]: the rows' prompts left-padded, then their image tokens."""
         index = list(rows)
         prompts = self.format.encode([batch.prompts[i] for i in index], self.grid).to(self.device)
-        input_ids, attention_mask = prompts.with_image_tokens(batch.tokens[index])
+        return prompts.with_image_tokens(batch.tokens[index])
+
+    def _token_logprobs(self, model: XOmniPolicy, sequences: tuple[torch.Tensor, torch.Tensor], with_entropy: bool):
+        input_ids, attention_mask = sequences
+        num_image_tokens = self.grid[0] * self.grid[1]
         # Unsharded mixed precision: autocast (FSDP applies its MixedPrecisionPolicy itself).
         autocast = self.learner.mixed_precision and self.world_size == 1
         with torch.autocast(self.device.type, torch.bfloat16, enabled=autocast):
-            return model.token_logprobs(input_ids, attention_mask, prompts.num_image_tokens,
+            return model.token_logprobs(input_ids, attention_mask, num_image_tokens,
                                         temperature=self.temperature, with_entropy=with_entropy)
 
     # -- weights out ---------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ def sample(learner: Learner, spec, step: int, group: int = 4) -> TrainBatch:
 
 def current_logprobs(learner: Learner, batch: TrainBatch) -> torch.Tensor:
     with torch.no_grad():
-        return learner._token_logprobs(learner.policy, batch, range(len(batch.prompts)), False).logprobs
+        sequences = learner._sequences(batch, range(len(batch.prompts)))
+        return learner._token_logprobs(learner.policy, sequences, False).logprobs
 
 
 def test_first_ratio_is_one_and_advantages_move_log_probs_their_way(spec):
