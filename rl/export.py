@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from rl.checkpoint import MARKER, is_complete
-from rl.learner import POLICY_DIR
-from rl.policy import CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, XOmniConfig, XOmniPolicy
+from rl.distributed.learner import POLICY_DIR
+from rl.model.policy import CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, XOmniConfig, XOmniPolicy
+from rl.state.checkpoint import MARKER, is_complete
 
 INFO_NAME = "export_info.json"
 

@@ -38,7 +38,6 @@ from tqdm import tqdm
 from prompts.sources import PromptSource
 from rewards.base import resolve_device, resolve_dtype
 from rewards.score import resume
-from rl.checkpoint import is_complete
 from rl.config import (
     ConfigError,
     build_section,
@@ -50,11 +49,12 @@ from rl.config import (
     validate_section,
 )
 from rl.decoder import ImageDecoder, to_uint8_images
-from rl.learner import POLICY_DIR
-from rl.policy import CONFIG_NAME, XOmniPolicy
-from rl.sampler import SamplingParams, sample_image_tokens
+from rl.distributed.learner import POLICY_DIR
+from rl.model.policy import CONFIG_NAME, XOmniPolicy
+from rl.model.sampler import SamplingParams, sample_image_tokens
+from rl.model.tokenizer import PromptFormat
 from rl.seeding import sample_seed
-from rl.tokenizer import PromptFormat
+from rl.state.checkpoint import is_complete
 from rl.train_config import MODEL_COMPONENTS, RolloutConfig
 
 MANIFEST, SETTINGS, IMAGES, TOKENS = "manifest.jsonl", "generation.json", "images", "tokens"
@@ -176,7 +176,7 @@ def _use_checkpoint(cfg: Any, checkpoint: str, dtype_name: str) -> list[str]:
         return [f"--checkpoint: {path} is an incomplete training checkpoint (no COMPLETE marker)"]
     if not (folder / CONFIG_NAME).is_file():
         return [f"--checkpoint: no {CONFIG_NAME} in {path / POLICY_DIR} or {path} (not an X-Omni policy folder)"]
-    cfg.model.policy = {"_component_": "rl.policy.XOmniPolicy.from_pretrained", "path": str(folder),
+    cfg.model.policy = {"_component_": "rl.model.policy.XOmniPolicy.from_pretrained", "path": str(folder),
                         "torch_dtype": dtype_name}
     return []
 

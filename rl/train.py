@@ -21,15 +21,15 @@ import ray
 import torch
 
 from rewards.ensemble import Combiner
-from rl.actors import LearnerGroup, RolloutGroup, WeightSync, check_resources, init_ray
 from rl.config import ConfigError, instantiate, load_config, to_container
+from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync, check_resources, init_ray
+from rl.distributed.learner import TrainBatch
+from rl.distributed.reward_pool import RewardPool, RunAborted
+from rl.evaluation.metrics import MetricsWriter
+from rl.evaluation.sample_grid import sample_grid
 from rl.grpo import group_advantages
-from rl.learner import TrainBatch
-from rl.metrics import MetricsWriter
-from rl.reward_pool import RewardPool, RunAborted
-from rl.run_state import find_resume_checkpoint, read_trainer_state, write_checkpoint
-from rl.sample_grid import sample_grid
 from rl.seeding import sample_seed
+from rl.state.run_state import find_resume_checkpoint, read_trainer_state, write_checkpoint
 from rl.train_config import TrainSpec, resource_needs, validate_train_config
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from omegaconf import DictConfig
 
 from rl.config import ConfigError, build_section, validate_component, validate_section
-from rl.sampler import SamplingParams
+from rl.model.sampler import SamplingParams
 
 
 @dataclass
@@ -50,7 +50,7 @@ class RolloutConfig:
     prompts_per_step: prompts drawn per GRPO step; group_size: samples per prompt (G).
     grid: image token grid [h, w] (16 px per token: 24x24 -> 384 px). batch_size: sequences sampled at once
     by one actor. dtype: rollout precision ("bfloat16" on GPU). sampling: temperature, top_k, top_p, min_p,
-    cfg_scale (see rl.sampler.SamplingParams; X-Omni samples with temperature 1.0, min_p 0.03, top_p 1.0,
+    cfg_scale (see rl.model.sampler.SamplingParams; X-Omni samples with temperature 1.0, min_p 0.03, top_p 1.0,
     top_k 50 and no CFG)."""
 
     num_actors: int = 1

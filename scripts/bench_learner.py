@@ -18,10 +18,10 @@ import resource
 
 import torch
 
-from rl.policy import XOmniPolicy
+from rl.model.policy import XOmniPolicy
+from rl.model.tiny import tiny_policy_config
+from rl.model.xomni_model import XOmniConfig
 from rl.timing import median_seconds
-from rl.tiny import tiny_policy_config
-from rl.xomni_model import XOmniConfig
 
 PROMPT_TOKENS = 32
 

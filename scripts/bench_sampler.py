@@ -1,7 +1,7 @@
 """Image-token sampling throughput, printed as JSON: our sampler vs transformers' generate().
 
 What is compared: image tokens per second (batch rows x h*w tokens, prefill included) for
-  - ours: `rl.sampler.sample_image_tokens` on an X-Omni policy (KV cache, SDPA, left-padded prompts,
+  - ours: `rl.model.sampler.sample_image_tokens` on an X-Omni policy (KV cache, SDPA, left-padded prompts,
     X-Omni's sampling settings: temperature 1, top_k 50, min_p 0.03; per-sample counter-based seeds,
     log-probs of every token);
   - generate(): `Qwen2ForCausalLM.generate` on a model of the same shape (same layers, width, heads; its
@@ -22,12 +22,12 @@ import json
 import torch
 
 import rl  # noqa: F401  (torchvision fix before transformers model classes)
-from rl.policy import XOmniConfig, XOmniPolicy
-from rl.sampler import SamplingParams, sample_image_tokens
+from rl.model.policy import XOmniConfig, XOmniPolicy
+from rl.model.sampler import SamplingParams, sample_image_tokens
+from rl.model.tiny import tiny_policy_config, tiny_tokenizer
+from rl.model.tokenizer import PromptFormat
 from rl.seeding import sample_seed
 from rl.timing import median_seconds
-from rl.tiny import tiny_policy_config, tiny_tokenizer
-from rl.tokenizer import PromptFormat
 
 PROMPTS = ["a red fox in fresh snow, morning light", "a neon sign that says OPEN", "an astronaut riding a horse",
            "a bowl of ramen, top view, studio photo"]

@@ -10,7 +10,7 @@ export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=f
 .venv/bin/python -m rl.train configs/tiny.yaml run.dir=runs/demo run.overwrite=true "$@"
 .venv/bin/python scripts/plot_metrics.py runs/demo/metrics.jsonl --out runs/demo/curves.png --smooth 3
 .venv/bin/python - <<'PY'
-from rl.metrics import read_metrics
+from rl.evaluation.metrics import read_metrics
 
 rewards = [r["reward/mean"] for r in read_metrics("runs/demo/metrics.jsonl")]
 first, last = rewards[:5], rewards[-5:]

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rl.metrics import read_metrics  # noqa: E402
+from rl.evaluation.metrics import read_metrics  # noqa: E402
 
 PER_REWARD = re.compile(r"^reward/([^/]+)/mean$")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from rl.decoder import DecodedImages, PatchDecoder
-from rl.policy import TokenLogprobs, XOmniPolicy
-from rl.tiny import tiny_policy_config
+from rl.model.policy import TokenLogprobs, XOmniPolicy
+from rl.model.tiny import tiny_policy_config
 
 
 class NaNImages(PatchDecoder):

@@ -7,7 +7,7 @@ import sys
 import textwrap
 import time
 
-from rl.checkpoint import MARKER, latest_checkpoint, list_checkpoints, save_checkpoint
+from rl.state.checkpoint import MARKER, latest_checkpoint, list_checkpoints, save_checkpoint
 
 
 def write_files(payload: str):
@@ -53,7 +53,7 @@ def test_sigkill_during_save_leaves_the_last_complete_checkpoint(tmp_path):
     save_checkpoint(tmp_path, 10, write_files("old"), keep=1)
     script = textwrap.dedent(f"""
         import time
-        from rl.checkpoint import save_checkpoint
+        from rl.state.checkpoint import save_checkpoint
         def slow(path):
             (path / "weights.bin").write_text("new")
             open({str(tmp_path / 'started')!r}, "w").close()

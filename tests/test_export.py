@@ -16,11 +16,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from rl.checkpoint import MARKER, save_checkpoint
 from rl.export import export, main
-from rl.policy import XOmniPolicy
-from rl.tiny import tiny_policy, tiny_tokenizer
-from rl.tokenizer import load_tokenizer
+from rl.model.policy import XOmniPolicy
+from rl.model.tiny import tiny_policy, tiny_tokenizer
+from rl.model.tokenizer import load_tokenizer
+from rl.state.checkpoint import MARKER, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRA_CONFIG = {"auto_map": {"AutoModelForCausalLM": "modeling_xomni.XOmniForCausalLM"},

@@ -17,13 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from rl.checkpoint import save_checkpoint
 from rl.decoder import PatchDecoder, to_uint8_images
 from rl.generate import main
-from rl.sampler import SamplingParams, sample_image_tokens
+from rl.model.sampler import SamplingParams, sample_image_tokens
+from rl.model.tiny import tiny_policy, tiny_tokenizer
+from rl.model.tokenizer import PromptFormat
 from rl.seeding import sample_seed
-from rl.tiny import tiny_policy, tiny_tokenizer
-from rl.tokenizer import PromptFormat
+from rl.state.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")

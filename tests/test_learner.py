@@ -7,9 +7,9 @@ import torch
 from train_helpers import tiny_spec
 
 from rl.decoder import PatchDecoder, to_uint8_images
+from rl.distributed.learner import Learner, TrainBatch
 from rl.grpo import group_advantages
-from rl.learner import Learner, TrainBatch
-from rl.sampler import sample_image_tokens
+from rl.model.sampler import sample_image_tokens
 from rl.seeding import sample_seed
 from rl.train_config import LearnerConfig
 

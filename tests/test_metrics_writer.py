@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from rl.metrics import MetricsWriter, read_metrics
+from rl.evaluation.metrics import MetricsWriter, read_metrics
 
 
 def test_lines_console_and_resume_truncation(tmp_path, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from train_helpers import REPO
 
-from rl.sample_grid import sample_grid
+from rl.evaluation.sample_grid import sample_grid
 
 
 def write_metrics(path, rewards):

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rl.config import validate_component
-from rl.policy import XOmniConfig, XOmniPolicy, save_policy_state
-from rl.tiny import tiny_policy, tiny_policy_config
+from rl.model.policy import XOmniConfig, XOmniPolicy, save_policy_state
+from rl.model.tiny import tiny_policy, tiny_policy_config
 
 VOCAB = tiny_policy_config().vocab_size
 
@@ -97,7 +97,7 @@ def test_missing_unexpected_and_ignored_keys(policy, tmp_path):
 def test_wrong_shapes_folders_and_model_type_are_clear_errors(policy, tmp_path):
     with pytest.raises(FileNotFoundError, match="path: file or folder not found"):
         XOmniPolicy.from_pretrained(str(tmp_path / "nope"))
-    problems = validate_component({"_component_": "rl.policy.XOmniPolicy.from_pretrained",
+    problems = validate_component({"_component_": "rl.model.policy.XOmniPolicy.from_pretrained",
                                    "path": str(tmp_path / "nope")}, "policy")
     assert len(problems) == 1 and "policy.path" in problems[0]
     tiny_policy(seed=0, hidden_size=32).save_pretrained(tmp_path)

@@ -5,10 +5,10 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from rl.sampler import SamplingParams, sample_image_tokens
+from rl.model.sampler import SamplingParams, sample_image_tokens
+from rl.model.tiny import tiny_policy, tiny_tokenizer
+from rl.model.tokenizer import PromptFormat, image_prefix, load_tokenizer
 from rl.seeding import counter_uniforms, sample_seed
-from rl.tiny import tiny_policy, tiny_tokenizer
-from rl.tokenizer import PromptFormat, image_prefix, load_tokenizer
 
 GRID = (4, 6)
 PROMPTS = ["a red cat on a sofa", "hi", "猫と犬", "a lighthouse at dusk, oil painting"]

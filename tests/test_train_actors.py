@@ -9,9 +9,9 @@ import ray
 import torch
 from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
 
-from rl.actors import LearnerGroup, RolloutGroup, WeightSync
 from rl.config import to_container
-from rl.learner import TrainBatch
+from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync
+from rl.distributed.learner import TrainBatch
 from rl.seeding import sample_seed
 
 PROMPTS = ["A neon shop sign reading \"OPEN\".", "A jar labeled \"JAM\".", "A sign that says \"EXIT\"."]

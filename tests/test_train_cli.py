@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import REPO, save_config, tiny_config
 
-from rl.checkpoint import list_checkpoints, save_checkpoint
-from rl.metrics import read_metrics
-from rl.run_state import TRAINER_STATE
+from rl.evaluation.metrics import read_metrics
+from rl.state.checkpoint import list_checkpoints, save_checkpoint
+from rl.state.run_state import TRAINER_STATE
 
 # Wall-clock figures differ between runs; everything else must not.
 TIMING = ("time/", "rollout/tokens_per_s", "rollout/images_per_s")
@@ -72,7 +72,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
 
 
 def test_a_changed_seed_or_group_size_is_refused_on_resume(tmp_path):
-    """Refused before Ray starts, so a checkpoint written by rl.run_state's layout is enough here."""
+    """Refused before Ray starts, so a checkpoint written by rl.state.run_state's layout is enough here."""
     config = save_config(tiny_config(tmp_path, overrides=("trainer.steps=2",)), tmp_path / "tiny.yaml")
     state = {"step": 1, "seed": 0, "group_size": 4}
     save_checkpoint(tmp_path, 1, lambda path: (path / TRAINER_STATE).write_text(json.dumps(state)), keep=1)

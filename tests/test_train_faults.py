@@ -11,7 +11,7 @@ import ray
 import torch
 from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
 
-from rl.reward_pool import RunAborted
+from rl.distributed.reward_pool import RunAborted
 from rl.train import Trainer
 
 GOOD = {"_component_": "tests.fault_rewards.MeanPixel"}

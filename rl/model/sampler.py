@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rl.policy import XOmniPolicy
+from rl.model.policy import XOmniPolicy
+from rl.model.tokenizer import PromptBatch
 from rl.seeding import counter_uniforms
-from rl.tokenizer import PromptBatch
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Tiny random X-Omni policy and tokenizer, built offline and deterministically.
 
-Used by the tests and, as config components (`_component_: rl.tiny.tiny_policy`), by the CPU training
+Used by the tests and, as config components (`_component_: rl.model.tiny.tiny_policy`), by the CPU training
 config. The tiny policy keeps X-Omni's real image vocabulary (16384 codes + 64 extra rows): the
 softmax is always over all codes, so shapes downstream (decoder, learner) are the real ones.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from rl.policy import XOmniConfig, XOmniPolicy
-from rl.xomni_model import MM_SPECIAL_TOKENS
+from rl.model.policy import XOmniConfig, XOmniPolicy
+from rl.model.xomni_model import MM_SPECIAL_TOKENS
 
 PAD_TOKEN = "<pad>"
 # 256 byte tokens, then <pad>, <SOM>, <EOM>, <IMAGE>.

@@ -1,6 +1,6 @@
 """The X-Omni policy: checkpoint-compatible loading/saving, image and text heads, learner log-probs.
 
-`XOmniPolicy` holds `model` (rl.xomni_model.XOmniModel), `lm_head` and `mm_head` under X-Omni's own
+`XOmniPolicy` holds `model` (rl.model.xomni_model.XOmniModel), `lm_head` and `mm_head` under X-Omni's own
 parameter names, so a folder written by X-Omni's code loads here and a folder saved here loads there.
 Image mode is a softmax over the first `image_vocab_size` rows of `mm_head`; the sampler and the
 learner both take log-probs from `image_head`, so the first importance ratio is exactly 1.
@@ -24,7 +24,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
 from rl.config import LocalPath, resolve_local_path
-from rl.xomni_model import XOmniConfig, XOmniModel
+from rl.model.xomni_model import XOmniConfig, XOmniModel
 
 __all__ = ["XOmniConfig", "XOmniPolicy", "TokenLogprobs", "save_policy_state"]
 
@@ -44,7 +44,7 @@ class TokenLogprobs(NamedTuple):
 
 
 class XOmniPolicy(nn.Module):
-    """X-Omni's AR model. Build with `from_pretrained`, `from_config`, or `rl.tiny.tiny_policy`.
+    """X-Omni's AR model. Build with `from_pretrained`, `from_config`, or `rl.model.tiny.tiny_policy`.
 
     Set `policy.model.gradient_checkpointing = True` to recompute decoder layers in the backward pass.
     """

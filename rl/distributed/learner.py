@@ -26,12 +26,12 @@ import torch
 import torch.distributed as dist
 
 from rl.config import instantiate
+from rl.distributed.rollout import pick_device
+from rl.distributed.weight_sync import CollectiveGroup, free_port, node_ip
 from rl.grpo import grpo_loss
-from rl.policy import XOmniPolicy, save_policy_state
-from rl.rollout import pick_device
-from rl.tokenizer import PromptFormat
+from rl.model.policy import XOmniPolicy, save_policy_state
+from rl.model.tokenizer import PromptFormat
 from rl.train_config import LearnerConfig, TrainerConfig
-from rl.weight_sync import CollectiveGroup, free_port, node_ip
 
 POLICY_DIR, OPTIMIZER_FILE, STATE_FILE = "policy", "optimizer.pt", "learner_state.json"
 

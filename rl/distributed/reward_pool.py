@@ -20,7 +20,7 @@ import numpy as np
 import ray
 import torch
 
-from rl.reward_worker import RewardWorker
+from rl.distributed.reward_worker import RewardWorker
 from rl.train_config import RewardWorkersConfig
 
 

@@ -16,9 +16,9 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rl.learner import Learner, TrainBatch
-from rl.reward_pool import RunAborted
-from rl.rollout import RolloutResult, RolloutWorker
+from rl.distributed.learner import Learner, TrainBatch
+from rl.distributed.reward_pool import RunAborted
+from rl.distributed.rollout import RolloutResult, RolloutWorker
 from rl.train_config import LearnerConfig, RayConfig, RolloutConfig, TrainerConfig
 
 # Environment of every actor: tokenizers' thread pool warns after fork; Ray's usage stats stay off.

@@ -17,17 +17,17 @@ import torch
 
 from rl.config import instantiate
 from rl.decoder import to_uint8_images
-from rl.sampler import SamplingParams, sample_image_tokens
-from rl.tokenizer import PromptFormat
+from rl.distributed.weight_sync import CollectiveGroup
+from rl.model.sampler import SamplingParams, sample_image_tokens
+from rl.model.tokenizer import PromptFormat
 from rl.train_config import RolloutConfig
-from rl.weight_sync import CollectiveGroup
 
 
 @dataclass
 class RolloutResult:
     """N rows in the order requested, T = h*w image tokens each (CPU tensors).
 
-    tokens: long [N, T] image codes. logprobs: float32 [N, T], the sampler's log-probs (see rl/sampler.py).
+    tokens: long [N, T] image codes. logprobs: float32 [N, T], the sampler's log-probs (see rl/model/sampler.py).
     valid: bool [N], False for NaN/inf/constant images (they get NaN rewards and zero advantage).
     sample_s / decode_s: seconds spent sampling tokens and decoding images.
     """

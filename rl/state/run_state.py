@@ -1,6 +1,6 @@
 """What a training checkpoint holds besides the learner's files, and which checkpoint a run resumes from.
 
-A checkpoint directory (see rl/checkpoint.py for how it is written atomically):
+A checkpoint directory (see rl/state/checkpoint.py for how it is written atomically):
   policy/               the policy in X-Omni's format (config.json + safetensors): XOmniPolicy.from_pretrained
   optimizer.pt          AdamW state (tensors and numbers only; loaded with weights_only=True)
   learner_state.json    LR schedule and the learner's counters
@@ -22,9 +22,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from rl.checkpoint import checkpoint_root, is_complete, latest_checkpoint, save_checkpoint
 from rl.config import ConfigError
-from rl.metrics import METRICS_FILE
+from rl.evaluation.metrics import METRICS_FILE
+from rl.state.checkpoint import checkpoint_root, is_complete, latest_checkpoint, save_checkpoint
 from rl.train_config import TrainSpec
 
 TRAINER_STATE = "trainer_state.json"

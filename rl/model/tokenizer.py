@@ -14,7 +14,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from rl.config import LocalPath, resolve_local_path
-from rl.xomni_model import MM_SPECIAL_TOKENS
+from rl.model.xomni_model import MM_SPECIAL_TOKENS
 
 SOM, _EOM, IMAGE = MM_SPECIAL_TOKENS  # <EOM> closes a finished image; generation never writes it
 
