@@ -1,5 +1,5 @@
 """Compatibility with X-Omni's own code: the tiny projector and decoder transformer in
-shared/reference/xomni_tiny/ were written, and their outputs computed, by X-Omni's model code."""
+tests/data/xomni_tiny/ were written, and their outputs computed, by X-Omni's model code."""
 
 import os
 
@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from rl.decoder import FluxSigLIPTransformer, VQProjector
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "xomni_tiny")
+REFERENCE = os.path.join(os.path.dirname(__file__), "data", "xomni_tiny")
 
 FORWARD_INPUTS = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids",
                   "txt_ids", "guidance", "siglip_tensor")

@@ -1,5 +1,5 @@
 """Compatibility with X-Omni's own model code: the tiny checkpoint and the outputs it computed
-(shared/reference/xomni_tiny, written with transformers 4.51.3) must be reproduced here."""
+(tests/data/xomni_tiny, written with transformers 4.51.3) must be reproduced here."""
 
 import json
 import os
@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from rl.policy import XOmniPolicy
+from rl.model.policy import XOmniPolicy
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "xomni_tiny")
+REFERENCE = os.path.join(os.path.dirname(__file__), "data", "xomni_tiny")
 
 
 @pytest.fixture(scope="module")
