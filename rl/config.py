@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 COMPONENT_KEY = "_component_"
+BASE_KEY = "_base_"
 HF_PREFIX = "hf://"
 
 LocalPath = NewType("LocalPath", str)
@@ -44,15 +45,13 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> DictConfig:
-    """Load a YAML file and apply `key=value` overrides (OmegaConf dotlist syntax)."""
-    if not os.path.isfile(path):
-        raise ConfigError([f"<config>: file not found: {path}"])
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as e:  # YAML syntax errors carry the line and column
-        raise ConfigError([f"<config>: cannot parse {path}: {e}"]) from e
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError([f"<config>: {path} must hold a mapping at the top level"])
+    """Load a YAML file and apply `key=value` overrides (OmegaConf dotlist syntax).
+
+    A file may build on another: `_base_: xomni.yaml` (a path relative to the file) loads that file first
+    and merges this one over it (mappings merge key by key; lists and scalars replace), so a variant
+    config states only what it changes. Bases may have bases of their own.
+    """
+    cfg = _load_yaml(os.path.abspath(path), chain=())
     overrides = list(overrides)
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -60,6 +59,28 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> DictC
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     return cfg
+
+
+def _load_yaml(path: str, chain: tuple[str, ...]) -> DictConfig:
+    """One YAML file merged over its `_base_` chain; `chain` holds the files that led here (for cycles)."""
+    if not os.path.isfile(path):
+        where = f" (the {BASE_KEY} of {chain[-1]})" if chain else ""
+        raise ConfigError([f"<config>: file not found: {path}{where}"])
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax errors carry the line and column
+        raise ConfigError([f"<config>: cannot parse {path}: {e}"]) from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError([f"<config>: {path} must hold a mapping at the top level"])
+    base = cfg.pop(BASE_KEY, None)
+    if base is None:
+        return cfg
+    if not isinstance(base, str):
+        raise ConfigError([f"{BASE_KEY}: expected the path of a YAML file in {path}, got {base!r}"])
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+    if base_path in chain or base_path == path:
+        raise ConfigError([f"{BASE_KEY}: {path} builds on {base_path}, which builds on it again"])
+    return OmegaConf.merge(_load_yaml(base_path, (*chain, path)), cfg)
 
 
 def to_container(node: Any) -> Any:

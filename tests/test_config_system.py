@@ -59,6 +59,27 @@ def test_bad_override_and_bad_yaml_are_config_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_a_config_builds_on_its_base(tmp_path):
+    """`_base_` is relative to the file; mappings merge, lists and scalars replace, bases chain."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("a: {b: 1, c: [1, 2]}\nd: ${a.b}\nkeep: x\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("_base_: ../root.yaml\na: {c: [3]}\n")
+    (tmp_path / "sub" / "top.yaml").write_text("_base_: mid.yaml\na: {b: 7}\n")
+    cfg = load_config(tmp_path / "sub" / "top.yaml", ["keep=y"])
+    assert "_base_" not in cfg
+    assert cfg.a.b == 7 and list(cfg.a.c) == [3] and cfg.d == 7 and cfg.keep == "y"
+
+
+def test_a_missing_or_circular_base_is_a_config_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="builds on it again"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("_base_: nope.yaml\n")
+    with pytest.raises(ConfigError, match=r"nope.yaml \(the _base_ of .*c.yaml\)"):
+        load_config(tmp_path / "c.yaml")
+
+
 def test_validator_lists_every_problem_with_its_dotted_key(tmp_path):
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"x")
