@@ -1,8 +1,10 @@
 """Reading a set of images and their prompts for offline scoring, in one of three layouts.
 
-manifest   `--prompts` is JSONL or CSV with an `image` column (path relative to the images folder),
-           `prompt`, optional `text` (target strings: a JSON list, or in CSV a JSON list or a single
-           string) and `task`; any other column is carried through as metadata.
+manifest   `--prompts` is JSONL or CSV with an `image` column, `prompt`, optional `text` (target
+           strings: a JSON list, or in CSV a JSON list or a single string) and `task`; any other column
+           is carried through as metadata. A relative `image` is looked up under the images folder
+           first, then under the manifest's own folder (rl.generate writes `images/00000_0.png`
+           relative to its output folder, so --images OUT and --images OUT/images both work).
 longtext   LongText-Bench: `--prompts` is its prompts JSONL (`prompt_id`, `prompt`, `text`, `category`,
            no `image`) and the folder holds `{prompt_id}_{k}.png` or `{prompt_id}.png`.
 sidecar    no `--prompts`: each image in the folder (recursively) has its prompt in `<name>.txt` beside it.
@@ -35,8 +37,9 @@ class ManifestError(ValueError):
 class Row:
     """One image to score.
 
-    key: the image path relative to the images folder (results are keyed by it, also for resume); for
-    a manifest line with no usable image, `<manifest name>:<line>`. path: the file (None when unknown).
+    key: the image as the manifest names it, else its path relative to the images folder (results are
+    keyed by it, also for resume); for a manifest line with no usable image, `<manifest name>:<line>`.
+    path: the file (None when unknown).
     prompt: None when missing. metadata: `text` (list of str), `task` and the other columns.
     error: why the row cannot be scored, or None.
     """
@@ -61,7 +64,7 @@ def read_rows(images_dir: str | Path, prompts: str | Path | None = None) -> tupl
     records = _read_records(prompts)
     columns = {k for _, r in records if isinstance(r, dict) for k in r}
     if "image" in columns:
-        return "manifest", _manifest_rows(images_dir, prompts.name, records)
+        return "manifest", _manifest_rows(images_dir, prompts.parent, prompts.name, records)
     if "prompt_id" in columns:
         return "longtext", _longtext_rows(images_dir, prompts.name, records)
     raise ManifestError(f"--prompts: {prompts} has neither an `image` column (manifest layout) nor a "
@@ -128,7 +131,7 @@ def _metadata(record: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
     return meta
 
 
-def _manifest_rows(images_dir: Path, name: str, records: list[tuple[int, Any]]) -> list[Row]:
+def _manifest_rows(images_dir: Path, manifest_dir: Path, name: str, records: list[tuple[int, Any]]) -> list[Row]:
     rows: list[Row] = []
     first_line: dict[str, int] = {}
     for number, record in records:
@@ -142,11 +145,27 @@ def _manifest_rows(images_dir: Path, name: str, records: list[tuple[int, Any]]) 
                             error=f"line {number}: image {image!r} already listed on line {first_line[image]}"))
             continue
         first_line[image] = number
-        problem = _problem(record)
+        path, missing = _find_image(image, images_dir, manifest_dir)
+        problem = _problem(record) or missing
         prompt = record["prompt"] if problem != "missing prompt" else None
-        rows.append(Row(image, images_dir / image, prompt, _metadata(record, ("image", "prompt")),
+        rows.append(Row(image, path, prompt, _metadata(record, ("image", "prompt")),
                         f"line {number}: {problem}" if problem else None))
     return rows
+
+
+def _find_image(image: str, images_dir: Path, manifest_dir: Path) -> tuple[Path, str | None]:
+    """(path, None) for the first of images_dir/image, manifest_dir/image that exists; else (the first
+    candidate, why). An absolute `image` is taken as it is."""
+    candidates = list(dict.fromkeys([images_dir / image, manifest_dir / image]))
+    found = next((p for p in candidates if p.exists()), None)
+    if found is not None:
+        return found, None
+    if Path(image).is_absolute():
+        return candidates[0], f"image not found: {image}"
+    if len(candidates) == 1:
+        return candidates[0], f"image not found: {image!r} is not under --images ({images_dir})"
+    return candidates[0], (f"image not found: {image!r} is neither under --images ({images_dir}) "
+                           f"nor beside the manifest ({manifest_dir})")
 
 
 def _longtext_rows(images_dir: Path, name: str, records: list[tuple[int, Any]]) -> list[Row]:

@@ -1,23 +1,23 @@
 """Offline scoring of a folder of images with the reward ensemble that training uses.
 
     python -m rewards.score --images DIR [--prompts MANIFEST] --config YAML --out OUT_DIR \\
-        [--only NAME,NAME] [--batch-size N] [key=value ...]
+        [--only NAME,NAME] [--rescore NAME,NAME] [--batch-size N] [key=value ...]
 
-Writes OUT_DIR/scores.jsonl one batch at a time (appended and flushed), so a crash loses at most the
-batch in flight; a rerun with the same OUT_DIR skips the images already there. At the end it rewrites
-OUT_DIR/scores.csv and OUT_DIR/report.html and prints a summary. Exit status: 0 when the run completed
-(rows that could not be scored carry an `error`), 2 for a bad config or command line, reported before
-any model loads.
+Results are stored per reward: a rerun into the same OUT_DIR computes, for each image, exactly the
+rewards that are missing or stale (the reward's config, weights files, the image file, its prompt or
+metadata changed; or the reward failed), then recomputes gates and totals for every image with the
+current ensemble and gating config. The storage rules are in rewards/store.py. Exit status: 0 when at
+least one image was scored, 1 when none was (the most common error is printed with a hint), 2 for a bad
+config or command line, reported before any model loads.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +25,45 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from rewards import manifest
-from rewards.ensemble import EnsembleResult, RewardEnsemble, selected_rewards, validate_reward_sections
+from rewards.ensemble import Combiner, validate_reward_sections
+from rewards.fingerprint import input_fingerprint, reward_fingerprint
 from rewards.manifest import ManifestError, Row, load_image, read_rows
-from rewards.report import read_records, save_thumbnail, summarize, write_csv, write_html
-from rl.config import ConfigError, load_config
+from rewards.records import FIXED_KEYS, RowState, compose, error_pattern, same_content
+from rewards.report import save_thumbnail, write_html
+from rewards.runner import reward_device, score_rows
+from rewards.store import (
+    CONFIG,
+    PROVENANCE,
+    SCORES,
+    Result,
+    ResultCache,
+    append_jsonl,
+    latest,
+    read_jsonl,
+    record_run,
+    repair,
+    write_atomic,
+)
+from rewards.summary import summarize, write_csv
+from rl.config import ConfigError, instantiate, load_config
 
-SCORES = "scores.jsonl"
 # The layouts are described once, in rewards/manifest.py's docstring (its second paragraph).
 _EPILOG = f"""layouts (detected from --prompts):
 {manifest.__doc__.split(chr(10) + chr(10))[1]}
 
 outputs in OUT_DIR:
-  scores.jsonl  one object per image: image, prompt, task, one key per reward (null where it does not
-                apply or failed), total, error (null when fine), reward_errors, gates (the gate decision:
-                task, weights, target text, reasons), details (what each reward read, e.g. OCR text),
-                meta (the manifest's other columns). Rerunning skips images already in it.
-  scores.csv    the same as a table;  report.html  thumbnails and a table sortable by every score.
-  config.yaml   the config of the first run into OUT_DIR."""
+  scores.jsonl  append-only; the LAST line of an image is its record: image, prompt, task, one key per
+                reward (null where it does not apply or failed), total, error (null when fine),
+                reward_errors, gates (task, weights, target text, reasons), details (what each reward
+                read, e.g. OCR text), meta (the manifest's other columns), provenance (run, input and
+                reward fingerprints: what a rerun may reuse).
+  runs.jsonl    one line per run: config, reward fingerprints, --only, --rescore, images.
+  config.yaml   the config of the latest run;  scores.csv  the current records as a table;
+  report.html   histograms, per-task means, gate counts, best and worst images, a filterable table.
+
+rerun: computes only the rewards missing or stale for each image (config, weights files, image file,
+prompt or metadata changed; failed before); --rescore NAME recomputes NAME for every image; gates and
+totals are always recomputed with the current config. Exit status: 0 some image scored, 1 none, 2 usage."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,129 +79,211 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (created; reused to resume)")
     parser.add_argument("--only", metavar="NAME,NAME",
                         help="comma-separated rewards to run; the others are not validated or loaded")
+    parser.add_argument("--rescore", metavar="NAME,NAME", help="recompute these rewards even where stored")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default 16)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
     return parser
 
 
+@dataclass
+class Job:
+    """A validated command line: the config, the rewards in use and the rows to score."""
+
+    cfg: Any
+    only: list[str] | None
+    rescore: list[str]
+    combiner: Combiner
+    fingerprints: dict[str, str]
+    devices: dict[str, str]
+    layout: str
+    rows: list[Row]
+    out: Path
+    images_dir: Path
+    batch_size: int
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [n.strip() for n in value.split(",") if n.strip()] if value is not None else None
+
+
+def prepare(args: argparse.Namespace) -> Job:
+    """Validate everything before any reward is built; ConfigError / ManifestError list the problems."""
+    only, rescore = _names(args.only), _names(args.rescore) or []
+    problems = [f"--batch-size: must be >= 1, got {args.batch_size}"] if args.batch_size < 1 else []
+    cfg = load_config(args.config, args.overrides)
+    problems += validate_reward_sections(cfg, only)
+    selected = [n for n in cfg.get("rewards") or {} if only is None or n in only]
+    problems += [f"rewards.{n}: {n!r} is a column of scores.jsonl; rename the reward" for n in selected
+                 if n in FIXED_KEYS]
+    problems += [f"--rescore: {n!r} is not a reward of this run (rewards: {', '.join(selected)})"
+                 for n in rescore if n not in selected]
+    if problems:
+        raise ConfigError(problems)
+    combiner = Combiner.from_config(cfg, only)
+    layout, rows = read_rows(args.images, args.prompts)
+    nodes = {name: cfg.rewards[name] for name in combiner.names}
+    return Job(cfg, only, rescore, combiner, {n: reward_fingerprint(v) for n, v in nodes.items()},
+               {n: reward_device(v) for n, v in nodes.items()}, layout, rows, Path(args.out), Path(args.images),
+               args.batch_size)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
-    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only is not None else None
     try:
-        if args.batch_size < 1:
-            raise ConfigError([f"--batch-size: must be >= 1, got {args.batch_size}"])
-        cfg = load_config(args.config, args.overrides)
-        problems = validate_reward_sections(cfg, only)
-        if problems:
-            raise ConfigError(problems)
-        layout, rows = read_rows(args.images, args.prompts)
+        job = prepare(args)
     except (ConfigError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out, images_dir = Path(args.out), Path(args.images)
-    out.mkdir(parents=True, exist_ok=True)
-    _save_config(cfg, out / "config.yaml")
-    done = resume(out / SCORES)
-    pending = [row for row in rows if row.key not in done]
-    print(f"{layout} layout: {len(rows)} images, {len(rows) - len(pending)} already in {out / SCORES}", flush=True)
+    job.out.mkdir(parents=True, exist_ok=True)
+    repair(job.out / SCORES)
+    history = read_jsonl(job.out / SCORES)
+    current = latest(history)
+    run = record_run(job.out, {"argv": list(argv if argv is not None else sys.argv[1:]), "only": job.only,
+                               "rescore": job.rescore, "rewards": job.fingerprints,
+                               "config": OmegaConf.to_container(job.cfg, resolve=False),
+                               "images": [row.key for row in job.rows]})
+    write_atomic(job.out / CONFIG, OmegaConf.to_yaml(job.cfg))
+    states = plan(job, ResultCache(history))
+    print(describe_plan(job, states, run), flush=True)
+    pending = [s for s in states if s.needed]
     if pending:
+        needed = {name for s in pending for name in s.needed}
         try:
-            ensemble = RewardEnsemble.from_config(cfg, only)
+            rewards = {n: instantiate(job.cfg.rewards[n], f"rewards.{n}") for n in job.combiner.names if n in needed}
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        score_rows(ensemble, pending, out, args.batch_size)
-    names = selected_rewards(cfg, only)
-    records = read_records(out / SCORES)
-    write_csv(records, names, out / "scores.csv")
-    write_html(records, names, out, images_dir)
+        score_pending(job, rewards, pending, run, current)
+    records = finalize(job, states, run, current)
+    names = job.combiner.names
+    write_csv(records, names, job.out / "scores.csv")
+    write_html(records, names, job.out, {s.row.key: s.row.path for s in states if s.row.path is not None})
     print(summarize(records, names))
-    print(f"wrote {out / SCORES}, {out / 'scores.csv'}, {out / 'report.html'}")
-    return 0
+    print(f"wrote {job.out / SCORES}, {job.out / 'scores.csv'}, {job.out / 'report.html'}")
+    return exit_status(records, job)
 
 
 def resume(path: Path) -> set[str]:
-    """Image keys already in scores.jsonl; a last line cut short by a crash is removed first."""
-    if not path.is_file():
-        return set()
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    return {r["image"] for r in read_records(path) if "image" in r}
+    """Image keys already in a JSONL file keyed by `image` (rl.generate's manifest); a torn last line is
+    removed first."""
+    repair(path)
+    return {str(r["image"]) for r in read_jsonl(path) if "image" in r}
 
 
-def score_rows(ensemble: RewardEnsemble, rows: Sequence[Row], out: Path, batch_size: int) -> None:
-    """Score `rows` batch by batch, appending one JSON line per row to OUT/scores.jsonl."""
-    with open(out / SCORES, "a", encoding="utf-8") as f, \
-            tqdm(total=len(rows), unit="img", desc="scoring", dynamic_ncols=True) as bar:
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
-            for record in score_batch(ensemble, batch, out):
-                f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+def plan(job: Job, cache: ResultCache) -> list[RowState]:
+    """Each row's gate, input fingerprint, stored results and the rewards it still needs."""
+    states = [RowState(row, error=row.error) for row in job.rows]
+    ok = [s for s in states if s.error is None]
+    gates, reward_meta, _ = job.combiner.gate([s.row.prompt for s in ok], [s.row.metadata for s in ok])
+    for state, gate, meta in zip(ok, gates, reward_meta, strict=True):
+        try:
+            state.input = input_fingerprint(state.row.path, state.row.prompt, meta)
+        except OSError as e:
+            state.fail(f"cannot read image: {type(e).__name__}: {e}")
+            continue
+        state.gate, state.reward_meta = gate, meta
+        for name in (n for n in job.combiner.names if n in gate.weights):
+            found = None if name in job.rescore else cache.get(state.row.key, state.input, name,
+                                                                job.fingerprints[name])
+            if found is not None:
+                state.results[name] = found
+            else:
+                state.needed.append(name)
+    return states
+
+
+def describe_plan(job: Job, states: Sequence[RowState], run: int) -> str:
+    """What this run will do, per reward: rows it applies to, results reused, results to compute."""
+    errors = sum(s.error is not None for s in states)
+    lines = [f"{job.layout} layout: {len(states)} images ({errors} with errors); run {run} into {job.out}",
+             f"{'reward':<14}{'applies':>9}{'stored':>9}{'to score':>10}"]
+    for name in job.combiner.names:
+        applies = sum(s.gate is not None and name in s.gate.weights for s in states)
+        stored = sum(name in s.results for s in states)
+        lines.append(f"{name:<14}{applies:>9}{stored:>9}{sum(name in s.needed for s in states):>10}")
+    return "\n".join(lines)
+
+
+def score_pending(job: Job, rewards: dict[str, Any], pending: Sequence[RowState], run: int,
+                  current: dict[str, dict[str, Any]]) -> None:
+    """Compute what `pending` rows need, batch by batch, appending their records to scores.jsonl."""
+    config = job.combiner.config
+    with tqdm(total=len(pending), unit="img", desc="scoring", dynamic_ncols=True) as bar:
+        for start in range(0, len(pending), job.batch_size):
+            batch = pending[start:start + job.batch_size]
+            ready, images = [], []
+            for state in batch:
+                try:
+                    image = load_image(state.row.path)
+                except Exception as e:  # missing, truncated or not an image: this row only
+                    state.fail(f"cannot read image: {type(e).__name__}: {e}")
+                    continue
+                save_thumbnail(image, job.out, state.row.key)
+                ready.append(state)
+                images.append(image)
+            rows = {name: [i for i, s in enumerate(ready) if name in s.needed] for name in rewards}
+            scored = score_rows(rewards, job.devices, images, [s.row.prompt for s in ready],
+                                [s.reward_meta for s in ready], rows, config.batch_size, config.timeout_s)
+            for i, state in enumerate(ready):
+                for name in state.needed:
+                    _take(state, name, scored[name], i, job.fingerprints[name])
+                state.needed = []
+            records = compose(batch, job.combiner, run)
+            append_jsonl(job.out / SCORES, records)
+            current.update((r["image"], r) for r in records)
             bar.update(len(batch))
 
 
-def score_batch(ensemble: RewardEnsemble, rows: Sequence[Row], out: Path) -> list[dict[str, Any]]:
-    """One record per row; rows with a manifest problem or an unreadable image get only an `error`."""
-    errors = {id(row): row.error for row in rows if row.error}
-    images, ready = [], []
-    for row in rows:
-        if id(row) in errors:
-            continue
-        try:
-            image = load_image(row.path)
-        except Exception as e:  # missing, truncated or not an image: this row only
-            errors[id(row)] = f"cannot read image: {type(e).__name__}: {e}"
-            continue
-        save_thumbnail(image, out, row.key)
-        images.append(image)
-        ready.append(row)
-    result = ensemble(images, [r.prompt for r in ready], [r.metadata for r in ready]) if ready else None
-    position = {id(row): i for i, row in enumerate(ready)}
-    names = list(ensemble.rewards)
-    return [_record(row, names, result, position.get(id(row)), errors.get(id(row))) for row in rows]
+def _take(state: RowState, name: str, scored: Any, i: int, fingerprint: str) -> None:
+    """Row i's result of one reward call: a result, or a failure to retry on the next run."""
+    if scored.failed[i]:
+        state.failures[name] = scored.error
+        return
+    score = scored.scores[i].item()
+    details = {k: v[i] for k, v in scored.details.items() if v[i] is not None}
+    state.results[name] = Result(score if score == score else None, details, fingerprint)  # NaN -> None
 
 
-def _record(row: Row, names: list[str], result: EnsembleResult | None, i: int | None,
-            error: str | None) -> dict[str, Any]:
-    record: dict[str, Any] = {"image": row.key, "prompt": row.prompt, "task": None,
-                              **dict.fromkeys(names), "total": None, "error": error, "reward_errors": {},
-                              "gates": None, "details": {}, "meta": row.metadata}
-    if result is None or i is None:
-        return record
-    gate = result.gates[i]
-    record.update(task=gate.task, gates=gate.to_dict(), total=_finite(result.total[i].item()))
-    for name in names:
-        record[name] = _finite(result.scores[name][i].item())
-        if result.failed[name][i]:
-            record["reward_errors"][name] = result.errors[name]
-        values = {k: v[i] for k, v in result.details[name].items() if v[i] is not None}
-        if values:
-            record["details"][name] = values
-    if record["reward_errors"]:
-        record["error"] = "; ".join(f"{n} failed: {m}" for n, m in record["reward_errors"].items())
-    return record
+def finalize(job: Job, states: Sequence[RowState], run: int,
+             current: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gates and totals of every row with the current config (over all rows at once, so "batch"
+    normalisation sees the whole set); rows whose record changed get a new line. Returns the records."""
+    records = compose(states, Combiner.from_config(job.cfg, job.only), run)
+    changed = [r for r in records if not same_content(r, current.get(r["image"]))]
+    append_jsonl(job.out / SCORES, changed)
+    current.update((r["image"], r) for r in changed)
+    return [current[r["image"]] for r in records]
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def exit_status(records: Sequence[dict[str, Any]], job: Job) -> int:
+    """0 when some row was scored; else 1, after printing the most common error and a hint."""
+    if any((r.get(PROVENANCE) or {}).get("rewards") for r in records):
+        return 0
+    errors = Counter(error_pattern(r) for r in records if r.get("error"))
+    if not records:
+        why = f"no images found in --images {job.images_dir}"
+    elif errors:
+        error, count = errors.most_common(1)[0]
+        why = f"most common error ({count} of {len(records)} images): {error}"
+    else:
+        why = f"no reward of this run ({', '.join(job.combiner.names)}) applies to any image"
+    print(f"error: no image was scored; {why}\nhint: {_hint(why, job)}", file=sys.stderr)
+    return 1
 
 
-def _json_default(value: Any) -> Any:
-    # Reward details may hold tensors or numpy values; anything else is shown as text.
-    return value.tolist() if hasattr(value, "tolist") else str(value)
-
-
-def _save_config(cfg: Any, path: Path) -> None:
-    text = OmegaConf.to_yaml(cfg)
-    if not path.is_file():
-        path.write_text(text, encoding="utf-8")
-    elif path.read_text(encoding="utf-8") != text:
-        print(f"warning: the config differs from {path}, which scored the earlier rows", file=sys.stderr)
+def _hint(why: str, job: Job) -> str:
+    where = (f"--images {job.images_dir}" + (" and then beside the manifest" if job.layout == "manifest" else ""))
+    hints = [("image not found", f"a relative `image` path is looked up under {where}; check --images"),
+             ("no prompt:", "without --prompts each image needs its prompt in <name>.txt beside it; "
+                            "pass --prompts MANIFEST"),
+             ("prompt_id", "LongText-Bench images are named {prompt_id}_{k}.png after the prompts file's ids"),
+             ("cannot read image", "the files exist but do not decode as images"),
+             ("failed:", f"every reward failed on every image; reward_errors in {job.out / SCORES} say why; "
+                         "a rerun retries them"),
+             ("no images found", "image files end in " + ", ".join(sorted(manifest.IMAGE_SUFFIXES))),
+             ("applies to any image", "gating decides where a reward applies (OCR needs target text); check "
+                                      "--only and the gating section")]
+    return next((hint for key, hint in hints if key in why), f"see the `error` column of {job.out / SCORES}")
 
 
 if __name__ == "__main__":
