@@ -196,6 +196,7 @@ def _sidecar_rows(images_dir: Path) -> list[Row]:
         key = path.relative_to(images_dir).as_posix()
         sidecar = path.with_suffix(".txt")
         prompt = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
-        rows.append(Row(key, path, prompt or None, error=None if prompt else f"no prompt: {sidecar.name} "
-                        f"is {'empty' if sidecar.is_file() else 'missing'}"))
+        # The message names no file: the row's image says which, and alike errors read the same.
+        why = f"no prompt: the .txt beside the image is {'empty' if sidecar.is_file() else 'missing'}"
+        rows.append(Row(key, path, prompt or None, error=None if prompt else why))
     return rows

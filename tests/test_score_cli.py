@@ -268,3 +268,86 @@ def test_shipped_config_scores_the_sample_images_without_weights(tmp_path):
     assert records["coffee.png"]["quality"] > records["coffee_noisy.png"]["quality"]
     assert "mean per category" in done.stdout and "photo_noise" in done.stdout
     assert all(r["thumb"] for r in report_data(out / "report.html")["rows"])
+
+
+def test_exit_1_when_no_image_was_scored_with_the_most_common_error_and_a_hint(tmp_path, capsys):
+    images = tmp_path / "images"
+    for i in range(3):
+        save_image(images / f"{i}.png", 10)
+    manifest = tmp_path / "elsewhere" / "m.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text("".join(json.dumps({"image": f"{i}.png", "prompt": "p"}) + "\n" for i in range(3)))
+    config = write_config(tmp_path / "c.yaml")
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    assert main(["--images", str(wrong), "--prompts", str(manifest), "--config", config,
+                 "--out", str(tmp_path / "o1")]) == 1
+    err = capsys.readouterr().err
+    assert "no image was scored; most common error (3 of 3 images): image not found: '<image>' is neither" in err
+    assert "hint: a relative `image` path is looked up under --images" in err
+    # no --prompts and no sidecar .txt files
+    assert main(["--images", str(images), "--config", config, "--out", str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err
+    assert "(3 of 3 images): no prompt: the .txt beside the image is missing" in err
+    assert "hint: without --prompts each image needs its prompt in <name>.txt" in err
+    assert main(["--images", str(wrong), "--config", config, "--out", str(tmp_path / "o3")]) == 1
+    assert "no images found in --images" in capsys.readouterr().err
+    # a reward that fails on every image: nothing scored either
+    broken = write_config(tmp_path / "b.yaml", {"broken": {"_component_": f"{__name__}.BrokenReward"}},
+                          gating={"default": ["broken"]}, ensemble={"weights": {"broken": 1.0}})
+    assert main(["--images", str(images), "--prompts", str(manifest), "--config", broken,
+                 "--out", str(tmp_path / "o4")]) == 1
+    assert "hint: every reward failed on every image" in capsys.readouterr().err
+    # one image scored is success
+    (images / "0.txt").write_text("a prompt")
+    assert main(["--images", str(images), "--config", config, "--out", str(tmp_path / "o2")]) == 0
+
+
+def test_a_relative_image_path_is_looked_up_under_images_then_beside_the_manifest(tmp_path):
+    """rl.generate's layout: OUT/manifest.jsonl names images/00000_0.png, relative to OUT."""
+    generated = tmp_path / "generated"
+    save_image(generated / "images" / "00000_0.png", 100)
+    save_image(generated / "images" / "00001_0.png", 200)
+    manifest = generated / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"image": f"images/0000{i}_0.png", "prompt": f"p{i}", "sample": 0}) + "\n"
+                                for i in range(2)))
+    config = write_config(tmp_path / "c.yaml")
+    for n, images in enumerate([generated / "images", generated]):
+        out = tmp_path / f"out{n}"
+        assert main(["--images", str(images), "--prompts", str(manifest), "--config", config, "--out", str(out)]) == 0
+        records = {r["image"]: r for r in read_jsonl(out / "scores.jsonl")}
+        assert records["images/00001_0.png"]["mean"] == pytest.approx(200 / 255) and records[
+            "images/00000_0.png"]["error"] is None
+    # --images wins over the manifest's folder when both hold the file
+    save_image(generated / "images" / "images" / "00000_0.png", 0)
+    out = tmp_path / "out2"
+    assert main(["--images", str(generated / "images"), "--prompts", str(manifest), "--config", config,
+                 "--out", str(out)]) == 0
+    assert {r["image"]: r for r in read_jsonl(out / "scores.jsonl")}["images/00000_0.png"]["mean"] == 0
+
+
+def test_rows_that_could_not_be_read_or_scored_are_retried_on_rerun(tmp_path, monkeypatch):
+    from tests.score_rewards import FAIL_ON, logged
+
+    images, log = tmp_path / "images", tmp_path / "calls.log"
+    for name in ("a", "b", "c"):
+        (images / f"{name}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (images / f"{name}.txt").write_text(f"prompt {name}")
+    save_image(images / "a.png", 50)
+    save_image(images / "b.png", 100)
+    (images / "c.png").write_bytes(b"not yet an image")
+    rewards = {"brightness": {"_component_": "tests.score_rewards.Brightness", "log": str(log)}}
+    config = write_config(tmp_path / "c.yaml", rewards, gating={"default": ["brightness"]})
+    args = ["--images", str(images), "--config", config, "--out", str(tmp_path / "out"), "--batch-size", "1"]
+    monkeypatch.setenv(FAIL_ON, "prompt b")
+    assert main(args) == 0
+    rows = {r["image"]: r for r in read_jsonl(tmp_path / "out" / "scores.jsonl")}
+    assert "injected failure" in rows["b.png"]["error"] and "cannot read image" in rows["c.png"]["error"]
+    assert logged(log) == ["prompt a"]
+    monkeypatch.delenv(FAIL_ON)
+    save_image(images / "c.png", 150)  # the missing image now exists
+    assert main(args) == 0
+    assert logged(log) == ["prompt a", "prompt b", "prompt c"]  # the failed rows, and only those
+    rows = {r["image"]: r for r in read_jsonl(tmp_path / "out" / "scores.jsonl")}  # the last line of each wins
+    assert [rows[k]["error"] for k in ("a.png", "b.png", "c.png")] == [None, None, None]
+    assert rows["c.png"]["brightness"] == pytest.approx(150 / 255)
