@@ -189,7 +189,7 @@ def _pair_row(ra: Mapping[str, Any], rb: Mapping[str, Any], name: str, out_a: Pa
     cells = []
     for record, out in ((ra, out_a), (rb, out_b)):
         thumb = thumbnail_base64(out, str(record["image"]), None)
-        img = f"<img src='data:image/jpeg;base64,{thumb}'>" if thumb else ""
+        img = f"<img src='data:image/jpeg;base64,{thumb}'><br>" if thumb else ""
         cells.append(f"<td>{img}<b>{record[name]:.4f}</b><br><small>{html.escape(str(record['image']))}</small></td>")
     return (f"<tr><td class=p>{html.escape(str(ra.get('prompt') or ''))}</td>{''.join(cells)}"
             f"<td class='n {'up' if diff > 0 else 'down'}'>{diff:+.4f}</td></tr>")

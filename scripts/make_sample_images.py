@@ -7,6 +7,12 @@
 Writes 9 PNGs and `prompts.jsonl` (manifest layout: image, prompt, category). Text signs are drawn with
 PIL in matplotlib's DejaVu font, one of them spelling its text wrong (a low OCR score); natural photos
 come from `skimage.data`, each also as a blurred or noisy copy (a lower quality score). Deterministic.
+
+    python scripts/make_sample_images.py before/ --stage before
+    python scripts/make_sample_images.py after/ --stage after
+
+write two sets over the same prompts, as samples of a policy before and after RL, for trying
+`python -m rewards.compare` (scripts/make_scoring_docs.py does it all).
 """
 
 from __future__ import annotations
@@ -91,10 +97,53 @@ def make_samples(out_dir: str | Path) -> Path:
     return manifest
 
 
+def misspell(text: str) -> str:
+    """Each word of 3+ letters with its 2nd and 3rd letters swapped ("Open Cafe" -> "Oepn Cfae")."""
+    return " ".join(w[0] + w[2] + w[1] + w[3:] if len(w) >= 3 else w for w in text.split(" "))
+
+
+def make_policy_samples(out_dir: str | Path, stage: str) -> Path:
+    """Two samples per prompt (the signs' and photos' prompts above) in rl.generate's layout
+    (`images/{prompt:05d}_{k}.png`, manifest.jsonl with prompt_index and sample), standing in for a
+    policy "before" RL (signs misspelled or blurred, photos blurred or noisy) or "after" (all clean).
+    Returns the manifest path."""
+    if stage not in ("before", "after"):
+        raise ValueError(f"stage must be 'before' or 'after', got {stage!r}")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    signs = [(text, background, ink, prompt) for name, text, background, ink, prompt in SIGNS
+             if "misspelled" not in name]
+    photos = [(source, prompt) for _, source, how, prompt in PHOTOS if how is None]
+    rows = []
+    for i, (text, background, ink, prompt) in enumerate(signs):
+        for k in range(2):
+            wrong = stage == "before" and k == 0
+            image = degrade(render_sign(misspell(text) if wrong else text, background, ink),
+                            "blur" if stage == "before" and k == 1 else None)
+            rows.append((image, i, k, prompt, "text"))
+    for j, (source, prompt) in enumerate(photos, len(signs)):
+        for k in range(2):
+            how = ("blur", "noise")[k] if stage == "before" else None
+            rows.append((degrade(Image.fromarray(getattr(data, source)()).convert("RGB"), how, seed=j), j, k, prompt,
+                         "photo"))
+    lines = []
+    for image, i, k, prompt, category in rows:
+        name = f"images/{i:05d}_{k}.png"
+        image.save(out / name)
+        lines.append({"image": name, "prompt": prompt, "prompt_index": i, "sample": k, "category": category})
+    manifest = out / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return manifest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="folder for the images and prompts.jsonl")
-    manifest = make_samples(parser.parse_args().out_dir)
+    parser.add_argument("--stage", choices=("before", "after"),
+                        help="instead: two samples per prompt in rl.generate's layout, as a policy before or "
+                             "after RL would draw them (for python -m rewards.compare)")
+    args = parser.parse_args()
+    manifest = make_policy_samples(args.out_dir, args.stage) if args.stage else make_samples(args.out_dir)
     print(f"wrote {manifest} and its images")
 
 

@@ -74,7 +74,11 @@ function histogram(name, values) {
     svg.append(el("svg:rect", {x: i * barWidth + 0.5, y: pad + height - h, width: barWidth - 1, height: h},
                   el("svg:title", {text: `${c} rows in [${fmt(from)}, ${fmt(to)}]`})));
   });
-  svg.append(el("svg:text", {x: 0, y: height + 2 * pad - 2, text: fmt(lo)}),
+  const m = mean(values), x = hi > lo ? (m - lo) / (hi - lo) * width : width / 2;
+  svg.append(el("svg:line", {x1: 0, x2: width, y1: pad + height, y2: pad + height, class: "axis"}),
+             el("svg:line", {x1: x, x2: x, y1: pad - 2, y2: pad + height, class: "mean"},
+                el("svg:title", {text: `mean ${fmt(m)}`})),
+             el("svg:text", {x: 0, y: height + 2 * pad - 2, text: fmt(lo)}),
              el("svg:text", {x: width, y: height + 2 * pad - 2, "text-anchor": "end", text: fmt(hi)}),
              el("svg:text", {x: width, y: pad - 3, "text-anchor": "end", text: `max ${top}`}));
   return svg;
@@ -114,7 +118,7 @@ function renderGates(rows) {
   const body = tasks.map(task => {
     const members = gated.filter(r => r.gate.task === task);
     const reasons = new Map();
-    members.forEach(r => (r.gate.reasons.length ? r.gate.reasons : ["default rewards"])
+    members.forEach(r => (r.gate.reasons.length ? r.gate.reasons : ["no rule matched: the default rewards"])
       .forEach(why => reasons.set(why, (reasons.get(why) || 0) + 1)));
     const why = [...reasons.entries()].sort((a, b) => b[1] - a[1])
       .map(([text, n]) => el("div", {text: `${n} × ${text}`}));
