@@ -11,6 +11,7 @@ report in headless Chromium (scripts/headless_chromium.py) at 1280 x 1100 CSS pi
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,9 +23,10 @@ from make_sample_images import make_policy_samples
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str) -> None:
-    """Run `python -m ...` from the repository root; stop on failure."""
-    done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT)
+def run(*args: str, cwd: Path = ROOT) -> None:
+    """Run `python -m ...` in `cwd` with this repository importable; stop on failure."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env)
     if done.returncode != 0:
         sys.exit(f"failed ({done.returncode}): python -m {' '.join(args)}")
 
@@ -41,7 +43,7 @@ def main() -> None:
         manifest = make_policy_samples(work / stage, stage)
         run("rewards.score", "--images", str(manifest.parent), "--prompts", str(manifest), "--config",
             str(ROOT / "configs" / "rewards.yaml"), "--out", str(work / f"scores_{stage}"), "--only", "quality,ocr")
-    run("rewards.compare", str(work / "scores_before"), str(work / "scores_after"), "--out", str(work / "compare"))
+    run("rewards.compare", "scores_before", "scores_after", "--out", "compare", cwd=work)  # short paths in its table
     png = Path(args.png)
     png.parent.mkdir(parents=True, exist_ok=True)
     with chromium(1280, 1100) as driver:
