@@ -27,6 +27,12 @@ def _log(path: str, name: str, prompts) -> None:
         f.writelines(f"{name} {p}\n" for p in prompts)
 
 
+def _maybe_crash(log: str) -> None:
+    crash_after = os.environ.get(CRASH_AFTER)
+    if crash_after is not None and len(logged(log)) >= int(crash_after):
+        os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no cleanup, no flush
+
+
 def logged(path: str | Path, name: str | None = None) -> list[str]:
     """The prompts `name` scored (every logged line when name is None), in order."""
     path = Path(path)
@@ -43,9 +49,7 @@ class Brightness:
         self.log, self.scale = log, scale
 
     def __call__(self, images, prompts, metadata):
-        crash_after = os.environ.get(CRASH_AFTER)
-        if crash_after is not None and len(logged(self.log)) >= int(crash_after):
-            os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no cleanup, no flush
+        _maybe_crash(self.log)
         fail_on = os.environ.get(FAIL_ON)
         if fail_on and any(fail_on in p for p in prompts):
             raise RuntimeError(f"injected failure on {fail_on!r}")
@@ -62,6 +66,7 @@ class TextCount:
         self.log = log
 
     def __call__(self, images, prompts, metadata):
+        _maybe_crash(self.log)
         _log(self.log, "textcount", prompts)
         texts = [m["text"] for m in metadata]
         return RewardOutput(torch.tensor([len(t) / 4 for t in texts]), {"read": [" | ".join(t) for t in texts]})

@@ -164,18 +164,25 @@ def test_another_ensemble_or_gating_config_gives_new_totals_and_gates(setup):
 
 
 def test_a_crash_mid_run_then_a_rerun_loses_nothing_and_duplicates_nothing(setup):
-    """A real SIGKILL of the CLI in a subprocess while it scores the fourth batch of two images."""
+    """Brightness is stored for 10 images; a run adding TextCount (5 text prompts, 2 per batch) is killed
+    with SIGKILL in a real subprocess at its third call; the rerun computes what is left, once."""
     _, log, out = setup
     images = write_images(out.parent / "images", 10)
-    command = [sys.executable, "-m", "rewards.score", "--images", str(images), "--config",
-               str(out.parent / "rewards.yaml"), "--out", str(out), "--batch-size", "2", "--only", "brightness"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), CRASH_AFTER: "6"}
-    crashed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    args = ["--images", str(images), "--config", str(out.parent / "rewards.yaml"), "--out", str(out),
+            "--batch-size", "2"]
+    assert main([*args, "--only", "brightness"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), CRASH_AFTER: "14"}  # 10 brightness + 2 batches of 2
+    crashed = subprocess.run([sys.executable, "-m", "rewards.score", *args], capture_output=True, text=True,
+                             env=env, timeout=300)
     assert crashed.returncode == -9, crashed.stderr[-2000:]
-    assert len(logged(log)) == 6 and len(lines(out)) == 6  # three whole batches made it to disk
-    del env[CRASH_AFTER]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert sorted(logged(log)) == sorted(prompt(i) for i in range(10))  # each image once over both runs
-    assert sorted(r["image"] for r in lines(out)) == sorted(f"{i}.png" for i in range(10))
-    assert len(read_scores(out)) == 10
+    assert logged(log, "textcount") == [prompt(i) for i in (0, 2, 4, 6)]
+    assert sum("textcount" in (r.get("provenance") or {}).get("rewards", {}) for r in lines(out)) == 4
+
+    assert main(args) == 0
+    assert sorted(logged(log, "brightness")) == sorted(prompt(i) for i in range(10))  # each once, all runs
+    assert logged(log, "textcount") == [prompt(i) for i in (0, 2, 4, 6, 8)]
+    rows = read_scores(out)
+    assert [r["image"] for r in rows] == [f"{i}.png" for i in range(10)]
+    for i, row in enumerate(rows):
+        assert row["brightness"] == pytest.approx((40 * i) % 256 / 255) and row["error"] is None
+        assert row["textcount"] == (0.25 if i % 2 == 0 else None)
