@@ -30,7 +30,7 @@ from rewards.fingerprint import input_fingerprint, reward_fingerprint
 from rewards.manifest import ManifestError, Row, load_image, read_rows
 from rewards.records import FIXED_KEYS, RowState, compose, error_pattern, same_content
 from rewards.report import save_thumbnail, write_html
-from rewards.runner import reward_device, score_rows
+from rewards.runner import Scored, reward_device, score_rows
 from rewards.store import (
     CONFIG,
     PROVENANCE,
@@ -234,7 +234,7 @@ def score_pending(job: Job, rewards: dict[str, Any], pending: Sequence[RowState]
             bar.update(len(batch))
 
 
-def _take(state: RowState, name: str, scored: Any, i: int, fingerprint: str) -> None:
+def _take(state: RowState, name: str, scored: Scored, i: int, fingerprint: str) -> None:
     """Row i's result of one reward call: a result, or a failure to retry on the next run."""
     if scored.failed[i]:
         state.failures[name] = scored.error
