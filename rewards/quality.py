@@ -51,8 +51,8 @@ RAW = ("edge_acuity", "fine_sigma", "noise_sigma", "snr", "range_levels", "block
 
 # Half-saturation points: the raw value at which a term scores 0.5. Chosen on skimage's photos:
 # clean ones score >= 0.7 on most terms, strongly degraded ones <= 0.5 on their own term.
-ACUITY_HALF = 0.8  # clean photos 1.2-1.8, drawn images 1.4-1.8; Gaussian blur sigma 2 gives 0.3-0.6
-# clean photos 10-200 (median 100), drawn images 70-280; RGB noise of sigma 3 gives 7-60, sigma 20 1.4-10.
+ACUITY_HALF = 0.8  # clean photos 1.2-1.8, drawn images 1.4-1.8; Gaussian blur sigma 2 gives 0-0.6
+# clean photos 10-200 (median 100), drawn images 70-280; RGB noise of sigma 3 gives mostly 7-60, 20 1.4-10.
 # 4 (before) left sigma-3 noise on a sign nearly free (SNR 40 scored 0.999 against 1.0).
 SNR_HALF = 8.0
 RANGE_HALF = 64.0  # clean photos 150-250 levels; contrast x0.4 gives 60-100
@@ -102,13 +102,14 @@ def noise_sigmas(luma: np.ndarray) -> tuple[float, float]:
     """(fine, noise): two estimates of the white-noise std s in luma [H, W], in 8-bit levels.
 
     fine = m1 = median |HH1| / 0.6745 (Donoho and Johnstone, 1994), HH1 the finest diagonal db2
-    band: its typical size, fine texture included, so at least the noise. Flat areas count (unlike
-    skimage's `estimate_sigma`, which drops exact zeros): a graphic's flat background holds no
-    noise, and leaving it out made text edges read as noise. noise: the part of m1 that detail
-    seen in the next band (m2, from HH2) does not explain. White noise has the same std in every
-    band of an orthonormal wavelet, while detail energy grows by about K = DETAIL_GROWTH per coarser
-    scale: m1^2 = s^2 + d^2 and m2^2 = s^2 + K d^2 give s^2 = (K m1^2 - m2^2) / (K - 1), kept in
-    [0, m1^2].
+    band: its typical size, fine texture included, so at least the noise. Flat areas count: a
+    graphic's flat background holds no noise, and leaving its zero coefficients out (as this
+    reward once did) read a clean sign's text edges as noise of 4.4 levels.
+
+    noise: the part of m1 that detail seen in the next band (m2, from HH2) does not explain. White
+    noise has the same std in every band of an orthonormal wavelet, while detail energy grows by
+    about K = DETAIL_GROWTH per coarser scale: m1^2 = s^2 + d^2 and m2^2 = s^2 + K d^2 give
+    s^2 = (K m1^2 - m2^2) / (K - 1), kept in [0, m1^2].
     """
     def band_sigma(band: np.ndarray) -> float:  # band at full resolution: keep the decimated grid
         return float(np.median(np.abs(band[2:-2:2, 2:-2:2]))) / MAD_TO_SIGMA

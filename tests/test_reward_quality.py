@@ -126,7 +126,7 @@ def test_flat_areas_hold_no_noise_and_texture_is_not_noise():
     board = luminance(sign(0))  # flat board and frame, sharp text: leaving the flat areas out read 4.4
     assert noise_sigmas(board) == pytest.approx((0.0, 0.0), abs=1e-6)
     assert noise_sigmas(board + rng.normal(0, 3, board.shape).astype(np.float32)) == pytest.approx((3, 3), rel=0.1)
-    grass = luminance(photo("grass"))  # texture finer than a pixel or two: all of it in the finest band
+    grass = luminance(photo("grass"))  # its texture fills the finest band but grows at the next: not noise
     fine, noise = noise_sigmas(grass)
     assert fine > 8 and noise == 0.0
     assert noise_sigmas(grass + rng.normal(0, 8, grass.shape).astype(np.float32))[1] == pytest.approx(8, rel=0.25)
