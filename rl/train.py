@@ -60,7 +60,7 @@ class Trainer:
                                     spec.rollout.sampling.temperature, timeout)
         self.rollout = RolloutGroup(model, spec.rollout, timeout)
         self.rewards = RewardPool({n: to_container(cfg.rewards[n]) for n in self.combiner.names},
-                                  spec.reward_workers, self.combiner.config.timeout_s)
+                                  spec.reward_workers, self.combiner.config.timeout_s, self.combiner.config.batch_size)
         for group in (self.learner, self.rollout, self.rewards):
             group.ready()
         self.sync_weights = WeightSync(self.learner, self.rollout, spec.learner.weight_sync,

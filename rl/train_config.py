@@ -66,21 +66,31 @@ class RolloutConfig:
 
 @dataclass
 class RewardWorkersConfig:
-    """Each configured reward runs in its own Ray actor. num_cpus / num_gpus: per reward actor; resources:
-    reward name -> {num_cpus, num_gpus} for the rewards that need other amounts (e.g. a GPU share).
-    max_restarts: restarts of a dead or hung reward actor before the run stops.
-    max_failure_frac / failure_window: a reward failing (error, timeout, wrong output, dead actor) on more
-    than this fraction of its samples over the last `failure_window` steps stops the run with a message
-    naming it (a single bad step in a longer window does not). start_timeout_s: the longest a reward actor
-    may take to load its model (at start and after a restart)."""
+    """Each configured reward runs in its own Ray actor(s). num_cpus / num_gpus: per reward actor.
+    replicas: actors per reward; each reward call scores one chunk of `ensemble.batch_size` rows, and a
+    reward's chunks go to whichever of its actors is free, so 4 OCR replicas read 4 chunks at once (rows
+    keep their order). resources: reward name -> {num_cpus, num_gpus, replicas} for the rewards that need
+    other values than the defaults above (e.g. a GPU share, or more replicas of a CPU-bound reward).
+    max_restarts: restarts of one dead or hung reward actor (each replica counts its own) before the run stops.
+    max_failure_frac / failure_window: a reward actor failing (error, timeout, wrong output, dead actor) on
+    more than this fraction of the rows it scored over the last `failure_window` steps stops the run with a
+    message naming the reward (and the replica); a single bad step in a longer window does not.
+    start_timeout_s: the longest a reward actor may take to load its model (at start and after a restart)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    replicas: int = 1
     resources: dict = field(default_factory=dict)
     max_restarts: int = 3
     max_failure_frac: float = 0.5
     failure_window: int = 5
     start_timeout_s: float = 600.0
+
+    def actors(self, name: str) -> tuple[dict[str, float], int]:
+        """Ray resources of one actor of reward `name` ({num_cpus, num_gpus}) and how many replicas it has."""
+        own = dict(self.resources.get(name) or {})
+        replicas = own.pop("replicas", self.replicas)
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, **own}, replicas
 
 
 @dataclass
@@ -207,8 +217,8 @@ def resource_needs(spec: TrainSpec, rewards: list[str]) -> dict[str, tuple[float
     needs = {"rollout": (r.num_actors * r.num_cpus, r.num_actors * r.num_gpus),
              "learner": (learner.world_size * learner.num_cpus, learner.world_size * learner.num_gpus)}
     for name in rewards:
-        amounts = {"num_cpus": w.num_cpus, "num_gpus": w.num_gpus, **w.resources.get(name, {})}
-        needs[f"reward {name}"] = (amounts["num_cpus"], amounts["num_gpus"])
+        amounts, replicas = w.actors(name)
+        needs[f"reward {name}"] = (replicas * amounts["num_cpus"], replicas * amounts["num_gpus"])
     return needs
 
 
@@ -220,9 +230,12 @@ def _check_resources(cfg: DictConfig) -> list[str]:
         if name not in names:
             problems.append(f"reward_workers.resources.{name}: {name!r} is not a configured reward")
         for key in amounts or {}:
-            if key not in ("num_cpus", "num_gpus"):
+            if key not in ("num_cpus", "num_gpus", "replicas"):
                 problems.append(f"reward_workers.resources.{name}.{key}: unknown key "
-                                "(accepted: num_cpus, num_gpus)")
+                                "(accepted: num_cpus, num_gpus, replicas)")
+        replicas = (amounts or {}).get("replicas", 1)
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            problems.append(f"reward_workers.resources.{name}.replicas: must be an integer >= 1, got {replicas!r}")
     return problems
 
 
@@ -255,4 +268,6 @@ def _check_values(spec: TrainSpec) -> list[str]:
                         f"{total // t.mini_batches} samples")
     if spec.reward_workers.failure_window < 1:
         problems.append(f"reward_workers.failure_window: must be >= 1, got {spec.reward_workers.failure_window}")
+    if spec.reward_workers.replicas < 1:
+        problems.append(f"reward_workers.replicas: must be >= 1, got {spec.reward_workers.replicas}")
     return problems

@@ -4,6 +4,7 @@ Faulty rewards, a decoder that returns NaN images and a policy whose loss turns 
 components from tests/fault_components.py; actors are killed with `ray.kill`.
 """
 
+import json
 import math
 
 import pytest
@@ -47,16 +48,27 @@ def test_reward_faults_stay_in_their_column_and_invalid_images_are_masked(traine
         assert metrics[f"reward/{name}/failures"] == n - invalid
         assert metrics[f"reward/{name}/nan_frac"] == 1.0
     assert metrics["reward/nan/failures"] == 0 and metrics["reward/nan/nan_frac"] == 1.0
-    assert trainer.rewards.restarts == {"good": 0, "raises": 0, "slow": 1, "nan": 0, "short": 0}
+    assert trainer.rewards.restarts == {"good": [0], "raises": [0], "slow": [1], "nan": [0], "short": [0]}
     # Invalid rows get NaN totals, hence zero advantage; valid rows are scored by "good" alone.
     assert metrics["advantage/zero_frac"] >= invalid / n
 
-    ray.kill(trainer.rewards.actors["good"], no_restart=True)  # a dead reward actor is restarted
+    ray.kill(trainer.rewards.actors["good"][0], no_restart=True)  # a dead reward actor is restarted
     metrics = trainer.train_step(2)
-    assert trainer.rewards.restarts["good"] == 1
+    assert trainer.rewards.restarts["good"] == [1]
     assert metrics["reward/good/failures"] == metrics["reward/good/count"]  # that step's rows are lost
     metrics = trainer.train_step(3)
     assert metrics["reward/good/failures"] == 0 and math.isfinite(metrics["reward/good/mean"])
+
+
+def test_the_trainer_scores_in_chunks_of_ensemble_batch_size_over_the_reward_replicas(trainer_for, tmp_path):
+    log = tmp_path / "calls.jsonl"
+    trainer = trainer_for({"rec": {"_component_": "tests.fault_rewards.Recorder", "log": str(log)}},
+                          ("ensemble.batch_size=3", "reward_workers.resources.rec.replicas=2"))
+    metrics = trainer.train_step(1)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(c["n"] for c in calls) == [2, 3, 3]  # the step's 8 rows as chunks of at most 3
+    assert len({c["pid"] for c in calls}) == 2  # ...spread over both replicas
+    assert metrics["reward/rec/count"] == 8 and metrics["reward/rec/failures"] == 0
 
 
 def test_non_finite_loss_skips_the_step_then_stops_the_run(trainer_for):
