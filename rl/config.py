@@ -25,6 +25,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 
 COMPONENT_KEY = "_component_"
 BASE_KEY = "_base_"
+REMOVE_KEY = "_remove_"
 HF_PREFIX = "hf://"
 
 LocalPath = NewType("LocalPath", str)
@@ -49,7 +50,9 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> DictC
 
     A file may build on another: `_base_: xomni.yaml` (a path relative to the file) loads that file first
     and merges this one over it (mappings merge key by key; lists and scalars replace), so a variant
-    config states only what it changes. Bases may have bases of their own.
+    config states only what it changes. Bases may have bases of their own. Merging cannot drop a key, so
+    `_remove_: [rewards.clip_align, ...]` (dotted keys of the base) deletes those from the base first; a
+    mapping removed and then given anew replaces the base's instead of merging with it.
     """
     cfg = _load_yaml(os.path.abspath(path), chain=())
     overrides = list(overrides)
@@ -72,15 +75,37 @@ def _load_yaml(path: str, chain: tuple[str, ...]) -> DictConfig:
         raise ConfigError([f"<config>: cannot parse {path}: {e}"]) from e
     if not isinstance(cfg, DictConfig):
         raise ConfigError([f"<config>: {path} must hold a mapping at the top level"])
-    base = cfg.pop(BASE_KEY, None)
+    base, remove = cfg.pop(BASE_KEY, None), cfg.pop(REMOVE_KEY, None)
     if base is None:
+        if remove is not None:
+            raise ConfigError([f"{REMOVE_KEY}: {path} has no {BASE_KEY} to remove keys from"])
         return cfg
     if not isinstance(base, str):
         raise ConfigError([f"{BASE_KEY}: expected the path of a YAML file in {path}, got {base!r}"])
     base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
     if base_path in chain or base_path == path:
         raise ConfigError([f"{BASE_KEY}: {path} builds on {base_path}, which builds on it again"])
-    return OmegaConf.merge(_load_yaml(base_path, (*chain, path)), cfg)
+    base_cfg = _load_yaml(base_path, (*chain, path))
+    _remove_keys(base_cfg, remove, base_path)
+    return OmegaConf.merge(base_cfg, cfg)
+
+
+def _remove_keys(cfg: DictConfig, keys: Any, base_path: str) -> None:
+    """Delete the dotted `keys` (a `_remove_` list, or None) from `cfg`, the loaded base at `base_path`."""
+    if keys is None:
+        return
+    if not isinstance(keys, ListConfig) or not all(isinstance(k, str) for k in keys):
+        raise ConfigError([f"{REMOVE_KEY}: expected a list of dotted keys, got {to_container(keys)!r}"])
+    problems = []
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and leaf in node.keys():  # `in node` is False for a `???` value
+            del node[leaf]
+        else:
+            problems.append(f"{REMOVE_KEY}: {key!r} is not a key of {base_path}")
+    if problems:
+        raise ConfigError(problems)
 
 
 def to_container(node: Any) -> Any:
