@@ -3,7 +3,8 @@
 Rollout actors hold no RNG state: every sample's seed is derived from where it sits in the run, so a
 restarted actor redraws exactly the same images and a sample does not depend on which worker or batch
 row drew it. The sampler turns a sample seed into one uniform per image position with a counter-based
-hash (`counter_uniforms`); the decoder seeds its noise generator with `stream="decoder"`.
+hash (`counter_uniforms`); the decoder seeds its noise generator with `stream="decoder"`. Evaluation
+during training draws from its own streams (`eval_seed`), the same at every evaluation.
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ def sample_seed(seed: int, step: int, prompt_index: int, sample_index: int, stre
     message = f"{seed}:{step}:{prompt_index}:{sample_index}:{stream}".encode()
     digest = hashlib.blake2b(message, digest_size=8).digest()
     return int.from_bytes(digest, "little") >> (64 - SEED_BITS)
+
+
+EVAL_STREAM_PREFIX = "eval-"
+
+
+def eval_seed(seed: int, prompt_index: int, sample_index: int, stream: str) -> int:
+    """The seed of sample `sample_index` of held-out prompt `prompt_index`, for one random `stream`, at every
+    evaluation of a run with run seed `seed`.
+
+    It does not depend on the step, so each evaluation draws the same prompts with the same seeds and any
+    difference between two evaluations comes from the policy. The `eval-` prefix keeps these seeds apart
+    from the training samples' (and `rl.generate`'s, which use step 0 of the plain streams).
+    """
+    return sample_seed(seed, 0, prompt_index, sample_index, EVAL_STREAM_PREFIX + stream)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
