@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
-import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -119,9 +118,7 @@ class RolloutGroup:
             [prompts[i] for i in rows], [policy_seeds[i] for i in rows], [decoder_seeds[i] for i in rows])
             for actor, rows in zip(self.actors, chunks, strict=False)]
         results = self._call([result for result, _ in calls], "generate")
-        merged = RolloutResult(torch.cat([r.tokens for r in results]), torch.cat([r.logprobs for r in results]),
-                               torch.cat([r.valid for r in results]), max(r.sample_s for r in results),
-                               max(r.decode_s for r in results))
+        merged = RolloutResult.merge(results)
         locations = [(c, i) for c, rows in enumerate(chunks) for i in range(len(rows))]
         return merged, [images for _, images in calls], locations
 

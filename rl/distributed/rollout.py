@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from rl.config import instantiate
 from rl.decoder import to_uint8_images
 from rl.distributed.weight_sync import CollectiveGroup
+from rl.evaluation.monitors import image_statistics, thumbnails
 from rl.model.sampler import SamplingParams, sample_image_tokens
 from rl.model.tokenizer import PromptFormat
 from rl.train_config import RolloutConfig
@@ -30,6 +31,8 @@ class RolloutResult:
     tokens: long [N, T] image codes. logprobs: float32 [N, T], the sampler's log-probs (see rl/model/sampler.py).
     valid: bool [N], False for NaN/inf/constant images (they get NaN rewards and zero advantage).
     sample_s / decode_s: seconds spent sampling tokens and decoding images.
+    image_stats: name -> float [N], the monitors' per-image statistics (rl/evaluation/monitors.py), computed
+    here so the driver never fetches the images for them. thumbnails: uint8 [N, s, s, 3] for image diversity.
     """
 
     tokens: torch.Tensor
@@ -37,6 +40,17 @@ class RolloutResult:
     valid: torch.Tensor
     sample_s: float
     decode_s: float
+    image_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    thumbnails: torch.Tensor | None = None
+
+    @classmethod
+    def merge(cls, results: Sequence[RolloutResult]) -> RolloutResult:
+        """The rows of several actors' results, in order; the slowest actor's timings."""
+        stats = {name: torch.cat([r.image_stats[name] for r in results]) for name in results[0].image_stats}
+        small = [r.thumbnails for r in results if r.thumbnails is not None]
+        return cls(torch.cat([r.tokens for r in results]), torch.cat([r.logprobs for r in results]),
+                   torch.cat([r.valid for r in results]), max(r.sample_s for r in results),
+                   max(r.decode_s for r in results), stats, torch.cat(small) if small else None)
 
 
 def pick_device(num_gpus: float) -> torch.device:
@@ -83,7 +97,8 @@ class RolloutWorker:
             logprobs.append(samples.logprobs.float().cpu())
             valid.append(decoded.valid.cpu())
             images += to_uint8_images(decoded.images)
-        result = RolloutResult(torch.cat(tokens), torch.cat(logprobs), torch.cat(valid), sample_s, decode_s)
+        result = RolloutResult(torch.cat(tokens), torch.cat(logprobs), torch.cat(valid), sample_s, decode_s,
+                               image_statistics(images), thumbnails(images))
         return result, images
 
     def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
