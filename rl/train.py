@@ -1,7 +1,7 @@
 """`python -m rl.train CONFIG [key=value ...]`: X-Omni's GRPO stage, one Ray driver calling named stages.
 
     prompts -> gates -> rollout (G samples per prompt) -> rewards -> advantages -> learner update
-            -> weight sync -> metrics -> checkpoint
+            -> weight sync -> (evaluation) -> metrics -> checkpoint
 
 `ray.address: null` starts a local Ray (the embedded default); "auto" joins a cluster, e.g. under
 `ray job submit --working-dir . -- python -m rl.train configs/xomni.yaml`. The whole config is validated
@@ -25,12 +25,15 @@ from rl.config import ConfigError, instantiate, load_config, to_container
 from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync, check_resources, init_ray
 from rl.distributed.learner import TrainBatch
 from rl.distributed.reward_pool import RewardPool, RunAborted
-from rl.evaluation.metrics import MetricsWriter
-from rl.evaluation.sample_grid import sample_grid
+from rl.evaluation.alerts import DriftAlerts
+from rl.evaluation.evaluator import Evaluator
+from rl.evaluation.metrics import MetricsWriter, read_metrics
+from rl.evaluation.monitors import advantage_correlations, batch_monitors
+from rl.evaluation.sample_grid import rollout_grid
 from rl.grpo import group_advantages
 from rl.seeding import sample_seed
 from rl.state.run_state import find_resume_checkpoint, read_trainer_state, write_checkpoint
-from rl.train_config import TrainSpec, resource_needs, validate_train_config
+from rl.train_config import TrainSpec, resource_needs, trained_rewards, validate_train_config
 
 
 class Trainer:
@@ -40,7 +43,7 @@ class Trainer:
         self.spec = spec
         self.run_dir = Path(spec.run.dir).resolve()
         self.resume_from = find_resume_checkpoint(spec, self.run_dir)  # refuses an incompatible checkpoint
-        self.learner = self.rollout = self.rewards = self.metrics = None
+        self.learner = self.rollout = self.rewards = self.metrics = self.evaluator = None
         init_ray(spec.ray)
         try:
             self._start()
@@ -53,31 +56,58 @@ class Trainer:
         model = to_container(cfg.model)
         timeout = spec.ray.call_timeout_s
         self.prompts = instantiate(cfg.prompts, "prompts")
-        self.combiner = Combiner.from_config(cfg)
-        check_resources(resource_needs(spec, self.combiner.names), joined_cluster=spec.ray.address is not None)
+        self.combiner = Combiner.from_config(cfg, trained_rewards(cfg))  # gold rewards never enter the total
+        scoring = [*self.combiner.names, *spec.monitor.gold]
+        check_resources(resource_needs(spec, scoring), joined_cluster=spec.ray.address is not None)
         # All actors start loading at once; only then do we wait for them.
         self.learner = LearnerGroup(model, spec.trainer, spec.learner, spec.rollout.grid,
                                     spec.rollout.sampling.temperature, timeout)
         self.rollout = RolloutGroup(model, spec.rollout, timeout)
-        self.rewards = RewardPool({n: to_container(cfg.rewards[n]) for n in self.combiner.names},
+        self.rewards = RewardPool({n: to_container(cfg.rewards[n]) for n in scoring},
                                   spec.reward_workers, self.combiner.config.timeout_s, self.combiner.config.batch_size)
         for group in (self.learner, self.rollout, self.rewards):
             group.ready()
         self.sync_weights = WeightSync(self.learner, self.rollout, spec.learner.weight_sync,
                                        use_gpu=spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0)
+        if spec.eval.every:
+            self.evaluator = Evaluator(spec, self.rollout, self.rewards, self.run_dir)
         self.step = 0
         if self.resume_from is not None:
             self.restore(self.resume_from)
-        self.metrics = MetricsWriter(self.run_dir, spec.trainer.steps, self.step, spec.logging.tensorboard,
-                                     spec.logging.wandb, to_container(cfg))
+        # A fresh run keeps no row of an earlier one in run.dir, not even its step-0 evaluation.
+        self.metrics = MetricsWriter(self.run_dir, spec.trainer.steps, self.step if self.resume_from else -1,
+                                     spec.logging.tensorboard, spec.logging.wandb, to_container(cfg))
+        history = read_metrics(self.metrics.path) if self.metrics.path.exists() else []
+        self.alerts = DriftAlerts(spec.monitor.alerts, spec.monitor.stop_on_alert, history)
 
     def fit(self) -> None:
         every = self.spec.checkpoint.every
+        if self.step == 0 and self.evaluator is not None:  # the initial policy: a `step: 0` row
+            self._log(0, self._evaluate(0))
         while self.step < self.spec.trainer.steps:
             self.step += 1
-            self.metrics.log(self.step, self.train_step(self.step))
+            metrics = self.train_step(self.step)
+            if self.evaluator is not None and self.evaluator.due(self.step):
+                metrics |= self._evaluate(self.step)
+            self._log(self.step, metrics)  # before the checkpoint: a saved step always has its row
             if (every and self.step % every == 0) or self.step == self.spec.trainer.steps:
                 self.save()
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        metrics, grid = self.evaluator(step)
+        if grid is not None:
+            self.metrics.log_image(step, "eval/samples", grid)
+        return metrics
+
+    def _log(self, step: int, metrics: dict[str, float]) -> None:
+        """Write a row, then act on `monitor.alerts`: a warning per alert, and a stop when configured."""
+        alerts = self.alerts.check(step, metrics)
+        if self.alerts.thresholds:
+            metrics["monitor/alerts"] = float(len(alerts))
+        self.metrics.log(step, metrics)
+        stop = self.alerts.report(alerts)
+        if stop:
+            raise RunAborted(stop)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One GRPO step; returns its metrics."""
@@ -93,23 +123,27 @@ class Trainer:
                 prompts, self._seeds(step, "policy"), self._seeds(step, "decoder"))
             applies = {name: mask & rollout.valid for name, mask in applies.items()}  # invalid images: no reward
         with timer("rewards"):
-            scored = self.rewards.score(image_refs, locations, prompts, reward_meta, applies)
-            scores = {n: s.scores for n, s in scored.items()}
-            total, reward_stats = self.combiner.combine(scores, applies, {n: s.failed for n, s in scored.items()},
-                                                        gates)
+            # Gold rewards (monitor.gold) score the eval prompts only: here they apply to no row.
+            idle = {name: torch.zeros(len(prompts), dtype=torch.bool) for name in self.spec.monitor.gold}
+            scored = self.rewards.score(image_refs, locations, prompts, reward_meta, applies | idle)
+            scores = {n: scored[n].scores for n in self.combiner.names}
+            total, reward_stats = self.combiner.combine(scores, applies, {n: scored[n].failed for n in scores}, gates)
         if self.spec.logging.images_every and step % self.spec.logging.images_every == 0:
             with timer("log_images"):
                 self._log_samples(step, prompts, image_refs, locations, {"total": total, **scores})
         with timer("advantages"):
             advantages = group_advantages(total.view(r.prompts_per_step, r.group_size),
                                           scale=self.spec.trainer.advantage_scale).view(-1)  # [P, G] -> [N]
+        with timer("monitors"):
+            monitors = batch_monitors(rollout.image_stats, rollout.thumbnails, rollout.tokens, rollout.valid,
+                                      r.group_size) | advantage_correlations(scores, advantages, r.group_size)
         with timer("learner"):
             actor_stats = self.learner.update(TrainBatch(prompts, rollout.tokens, rollout.logprobs, advantages))
         self._check_nonfinite(actor_stats)
         with timer("weight_sync"):
             self.sync_weights()
         num_tokens = rollout.tokens.numel()
-        return {**reward_stats, **actor_stats, **timer.seconds,
+        return {**reward_stats, **monitors, **actor_stats, **timer.seconds,
                 "advantage/mean": advantages.mean().item(), "advantage/abs_mean": advantages.abs().mean().item(),
                 "advantage/zero_frac": (advantages == 0).float().mean().item(),
                 "rollout/invalid_frac": 1 - rollout.valid.float().mean().item(),
@@ -119,15 +153,9 @@ class Trainer:
     def _log_samples(self, step: int, prompts: list[str], image_refs: list, locations: list[tuple[int, int]],
                      scores: dict[str, torch.Tensor]) -> None:
         """A grid of the first `logging.images_prompts` prompts' samples, rewards under each image."""
-        group = self.spec.rollout.group_size
-        count = min(self.spec.logging.images_prompts, self.spec.rollout.prompts_per_step) * group
-        chunks = {c: ray.get(image_refs[c]) for c in {locations[i][0] for i in range(count)}}
-        rows = []
-        for start in range(0, count, group):
-            index = range(start, start + group)
-            rows.append((prompts[start], [chunks[locations[i][0]][locations[i][1]] for i in index],
-                         [{name: float(values[i]) for name, values in scores.items()} for i in index]))
-        self.metrics.log_image(step, "samples", sample_grid(rows))
+        grid = rollout_grid(prompts, image_refs, locations, scores, self.spec.rollout.group_size,
+                            self.spec.logging.images_prompts)
+        self.metrics.log_image(step, "samples", grid)
 
     def _seeds(self, step: int, stream: str) -> list[int]:
         r = self.spec.rollout

@@ -3,7 +3,8 @@ import path, and `validate_train_config`, which reports every problem before Ray
 
 Top-level layout (see configs/xomni.yaml and configs/tiny.yaml):
   run, ray, model.{policy,tokenizer,decoder} (components), prompts (component), rollout, rewards
-  (name -> component), ensemble, gating, reward_workers, trainer, learner, checkpoint, logging, resume.
+  (name -> component), ensemble, gating, reward_workers, trainer, learner, checkpoint, logging, eval,
+  monitor, resume.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any, Literal
 
 from omegaconf import DictConfig
 
-from rl.config import ConfigError, build_section, validate_component, validate_section
+from rl.config import ConfigError, build_section, resolve_local_path, validate_component, validate_section
+from rl.evaluation.alerts import watchable_metrics
 from rl.model.sampler import SamplingParams
 
 
@@ -158,9 +160,61 @@ class LoggingConfig:
     images_prompts: int = 4
 
 
+@dataclass
+class EvalConfig:
+    """Evaluation on held-out prompts during training (rl/evaluation/evaluator.py). The rollout actors draw
+    `samples_per_prompt` images per prompt with seeds fixed for the whole run (rl.seeding.eval_seed), the
+    reward actors score them, and the row of that step gets `eval/reward/<name>/mean`, `eval/reward/mean`,
+    `eval/gate/...`, `eval/task/<task>/reward/...`, `eval/monitor/...` and `time/eval_s`.
+
+    every: evaluate before the first step (a `step: 0` row), every `every` steps and after the last step;
+        0 switches evaluation off.
+    prompts: held-out prompt file(s) (.txt / .jsonl / .parquet), read in file order; null: the shipped
+        prompts/data/eval_prompts.jsonl (text-rendering, natural-scene and general prompts that are in no
+        training file).
+    num_prompts: evaluate the first N prompts only (null: all of them).
+    samples_per_prompt: images per prompt.
+    grid_prompts: prompts (with all their samples) in the grid logged at every evaluation: `eval/samples` in
+        TensorBoard / W&B and <run.dir>/eval/step_NNNNNNNN.png (0: no grid).
+    The eval total `eval/reward/mean` combines the trained rewards with the training weights and gates; an
+    `ensemble.normalize` that depends on the batch or the run's history ("batch", "running") is replaced by
+    the stateless "range" there ("none" when a reward has no score_range), so evaluations compare on one scale.
+    """
+
+    every: int = 0
+    prompts: str | list | None = None
+    num_prompts: int | None = None
+    samples_per_prompt: int = 2
+    grid_prompts: int = 4
+
+
+@dataclass
+class MonitorConfig:
+    """Reward-hacking monitors (rl/evaluation/monitors.py). Every step logs `monitor/saturation`,
+    `monitor/brightness`, `monitor/hf_energy`, `monitor/jpeg_bpp` (means over the batch's valid images),
+    `monitor/diversity/tokens|images` (mean pairwise distance within a prompt's group; 0 = collapsed) and
+    `monitor/advantage_corr/<reward>` (correlation of the reward's group-normalised scores with the advantages).
+
+    gold: rewards (names under `rewards:`) scored on the eval prompts only, as `eval/reward/<name>/mean`. They
+        never enter the training total, so their curve beside the trained rewards' shows a divergence (reward
+        hacking). They are gated like the others (gating.default, rules, needs_text); they need no ensemble
+        weight (one given is not used). Needs eval.every > 0.
+    alerts: metric -> relative threshold. When |value - step-0 value| > threshold * |step-0 value| (the
+        absolute difference when the step-0 value is 0), a warning names the metric and `monitor/alerts`
+        counts it in that row. The step-0 value is the first one the run logged: the step-0 evaluation's for
+        `eval/...`, step 1's for per-step metrics. Accepted metrics are listed when a wrong one is given.
+    stop_on_alert: stop the run (exit status 1) after logging a row that raised an alert.
+    """
+
+    gold: list = field(default_factory=list)
+    alerts: dict = field(default_factory=dict)
+    stop_on_alert: bool = False
+
+
 PLAIN_SECTIONS: dict[str, type] = {
     "run": RunConfig, "ray": RayConfig, "rollout": RolloutConfig, "reward_workers": RewardWorkersConfig,
     "trainer": TrainerConfig, "learner": LearnerConfig, "checkpoint": CheckpointConfig, "logging": LoggingConfig,
+    "eval": EvalConfig, "monitor": MonitorConfig,
 }
 MODEL_COMPONENTS = ("policy", "tokenizer", "decoder")
 TOP_LEVEL = set(PLAIN_SECTIONS) | {"model", "prompts", "rewards", "ensemble", "gating", "resume", "paths"}
@@ -179,6 +233,8 @@ class TrainSpec:
     learner: LearnerConfig
     checkpoint: CheckpointConfig
     logging: LoggingConfig
+    eval: EvalConfig
+    monitor: MonitorConfig
     resume: str | None
     cfg: Any  # the whole DictConfig (components, rewards, ensemble, gating)
 
@@ -211,6 +267,12 @@ def validate_train_config(cfg: DictConfig) -> TrainSpec:
     return spec
 
 
+def trained_rewards(cfg: DictConfig) -> list[str]:
+    """The rewards that make the training total: every configured reward except `monitor.gold`."""
+    gold = (cfg.get("monitor") or {}).get("gold") or []
+    return [name for name in cfg.get("rewards") or {} if name not in set(gold)]
+
+
 def resource_needs(spec: TrainSpec, rewards: list[str]) -> dict[str, tuple[float, float]]:
     """(CPUs, GPUs) each part of the run asks Ray for."""
     r, learner, w = spec.rollout, spec.learner, spec.reward_workers
@@ -240,9 +302,18 @@ def _check_resources(cfg: DictConfig) -> list[str]:
 
 
 def _validate_rewards(cfg: DictConfig) -> list[str]:
+    """The reward sections, for the trained rewards; gold rewards need only a valid component."""
     from rewards.ensemble import validate_reward_sections
 
-    return validate_reward_sections(cfg)
+    rewards = cfg.get("rewards")
+    if not rewards or not hasattr(rewards, "items"):
+        return validate_reward_sections(cfg)
+    trained = trained_rewards(cfg)
+    if not trained:
+        return ["monitor.gold: lists every configured reward; training needs at least one other"]
+    gold = [name for name in rewards if name not in trained]
+    return (validate_reward_sections(cfg, trained if gold else None)
+            + [p for name in gold for p in validate_component(rewards[name], f"rewards.{name}")])
 
 
 def _check_values(spec: TrainSpec) -> list[str]:
@@ -270,4 +341,32 @@ def _check_values(spec: TrainSpec) -> list[str]:
         problems.append(f"reward_workers.failure_window: must be >= 1, got {spec.reward_workers.failure_window}")
     if spec.reward_workers.replicas < 1:
         problems.append(f"reward_workers.replicas: must be >= 1, got {spec.reward_workers.replicas}")
+    return problems + _check_eval(spec.eval) + _check_monitor(spec)
+
+
+def _check_eval(e: EvalConfig) -> list[str]:
+    problems = [f"eval.{key}: must be >= {low}, got {value}" for key, value, low in (
+        ("every", e.every, 0), ("num_prompts", e.num_prompts, 1), ("samples_per_prompt", e.samples_per_prompt, 1),
+        ("grid_prompts", e.grid_prompts, 0)) if value is not None and value < low]
+    paths = [e.prompts] if isinstance(e.prompts, str) else e.prompts or []
+    for i, path in enumerate(paths):
+        try:
+            resolve_local_path(str(path), f"eval.prompts[{i}]")
+        except FileNotFoundError as error:
+            problems.append(str(error))
+    return problems
+
+
+def _check_monitor(spec: TrainSpec) -> list[str]:
+    m, names = spec.monitor, list(spec.cfg.get("rewards") or {})
+    problems = [f"monitor.gold: {name!r} is not a configured reward (configured: {', '.join(names)})"
+                for name in m.gold if name not in names]
+    if m.gold and not spec.eval.every:
+        problems.append("monitor.gold: gold rewards are scored on the eval prompts; set eval.every > 0")
+    known = watchable_metrics(trained_rewards(spec.cfg), list(m.gold), evaluating=spec.eval.every > 0)
+    for metric, threshold in m.alerts.items():
+        if metric not in known:
+            problems.append(f"monitor.alerts.{metric}: not a metric this run logs (accepted: {', '.join(known)})")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+            problems.append(f"monitor.alerts.{metric}: the threshold must be a number > 0, got {threshold!r}")
     return problems

@@ -2,7 +2,8 @@
 console line with the key numbers and an ETA.
 
 On resume the writer first drops the lines after the resumed step, so `metrics.jsonl` always holds
-exactly one line per completed step, whatever crashed in between.
+exactly one line per completed step, whatever crashed in between. A fresh run starts after step -1: it
+drops every line, including an earlier run's step-0 evaluation row.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ _CONSOLE_KEYS = (("reward/mean", "reward"), ("kl/k3_mean", "kl"), ("entropy/mean
 
 
 class MetricsWriter:
-    """Writes scalars for each step; `start_step` is the step the run starts (or resumes) after."""
+    """Writes scalars for each step; `start_step` is the step the run starts (or resumes) after (-1: a fresh
+    run that logs a step-0 row, the evaluation of the initial policy)."""
 
     def __init__(self, run_dir: str | os.PathLike, total_steps: int, start_step: int = 0,
                  tensorboard: bool = True, wandb: Mapping | None = None, config: Mapping | None = None):
@@ -68,7 +70,7 @@ class MetricsWriter:
             self._wandb.log({tag: wandb.Image(image)}, step=step)
 
     def console_line(self, step: int, record: Mapping[str, float]) -> str:
-        done = step - self.start_step
+        done = step - max(self.start_step, 0)  # the step-0 row is an evaluation, not a training step
         per_step = (time.monotonic() - self._started) / max(done, 1)
         eta = per_step * (self.total_steps - step)
         parts = [f"step {step}/{self.total_steps}"]

@@ -1,7 +1,7 @@
 """A picture of what the policy draws: one row per prompt (its G samples), each image's rewards under it.
 
-Logged to TensorBoard (and W&B) every `logging.images_every` steps, so a run can be judged by eye next to
-its reward curves.
+Logged to TensorBoard (and W&B) every `logging.images_every` steps and at every evaluation, so a run can be
+judged by eye next to its reward curves.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import ray
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 BACKGROUND, INK, HEADER_INK = (255, 255, 255), (20, 20, 20), (60, 60, 160)
@@ -42,6 +44,21 @@ def sample_grid(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[Mapping
                 text = f"{name} {value:.3f}" if np.isfinite(value) else f"{name} -"
                 draw.text((left, top + line + band + 2 + k * line), text, fill=INK, font=font)
     return np.asarray(canvas)
+
+
+def rollout_grid(prompts: Sequence[str], image_refs: Sequence[ray.ObjectRef], locations: Sequence[tuple[int, int]],
+                 scores: Mapping[str, torch.Tensor], group_size: int, num_prompts: int) -> np.ndarray:
+    """`sample_grid` of the first `num_prompts` prompts of a rollout whose N rows are prompt-major, `group_size`
+    per prompt. Only the chunks holding those images are fetched from the rollout actors' object refs
+    (`locations[i]` = (chunk, index) of row i); scores: name -> float [N], shown under each image."""
+    count = min(num_prompts * group_size, len(prompts))
+    chunks = {c: ray.get(image_refs[c]) for c in {locations[i][0] for i in range(count)}}
+    rows = []
+    for start in range(0, count, group_size):
+        index = range(start, min(start + group_size, count))
+        rows.append((prompts[start], [chunks[locations[i][0]][locations[i][1]] for i in index],
+                     [{name: float(values[i]) for name, values in scores.items()} for i in index]))
+    return sample_grid(rows)
 
 
 def _thumbnail(image: np.ndarray, cell: int) -> Image.Image:
