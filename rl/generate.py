@@ -65,7 +65,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 class GenerationJob:
     """A validated command line. `model` is the plain model section (policy replaced by --checkpoint);
     `settings` is what the images depend on (stored in DIR/generation.json); `decoder_kwargs` carries
-    --device to decoders that take a device."""
+    --device to decoders that take a device. For rl.evaluate: `num_prompts` draws only the first N prompts
+    of the file (None: all), and `prompt_ids` (one per prompt drawn) names the images `{prompt_id}_{k}.png`,
+    LongText-Bench's layout, instead of `{prompt_index:05d}_{k}.png`."""
 
     model: dict[str, Any]
     source: PromptSource
@@ -80,6 +82,8 @@ class GenerationJob:
     decoder_kwargs: dict[str, str]
     save_tokens: bool
     settings: dict[str, Any]
+    num_prompts: int | None = None
+    prompt_ids: list[str] | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,7 +243,7 @@ def _generate_batch(job: GenerationJob, policy: XOmniPolicy, prompt_format: Prom
     lines = []
     for (i, k), record, image, valid, codes in zip(rows, records, to_uint8_images(decoded.images),
                                                    decoded.valid.tolist(), tokens, strict=True):
-        stem = f"{i:05d}_{k}"
+        stem = image_stem(job, i, k)
         Image.fromarray(image).save(job.out / IMAGES / f"{stem}.png")
         line = {**record.metadata, "image": f"{IMAGES}/{stem}.png", "prompt": record.prompt, "prompt_index": i,
                 "sample": k, "seed": job.seed, "valid": valid}
@@ -250,6 +254,13 @@ def _generate_batch(job: GenerationJob, policy: XOmniPolicy, prompt_format: Prom
     return lines
 
 
+def image_stem(job: GenerationJob, prompt_index: int, sample: int) -> str:
+    """The file name (without suffix) of image `sample` of prompt `prompt_index`."""
+    if job.prompt_ids is not None:
+        return f"{job.prompt_ids[prompt_index]}_{sample}"
+    return f"{prompt_index:05d}_{sample}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
@@ -257,12 +268,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return run(job)
+
+
+def run(job: GenerationJob) -> int:
+    """Draw every image of a prepared job that DIR does not hold yet; the exit status."""
     job.out.mkdir(parents=True, exist_ok=True)
     (job.out / SETTINGS).write_text(json.dumps(job.settings, indent=1), encoding="utf-8")
     done = resume(job.out / MANIFEST)
-    pending = [(i, k) for i in range(len(job.source)) for k in range(job.samples_per_prompt)
-               if f"{IMAGES}/{i:05d}_{k}.png" not in done]
-    print(f"{len(job.source)} prompts x {job.samples_per_prompt}: {len(pending)} images to draw, "
+    count = len(job.source) if job.num_prompts is None else min(job.num_prompts, len(job.source))
+    pending = [(i, k) for i in range(count) for k in range(job.samples_per_prompt)
+               if f"{IMAGES}/{image_stem(job, i, k)}.png" not in done]
+    print(f"{count} prompts x {job.samples_per_prompt}: {len(pending)} images to draw, "
           f"{len(done)} already in {job.out / MANIFEST}", flush=True)
     if pending:
         try:
