@@ -1,9 +1,12 @@
-"""Draw reward, KL and per-reward curves from one or several runs' metrics.jsonl into one PNG.
+"""Draw reward, KL, per-reward and evaluation curves from one or several runs' metrics.jsonl into one PNG.
 
-    python scripts/plot_metrics.py runs/a/metrics.jsonl runs/b/metrics.jsonl --out curves.png
+    python scripts/plot_metrics.py runs/a/metrics.jsonl runs/b/metrics.jsonl --out curves.png [--monitors]
 
-Panels: reward/mean, loss/kl (and kl/k3_mean), then one panel per reward (`reward/<name>/mean`) found in
-any of the files. Each run is one line, labelled by its directory name; --smooth averages over a window.
+Panels: reward/mean, KL (kl/k3_mean), then one panel per reward found in any of the files. A panel shows the
+training batch's curve (`reward/<name>/mean`, one line per run, labelled by its directory name) and, where
+the run evaluated held-out prompts, the evaluation's (`eval/reward/<name>/mean`, dashed with a marker per
+evaluation; gold rewards have only this one). --monitors adds a panel per reward-hacking monitor
+(`monitor/...`, with its `eval/monitor/...` twin). --smooth averages training curves over a window of steps.
 """
 
 from __future__ import annotations
@@ -21,15 +24,33 @@ import numpy as np  # noqa: E402
 
 from rl.evaluation.metrics import read_metrics  # noqa: E402
 
-PER_REWARD = re.compile(r"^reward/([^/]+)/mean$")
+PER_REWARD = re.compile(r"^(?:eval/)?reward/([^/]+)/mean$")
+EVAL = "eval/"
 
 
-def panels(runs: dict[str, list[dict]]) -> list[tuple[str, list[str]]]:
-    """(title, metric keys) per panel: the total reward, KL, then each reward found in any run."""
-    names = sorted({m.group(1) for records in runs.values() for r in records for k in r
-                    if (m := PER_REWARD.match(k))})
-    return ([("reward/mean", ["reward/mean"]), ("KL to the reference", ["kl/k3_mean"])]
-            + [(f"reward/{n}/mean", [f"reward/{n}/mean"]) for n in names])
+def panels(runs: dict[str, list[dict]], monitors: bool = False) -> list[tuple[str, list[str]]]:
+    """(title, metric keys) per panel: the total reward, KL, then each reward found in any run, each with its
+    evaluation twin; with `monitors`, then each `monitor/...` metric (and its `eval/` twin)."""
+    keys = {k for records in runs.values() for r in records for k in r}
+    names = sorted({m.group(1) for k in keys if (m := PER_REWARD.match(k))})
+    layout = [("reward/mean", ["reward/mean", EVAL + "reward/mean"]), ("KL to the reference", ["kl/k3_mean"])]
+    layout += [(f"reward/{n}/mean", [f"reward/{n}/mean", f"{EVAL}reward/{n}/mean"]) for n in names]
+    if monitors:
+        found = sorted({k.removeprefix(EVAL) for k in keys if k.removeprefix(EVAL).startswith("monitor/")}
+                       - {"monitor/alerts"})
+        layout += [(k, [k, EVAL + k]) for k in found]
+    return layout
+
+
+def series(records: list[dict], key: str, window: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of `key` over the rows that hold a value for it. Training curves are smoothed over
+    `window` steps; evaluations (sparse rows) are not."""
+    steps = np.array([r["step"] for r in records])
+    values = np.array([r.get(key) if r.get(key) is not None else np.nan for r in records], float)
+    if not key.startswith(EVAL):
+        values = smooth(values, window)
+    present = np.isfinite(values)
+    return steps[present], values[present]
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -43,19 +64,20 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def plot(paths: list[Path], out: Path, window: int = 1) -> Path:
+def plot(paths: list[Path], out: Path, window: int = 1, monitors: bool = False) -> Path:
     runs = {f"{p.parent.name or p.stem}": read_metrics(p) for p in paths}
-    layout = panels(runs)
+    layout = panels(runs, monitors)
     columns = min(3, len(layout))
     rows = math.ceil(len(layout) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows), squeeze=False)
     for ax, (title, keys) in zip(axes.flat, layout, strict=False):
         for label, records in runs.items():
             for key in keys:
-                steps = np.array([r["step"] for r in records])
-                values = np.array([r.get(key) if r.get(key) is not None else np.nan for r in records], float)
-                if np.isfinite(values).any():
-                    ax.plot(steps, smooth(values, window), label=label if len(keys) == 1 else f"{label} {key}")
+                steps, values = series(records, key, window)
+                if len(steps) and key.startswith(EVAL):
+                    ax.plot(steps, values, "o--", label=f"{label} (eval)")
+                elif len(steps):
+                    ax.plot(steps, values, label=label)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -74,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("metrics", nargs="+", type=Path, help="metrics.jsonl files (one per run)")
     parser.add_argument("--out", type=Path, default=Path("curves.png"))
-    parser.add_argument("--smooth", type=int, default=1, help="moving-average window in steps")
+    parser.add_argument("--smooth", type=int, default=1, help="moving-average window in steps (training curves)")
+    parser.add_argument("--monitors", action="store_true", help="also plot the reward-hacking monitors")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.metrics if not p.is_file()]
     if missing:
         parser.error(f"not found: {', '.join(missing)}")
-    print(plot(args.metrics, args.out, args.smooth))
+    print(plot(args.metrics, args.out, args.smooth, args.monitors))
     return 0
 
 
