@@ -111,3 +111,9 @@ def test_a_stopping_alert_ends_the_run_after_its_row(straight, tmp_path):
     with pytest.raises(RunAborted, match=r"monitor/saturation is 0.9 at step 3, 80.0% away .*stop_on_alert"):
         trainer._log(3, {"monitor/saturation": 0.9})
     assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 3, "monitor/saturation": 0.9, "monitor/alerts": 1.0}]
+
+
+def test_the_console_line_of_an_evaluation_shows_its_reward(tmp_path):
+    line = MetricsWriter(tmp_path, total_steps=4, start_step=-1, tensorboard=False).console_line(
+        0, {"eval/reward/mean": 0.25, "time/eval_s": 1.0})
+    assert line.startswith("step 0/4 | eval reward 0.25 |")

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 # The policy loss is not shown: on-policy its value is ~0 by construction (ratio 1, centred advantages).
-_CONSOLE_KEYS = (("reward/mean", "reward"), ("kl/k3_mean", "kl"), ("entropy/mean", "entropy"),
-                 ("actor/grad_norm", "grad"), ("rollout/tokens_per_s", "tok/s"))
+_CONSOLE_KEYS = (("reward/mean", "reward"), ("eval/reward/mean", "eval reward"), ("kl/k3_mean", "kl"),
+                 ("entropy/mean", "entropy"), ("actor/grad_norm", "grad"), ("rollout/tokens_per_s", "tok/s"))
 
 
 class MetricsWriter:
