@@ -105,7 +105,7 @@ def format_comparison(a: Mapping[str, Any], b: Mapping[str, Any], names: tuple[s
     rows_a, rows_b = dict(_lines(a)), dict(_lines(b))
     labels = list(dict.fromkeys([label for label, _ in _lines(a)] + [label for label, _ in _lines(b)]))
     width = max(len(label) for label in labels) + 2
-    title = f"{'':<{width}}{names[0][-10:]:>10}{names[1][-10:]:>10}{'B - A':>10}"
+    title = f"{'':<{width}}{'A':>10}{'B':>10}{'B - A':>10}"
     body = []
     for label in labels:
         x, y = rows_a.get(label), rows_b.get(label)
