@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from rl.config import ConfigError, build_section, resolve_local_path, validate_component, validate_section
 from rl.evaluation.alerts import watchable_metrics
@@ -270,7 +270,8 @@ def validate_train_config(cfg: DictConfig) -> TrainSpec:
 def trained_rewards(cfg: DictConfig) -> list[str]:
     """The rewards that make the training total: every configured reward except `monitor.gold`."""
     gold = (cfg.get("monitor") or {}).get("gold") or []
-    return [name for name in cfg.get("rewards") or {} if name not in set(gold)]
+    gold = set(gold) if isinstance(gold, (list, ListConfig)) else set()  # a malformed list is reported elsewhere
+    return [name for name in cfg.get("rewards") or {} if name not in gold]
 
 
 def resource_needs(spec: TrainSpec, rewards: list[str]) -> dict[str, tuple[float, float]]:

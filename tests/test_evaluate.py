@@ -14,6 +14,7 @@ import pytest
 
 from rewards.text_accuracy import text_recall, tokens
 from rl.evaluate import main
+from rl.evaluation.benchmark import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -108,3 +109,20 @@ def test_command_line_problems_are_listed_before_anything_loads(tmp_path, capsys
                      "rollout.sampling: top_p must be in (0, 1]"):
         assert expected in err
     assert not out.exists()
+
+
+def test_summary_sums_before_dividing_and_counts_unread_images():
+    """Hand-made rows: 3 of 14 words, not the mean of the per-image accuracies (0.375); the third text image
+    was not read (its OCR failed), which is counted, not scored 0."""
+    def row(matched, total, length, category, ocr=0.5):
+        details = {"ocr": {"matched": matched, "total": total}} if total else {}
+        return {"image": "x.png", "ocr": ocr, "total": ocr, "details": details,
+                "meta": {"text": ["words"], "length": length, "category": category}}
+
+    rows = [row(0, 10, "long", "sign"), row(3, 4, "long", "menu"), row(0, 0, "short", "sign", ocr=None)]
+    summary = summarize(rows, ["ocr"])
+    assert summary["overall"] == 3 / 14 and (summary["matched"], summary["target"]) == (3, 14)
+    assert summary["by_length"] == {"long": 3 / 14} and summary["by_category"] == {"menu": 0.75, "sign": 0.0}
+    assert summary["unread"] == 1 and summary["samples"] == 3 and summary["rewards"] == {"ocr": 0.5, "total": 0.5}
+    nothing = summarize([{"image": "y.png", "quality": 0.7, "total": 0.7}], ["quality"])
+    assert nothing["overall"] is None and nothing["reader"] is None and nothing["by_length"] == {}
