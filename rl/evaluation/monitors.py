@@ -49,10 +49,11 @@ def image_statistics(images: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
 def _one_image(image: np.ndarray) -> tuple[float, float, float, float]:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"images must be uint8 [H, W, 3], got shape {image.shape}")
-    rgb = image.astype(np.float32) / 255.0                       # [H, W, 3]
-    high, low = rgb.max(axis=2), rgb.min(axis=2)                # [H, W]
-    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-12), 0.0).mean()
-    luma = rgb @ _LUMA                                           # [H, W]
+    # Per-channel [H, W] planes: reductions over a trailing axis of 3 are several times slower in numpy.
+    r, g, b = (image[..., c].astype(np.float32) / 255.0 for c in range(3))
+    high, low = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)   # [H, W]
+    saturation = np.divide(high - low, high, out=np.zeros_like(high), where=high > 0).mean()
+    luma = _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b                               # [H, W]
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "JPEG", quality=JPEG_QUALITY)
     bpp = 8.0 * buffer.tell() / (image.shape[0] * image.shape[1])
