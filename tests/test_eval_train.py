@@ -26,6 +26,7 @@ from rl.train import Trainer
 from rl.train_config import validate_train_config
 
 EVAL = ("trainer.steps=4", "checkpoint.every=1", "checkpoint.keep=2", "eval.every=2", "eval.num_prompts=3",
+        "eval.samples_per_prompt=2",
         f"eval.prompts=[{REPO / 'prompts/data/glyph_words_eval.jsonl'}]", "eval.grid_prompts=2",
         "rewards.brightness._component_=tests.fault_rewards.MeanPixel", "gating.default=[brightness]",
         "monitor.gold=[brightness]")
