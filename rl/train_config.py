@@ -198,7 +198,9 @@ class MonitorConfig:
     gold: rewards (names under `rewards:`) scored on the eval prompts only, as `eval/reward/<name>/mean`. They
         never enter the training total, so their curve beside the trained rewards' shows a divergence (reward
         hacking). They are gated like the others (gating.default, rules, needs_text); they need no ensemble
-        weight (one given is not used). Needs eval.every > 0.
+        weight (one given is not used). Needs eval.every > 0. Their faults count as any reward's
+        (reward_workers.max_failure_frac over failure_window calls), but training steps give them no rows,
+        so a gold reward failing on most rows of one evaluation stops the run once its window has filled.
     alerts: metric -> relative threshold. When |value - step-0 value| > threshold * |step-0 value| (the
         absolute difference when the step-0 value is 0), a warning names the metric and `monitor/alerts`
         counts it in that row. The step-0 value is the first one the run logged: the step-0 evaluation's for
