@@ -40,14 +40,15 @@ from prompts.sources import PromptSource
 from rewards import score
 from rewards.ensemble import selected_rewards, validate_reward_sections
 from rewards.ocr import OCRReward
+from rewards.store import read_scores
 from rl import generate
 from rl.config import ConfigError, load_config, resolve_component
-from rl.evaluation.benchmark import format_comparison, format_summary, read_rows, summarize
+from rl.evaluation.benchmark import format_comparison, format_summary, summarize
 
 DATA = Path(prompts.__file__).resolve().parent / "data"
 BENCHMARKS = {"longtext-en": (DATA / "longtext_bench_en.jsonl", "en"),
               "longtext-zh": (DATA / "longtext_bench_zh.jsonl", "zh")}
-PROMPTS, SCORES, SUMMARY = "prompts.jsonl", "scores.jsonl", "summary.json"
+PROMPTS, SUMMARY = "prompts.jsonl", "summary.json"
 _ID = re.compile(r"^[^_/\\]+$")  # LongText-Bench's file names split the id from k at the first "_"
 
 
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code != 0:
         return code
     expected = {f"{pid}_{k}.png" for pid in ids for k in range(job.samples_per_prompt)}
-    rows = [row for row in read_rows(job.out / SCORES) if row.get("image") in expected]
+    rows = [row for row in read_scores(job.out) if row.get("image") in expected]  # each image's current record
     summary = summarize(rows, names)
     (job.out / SUMMARY).write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     print(format_summary(summary))

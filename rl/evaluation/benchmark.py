@@ -10,25 +10,12 @@ ones only when the same reader is used.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 NOTE = ("text accuracy as read by the configured reward {reader!r}; LongText-Bench's official reader is "
         "Qwen2.5-VL-7B, so these figures compare with published ones only when the same reader is used")
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a scores.jsonl (a line cut short by a crash is skipped)."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def _counts(row: Mapping[str, Any], reader: str | None) -> tuple[int, int] | None:
