@@ -1,6 +1,6 @@
-"""Make the README's offline-scoring figures: docs/report_top.png and the printed compare table.
+"""Make the README's offline-scoring figures: scripts/figures/report_top.png and the printed compare table.
 
-    python scripts/make_scoring_docs.py [--work DIR] [--png docs/report_top.png]
+    python scripts/make_scoring_docs.py [--work DIR] [--png scripts/figures/report_top.png]
 
 Renders the "before" and "after" sample sets (scripts/make_sample_images.py --stage), scores each with
 configs/rewards.yaml's weight-free rewards (`--only quality,ocr`, the real RapidOCR models), runs
@@ -34,7 +34,7 @@ def run(*args: str, cwd: Path = ROOT) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", help="folder for the samples and scores (default: a temporary folder)")
-    parser.add_argument("--png", default=str(ROOT / "docs" / "report_top.png"), help="screenshot path")
+    parser.add_argument("--png", default=str(ROOT / "scripts" / "figures" / "report_top.png"), help="screenshot path")
     args = parser.parse_args()
     if missing():
         sys.exit(f"no headless Chromium: {missing()}")
