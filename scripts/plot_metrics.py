@@ -64,6 +64,13 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def smoothing_note(window: int) -> str:
+    """What the curves show, written on the figure and printed, so a smoothed curve is never read as raw."""
+    if window <= 1:
+        return "raw per-step values"
+    return f"training curves smoothed: moving average over {window} steps (evaluation points raw)"
+
+
 def plot(paths: list[Path], out: Path, window: int = 1, monitors: bool = False) -> Path:
     runs = {f"{p.parent.name or p.stem}": read_metrics(p) for p in paths}
     layout = panels(runs, monitors)
@@ -85,6 +92,7 @@ def plot(paths: list[Path], out: Path, window: int = 1, monitors: bool = False) 
             ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(layout):]:
         ax.axis("off")
+    fig.suptitle(smoothing_note(window), fontsize=9, x=0.01, ha="left")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -102,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in args.metrics if not p.is_file()]
     if missing:
         parser.error(f"not found: {', '.join(missing)}")
-    print(plot(args.metrics, args.out, args.smooth, args.monitors))
+    print(f"{plot(args.metrics, args.out, args.smooth, args.monitors)}: {smoothing_note(args.smooth)}")
     return 0
 
 

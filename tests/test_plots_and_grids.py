@@ -27,6 +27,7 @@ def test_plot_metrics_draws_every_run_into_one_png(tmp_path):
                              str(tmp_path / "b" / "metrics.jsonl"), "--out", str(out), "--smooth", "2"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    assert "smoothed: moving average over 2 steps" in result.stdout  # the figure says the same in its title
     image = np.asarray(Image.open(out).convert("L"))
     assert image.shape[1] > image.shape[0] > 200 and image.std() > 10  # several drawn panels, not a blank
     missing = subprocess.run([sys.executable, "scripts/plot_metrics.py", str(tmp_path / "nope.jsonl")],
