@@ -1,13 +1,15 @@
 """The memory formulas (rl/distributed/memory.py) against what the code really allocates on the CPU.
 
-The measured quantity is the peak of bytes held by live tensors, read from torch's CPU memory profiler (the
-"Total Allocated" of its memory events over the whole run). That is what the plan estimates: tensor bytes,
-the CPU counterpart of `torch.cuda.max_memory_allocated`. Process RSS would add the interpreter, the
-libraries and the allocator's caching, which the plan covers with its margin; tracemalloc does not see
-tensor storage at all (torch allocates it outside Python's allocator).
+The measured quantity is the peak of bytes held by live tensors, replayed from the allocation and free events
+of torch's CPU memory profiler (each free matched to its allocation by address, so tensors left over from an
+earlier profiled run cannot inflate it, as the profiler's own running total does within one process). That is
+what the plan estimates: tensor bytes, the CPU counterpart of `torch.cuda.max_memory_allocated`. Process RSS
+would add the interpreter, the libraries and the allocator's caching, which the plan covers with its margin;
+tracemalloc does not see tensor storage at all (torch allocates it outside Python's allocator).
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,15 +30,23 @@ PROMPTS = [f"A neon shop sign reading \"OPEN {i}\" over a door" for i in range(8
 GRID = (8, 16)
 
 
-def peak_tensor_bytes(run) -> int:
-    """The largest number of bytes held by live CPU tensors while `run()` executes."""
+def peak_tensor_bytes(run, trace: Path) -> int:
+    """The largest number of bytes held by CPU tensors allocated while `run()` executes."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
-    path = "/tmp/_memory_trace.json"
-    prof.export_chrome_trace(path)
-    with open(path) as f:
-        events = json.load(f)["traceEvents"]
-    return max(e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]")
+    prof.export_chrome_trace(str(trace))
+    with open(trace) as f:
+        events = [e for e in json.load(f)["traceEvents"] if e.get("name") == "[memory]"]
+    live, held, peak = {}, 0, 0
+    for event in sorted(events, key=lambda e: (e["ts"], e["args"]["Ev Idx"])):
+        address, size = event["args"]["Addr"], event["args"]["Bytes"]
+        if size > 0:
+            live[address] = size
+            held += size
+        elif address in live:
+            held -= live.pop(address)
+        peak = max(peak, held)
+    return peak
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -54,7 +64,7 @@ def test_learner_estimate_is_within_25_percent_of_the_measured_peak(tmp_path, ch
         learner.update(batch)
         learner.update(batch)
 
-    measured = peak_tensor_bytes(run)
+    measured = peak_tensor_bytes(run, tmp_path / "trace.json")
     prompt_tokens = learner.format.encode(PROMPTS, GRID).input_ids.shape[1]  # with the <SOM>h w<IMAGE> prefix
     spec.placement.prompt_tokens = prompt_tokens
     sizes = model_sizes(spec)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from rl.distributed.memory_plan import Plan
 
 EPS = 1e-6
+PROGRESS_S = 30.0  # how often a slow start-up says how far it got
 NODE_LABEL = "ray.io/node-id"  # Ray labels every node with its id; a bundle selector pins a bundle to a node
 
 
@@ -248,17 +249,22 @@ def create_group(what: str, bundles: Sequence[dict[str, float]], node_ids: Seque
     return group
 
 
+GROUP_NAMES = {"learner": "learner ranks", "rollout": "rollout replicas", "worker": "colocated workers"}
+
+
 def placement_groups(plan: Plan, timeout_s: float) -> dict[str, PlacementGroup]:
-    """One placement group for the learner ranks and one for the rollout replicas, bundle i pinned to the node
-    the plan chose for actor i (anywhere when the plan could not place it). A group that cannot be placed
-    within `timeout_s` stops the run (see `create_group`) after removing the groups already made."""
+    """A placement group per kind of actor ("learner" and "rollout" in split placement, "worker", one bundle per
+    GPU, in colocated placement), bundle i pinned to the node the plan chose for actor i (anywhere when the plan
+    could not place it). A group that cannot be placed within `timeout_s` stops the run (see `create_group`)
+    after removing the groups already made. Reward actors are started by the reward pool, outside any group."""
     groups: dict[str, PlacementGroup] = {}
+    kinds = dict.fromkeys(u.kind for u in plan.placement.units if u.kind != "reward")
     try:
-        for kind, what in (("learner", "learner ranks"), ("rollout", "rollout replicas")):
+        for kind in kinds:
             units = [u for u in plan.placement.units if u.kind == kind]
             slots = [plan.placement.slots.get(u) for u in units]
             nodes = [plan.nodes[slot.node].node_id if slot else None for slot in slots]
-            groups[kind] = create_group(what, [bundle(u.cpus, u.gpus) for u in units], nodes, timeout_s)
+            groups[kind] = create_group(GROUP_NAMES[kind], [bundle(u.cpus, u.gpus) for u in units], nodes, timeout_s)
     except BaseException:
         for group in groups.values():
             remove_placement_group(group)
@@ -271,16 +277,26 @@ def wait_started(groups: dict[str, list], timeout_s: float, local: bool) -> None
     RunAborted saying how many of each started and what the machine offers (an oversubscribed local Ray
     would otherwise leave the rest starting for ever)."""
     refs = [ref for group in groups.values() for ref in group]
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    if len(ready) == len(refs):
+    began, done = time.monotonic(), set()
+    while len(done) < len(refs) and time.monotonic() - began < timeout_s:
+        wait = min(PROGRESS_S, timeout_s - (time.monotonic() - began))
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=max(wait, 0.0))
+        done = set(ready)
+        if len(done) < len(refs):
+            print(f"waiting for actors to start: {_started(groups, done)} "
+                  f"({time.monotonic() - began:.0f}s of ray.start_timeout_s={timeout_s:g})", flush=True)
+    if len(done) == len(refs):
         return
-    done = set(ready)
-    counts = ", ".join(f"{sum(r in done for r in group)} of {len(group)} {name}" for name, group in groups.items())
+    counts = _started(groups, done)
     total = ray.cluster_resources()
     where = (f"this machine has {os.cpu_count()} CPU cores and {psutil.virtual_memory().total / 1024**3:.1f} GiB of "
              f"memory; the local Ray declares {total.get('CPU', 0):g} CPUs (ray.num_cpus) and "
              f"{total.get('GPU', 0):g} GPUs (ray.num_gpus)" if local else
              f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs")
-    raise RunAborted(f"after {timeout_s:g}s (ray.start_timeout_s) only {counts} actors had started; {where}. Every "
+    raise RunAborted(f"after {timeout_s:g}s (ray.start_timeout_s) only {counts} had started; {where}. Every "
                      f"actor is a process that loads its models: lower rollout.num_actors or learner.world_size "
                      f"(or ray.num_cpus on a small machine), or raise ray.start_timeout_s if loading is just slow")
+
+
+def _started(groups: dict[str, list], done: set) -> str:
+    return ", ".join(f"{sum(r in done for r in group)} of {len(group)} {name} actors" for name, group in groups.items())
