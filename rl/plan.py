@@ -23,6 +23,7 @@ from rl.distributed.memory import GIB, activation_bytes, kv_cache_bytes, margin_
 from rl.distributed.memory_plan import (
     PART_ORDER,
     Device,
+    ModelSizes,
     Plan,
     advise,
     knob_keys,
@@ -32,7 +33,7 @@ from rl.distributed.memory_plan import (
     rollout_setup,
 )
 from rl.distributed.placement import NodeInfo
-from rl.train_config import validate_train_config
+from rl.train_config import TrainSpec, validate_train_config
 
 KIND_NAMES = {"worker": "learner rank + rollout replica (colocated)", "learner": "learner rank",
               "rollout": "rollout replica"}
@@ -48,7 +49,7 @@ class DoesNotFit(ConfigError):
                      f"it anyway):\n{lines}",)
 
 
-def plan_run(spec, nodes: list[NodeInfo], sizes=None) -> Plan:
+def plan_run(spec: TrainSpec, nodes: list[NodeInfo], sizes: ModelSizes | None = None) -> Plan:
     """The plan of `spec` on `nodes`, with advice when it does not fit (`sizes` defaults to reading the models)."""
     plan = make_plan(spec, nodes, sizes or model_sizes(spec))
     plan.advice = advise(plan)

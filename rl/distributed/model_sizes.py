@@ -26,7 +26,7 @@ from torch import nn
 
 from rl.config import instantiate, missing_reason, resolve_component, to_container
 from rl.distributed.memory import DTYPE_BYTES, DecoderShape, PolicyShape, RewardShape
-from rl.model.policy import XOmniConfig, XOmniPolicy
+from rl.model.policy import XOmniConfig, XOmniPolicy, _read_config
 
 SHAPES = Path(__file__).resolve().parents[2] / "configs" / "shapes"
 XOMNI_SHAPES, FLUX_SHAPES = SHAPES / "x-omni-7b", SHAPES / "flux.1-dev"
@@ -69,14 +69,11 @@ def policy_size(node: DictConfig) -> PolicySize:
     target = resolve_component(str(node["_component_"]))
     if target == XOmniPolicy.from_pretrained:
         folder, source = _folder(node, "path", XOMNI_SHAPES)
-        from rl.model.policy import _read_config
-
         config = _read_config(str(folder))
-        return PolicySize(policy_shape(config), config, str(node.get("torch_dtype", "float32")), source)
-    config = instantiate(node, "model.policy").config  # a model built in code (small): built for its config
-    kwargs = _arguments(target, node)
-    return PolicySize(policy_shape(config), config, str(kwargs.get("torch_dtype", "float32")),
-                      str(node["_component_"]))
+    else:  # a model built in code (small): built once for its config
+        config, source = instantiate(node, "model.policy").config, str(node["_component_"])
+    load_dtype = str(_arguments(target, node).get("torch_dtype", "float32")).removeprefix("torch.")
+    return PolicySize(policy_shape(config), config, load_dtype, source)
 
 
 def decoder_size(node: DictConfig) -> tuple[DecoderShape, str]:
