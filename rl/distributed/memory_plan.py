@@ -140,7 +140,7 @@ def _unit_parts(spec: TrainSpec, sizes: ModelSizes, unit: Unit) -> dict[str, dic
     """A unit's parts per phase (one phase, "running", for anything but learner ranks and colocated workers)."""
     shape = sizes.policy.shape
     if unit.kind == "reward":
-        reward, _ = sizes.rewards[unit.name.removeprefix("reward ")]
+        reward, _ = sizes.rewards[unit.reward]
         return {"running": {unit.name: memory.reward_bytes(reward)} if reward.parameters else {}}
     if unit.kind == "rollout":
         return {"running": memory.rollout_parts(shape, sizes.decoder, rollout_setup(spec))}
@@ -217,7 +217,7 @@ def _unit_host_bytes(spec: TrainSpec, sizes: ModelSizes, unit: Unit, on_cpu: boo
     decoder = sum(count for count in sizes.decoder.parts.values()) * sizes.decoder.bytes
     loading = {"learner": policy, "rollout": max(policy, decoder), "worker": max(policy, decoder)}.get(unit.kind)
     if loading is None:  # a reward: its weights file is read in fp32
-        loading = sizes.rewards[unit.name.removeprefix("reward ")][0].parameters * 4
+        loading = sizes.rewards[unit.reward][0].parameters * 4
     steady = 0
     if unit.kind == "worker":  # gradients and AdamW state wait on the host while rolling out
         learning = phases["optimizer step"]

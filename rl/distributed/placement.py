@@ -59,13 +59,15 @@ class NodeInfo:
 @dataclass(frozen=True)
 class Unit:
     """One actor to place. kind: "worker" (colocated learner rank + rollout replica), "learner", "rollout" or
-    "reward"; index: its rank (or the reward's position); name: for messages ("rollout replica 3")."""
+    "reward"; index: its rank (or the reward's position); name: for messages ("rollout replica 3"); reward:
+    the reward's name under `rewards:` (reward actors only)."""
 
     kind: str
     index: int
     name: str
     cpus: float
     gpus: float
+    reward: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def run_units(spec: TrainSpec, rewards: Sequence[str]) -> list[Unit]:
     w = spec.reward_workers
     for i, name in enumerate(rewards):
         amounts = {"num_cpus": w.num_cpus, "num_gpus": w.num_gpus, **w.resources.get(name, {})}
-        units.append(Unit("reward", i, f"reward {name}", amounts["num_cpus"], amounts["num_gpus"]))
+        units.append(Unit("reward", i, f"reward {name}", amounts["num_cpus"], amounts["num_gpus"], name))
     return units
 
 
