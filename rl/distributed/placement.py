@@ -155,11 +155,10 @@ def _fit(unit: Unit, node: int, free_cpus: list[float], free_gpus: list[list[flo
 
 def _shortage(units: Sequence[Unit], missing: Sequence[Unit], nodes: Sequence[NodeInfo], separate: bool) -> str:
     """'the run asks for ...; the cluster has ...; not placed: ...' with every number a user needs."""
-    asked = {}
+    asked: dict[tuple[str, float, float], int] = {}
     for u in units:
-        count, cpus, gpus = asked.get(u.kind, (0, u.cpus, u.gpus))
-        asked[u.kind] = (count + 1, cpus, gpus)
-    wants = ", ".join(f"{k} {n} x ({c:g} CPU, {g:g} GPU)" for k, (n, c, g) in asked.items())
+        asked[(u.kind, u.cpus, u.gpus)] = asked.get((u.kind, u.cpus, u.gpus), 0) + 1
+    wants = ", ".join(f"{k} {n} x ({c:g} CPU, {g:g} GPU)" for (k, c, g), n in asked.items())
     total_cpus = sum(u.cpus for u in units)
     total_gpus = sum(u.gpus for u in units)
     have = "; ".join(f"node {n.index}: {n.gpus} GPUs" + ("" if n.cpus is None else f", {n.cpus:g} CPUs")
