@@ -22,8 +22,11 @@ import torch
 
 from rewards.ensemble import Combiner
 from rl.config import ConfigError, instantiate, load_config, to_container
-from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync, check_resources, init_ray
+from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync, init_ray
 from rl.distributed.learner import TrainBatch
+from rl.distributed.memory import GIB
+from rl.distributed.memory_plan import Plan
+from rl.distributed.placement import cluster_nodes, placement_groups, refuse_colocated, run_units, wait_started
 from rl.distributed.reward_pool import RewardPool, RunAborted
 from rl.evaluation.alerts import DriftAlerts
 from rl.evaluation.evaluator import Evaluator
@@ -31,9 +34,10 @@ from rl.evaluation.metrics import MetricsWriter, read_metrics
 from rl.evaluation.monitors import advantage_correlations, batch_monitors
 from rl.evaluation.sample_grid import rollout_grid
 from rl.grpo import group_advantages
+from rl.plan import DoesNotFit, plan_run, render
 from rl.seeding import sample_seed
 from rl.state.run_state import find_resume_checkpoint, read_trainer_state, write_checkpoint
-from rl.train_config import TrainSpec, resource_needs, trained_rewards, validate_train_config
+from rl.train_config import TrainSpec, trained_rewards, validate_train_config
 
 
 class Trainer:
@@ -44,6 +48,7 @@ class Trainer:
         self.run_dir = Path(spec.run.dir).resolve()
         self.resume_from = find_resume_checkpoint(spec, self.run_dir)  # refuses an incompatible checkpoint
         self.learner = self.rollout = self.rewards = self.metrics = self.evaluator = None
+        refuse_colocated(spec)
         init_ray(spec.ray)
         try:
             self._start()
@@ -58,17 +63,23 @@ class Trainer:
         self.prompts = instantiate(cfg.prompts, "prompts")
         self.combiner = Combiner.from_config(cfg, trained_rewards(cfg))  # gold rewards never enter the total
         scoring = [*self.combiner.names, *spec.monitor.gold]
-        check_resources(resource_needs(spec, scoring), joined_cluster=spec.ray.address is not None)
+        self.plan = self._check_plan(scoring)
+        groups = placement_groups(self.plan, spec.ray.placement_timeout_s)
         # All actors start loading at once; only then do we wait for them.
         self.learner = LearnerGroup(model, spec.trainer, spec.learner, spec.rollout.grid,
-                                    spec.rollout.sampling.temperature, timeout)
-        self.rollout = RolloutGroup(model, spec.rollout, timeout)
+                                    spec.rollout.sampling.temperature, timeout, groups["learner"])
+        self.rollout = RolloutGroup(model, spec.rollout, timeout, groups["rollout"])
         self.rewards = RewardPool({n: to_container(cfg.rewards[n]) for n in scoring},
                                   spec.reward_workers, self.combiner.config.timeout_s, self.combiner.config.batch_size)
+        wait_started({"rollout": [a.__ray_ready__.remote() for a in self.rollout.actors],
+                      "learner": [r.__ray_ready__.remote() for r in self.learner.ranks]},
+                     spec.ray.start_timeout_s, local=spec.ray.address is None)
         for group in (self.learner, self.rollout, self.rewards):
             group.ready()
+        # Declared GPUs (ray.num_gpus on a machine without them) run on the CPU: no NCCL there.
+        on_gpus = any(node.gpu_devices for node in self.plan.nodes)
         self.sync_weights = WeightSync(self.learner, self.rollout, spec.learner.weight_sync,
-                                       use_gpu=spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0)
+                                       use_gpu=on_gpus and spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0)
         if spec.eval.every:
             self.evaluator = Evaluator(spec, self.rollout, self.rewards, self.run_dir)
         self.step = 0
@@ -79,6 +90,22 @@ class Trainer:
                                      spec.logging.tensorboard, spec.logging.wandb, to_container(cfg))
         history = read_metrics(self.metrics.path) if self.metrics.path.exists() else []
         self.alerts = DriftAlerts(spec.monitor.alerts, spec.monitor.stop_on_alert, history)
+
+    def _check_plan(self, rewards: list[str]) -> Plan:
+        """The memory plan on the nodes Ray reports (waiting a bounded time for a joined cluster to offer what
+        the run asks for); a run that does not fit stops here unless placement.check is "warn"."""
+        spec = self.spec
+        units = run_units(spec, rewards)
+        gib = spec.placement.gpu_memory_gib
+        nodes = cluster_nodes(sum(u.gpus for u in units), sum(u.cpus for u in units), spec.ray.address is not None,
+                              spec.ray.placement_timeout_s, None if gib is None else int(gib * GIB))
+        plan = plan_run(spec, nodes)
+        print(render(plan), flush=True)
+        if not plan.fits:
+            if spec.placement.check == "error":
+                raise DoesNotFit(plan.problems)
+            print("warning: starting although the plan does not fit (placement.check: warn)", flush=True)
+        return plan
 
     def fit(self) -> None:
         every = self.spec.checkpoint.every

@@ -36,19 +36,46 @@ class RunConfig:
 @dataclass
 class RayConfig:
     """address: null starts a local Ray (the embedded default); "auto" or "ray://host:10001" joins a cluster.
-    num_cpus / num_gpus: resources of the local Ray (ignored when joining). namespace: Ray namespace.
-    call_timeout_s: the longest a rollout or learner call may take before the run stops as stuck."""
+    num_cpus / num_gpus: resources of the local Ray (ignored when joining); num_gpus declares GPUs even on a
+    machine without them (actors then run on the CPU), which is how the tests exercise GPU placements.
+    namespace: Ray namespace. call_timeout_s: the longest a rollout or learner call may take before the run
+    stops as stuck. placement_timeout_s: the longest the run waits for a joined cluster to offer the GPUs and
+    CPUs it asks for, and for each placement group to be placed, before it stops with the numbers.
+    start_timeout_s: the longest the rollout and learner actors may take to start (processes up, rollout
+    models loaded) before the run stops saying how many started."""
 
     address: str | None = None
     num_cpus: int | None = None
     num_gpus: int | None = None
     namespace: str = "xomni-rl"
     call_timeout_s: float | None = 3600.0
+    placement_timeout_s: float = 60.0
+    start_timeout_s: float = 600.0
+
+
+@dataclass
+class PlacementConfig:
+    """Where the actors go and the memory plan checked before any of them starts (`python -m rl.plan`).
+
+    mode: "split" (learner ranks and rollout replicas on GPUs of their own) or "colocated" (one worker per GPU
+    holds a learner rank and a rollout replica, time-shared; planned by rl.plan, not yet run by rl.train).
+    separate_nodes: split mode only: learner ranks and rollout replicas on disjoint nodes (learner first).
+    check: "error" refuses to start a run the plan says does not fit (exit 2); "warn" prints the plan and starts.
+    gpu_memory_gib: memory of one GPU to plan against; null reads it on each node with nvidia-smi (declared
+    GPUs without devices then go unchecked). prompt_tokens: prompt length in tokens (with the image prefix)
+    that the plan assumes for KV cache and activations; longer prompts need more."""
+
+    mode: Literal["colocated", "split"] = "split"
+    separate_nodes: bool = False
+    check: Literal["error", "warn"] = "error"
+    gpu_memory_gib: float | None = None
+    prompt_tokens: int = 256
 
 
 @dataclass
 class RolloutConfig:
-    """num_actors: rollout actors (each a policy + decoder replica). num_gpus / num_cpus: per actor.
+    """num_actors: rollout actors (each a policy + decoder replica). num_gpus / num_cpus: per actor (num_gpus at
+    most 1: an actor uses one device; a share below 1 leaves the rest of that GPU to reward actors).
     prompts_per_step: prompts drawn per GRPO step; group_size: samples per prompt (G).
     grid: image token grid [h, w] (16 px per token: 24x24 -> 384 px). batch_size: sequences sampled at once
     by one actor. dtype: rollout precision ("bfloat16" on GPU). sampling: temperature, top_k, top_p, min_p,
@@ -126,7 +153,9 @@ class TrainerConfig:
 @dataclass
 class LearnerConfig:
     """world_size: learner actors; >1 shards the policy with FSDP across them (torch.distributed inside Ray
-    actors; gloo on CPU, NCCL on GPU). num_gpus / num_cpus: per learner actor. dtype: parameter dtype
+    actors; gloo on CPU, NCCL on GPU). num_gpus / num_cpus: per learner actor (num_gpus at most 1; in
+    colocated placement they are one worker's: learner.num_gpus and learner.num_cpus + rollout.num_cpus, and
+    rollout.num_actors must equal world_size). dtype: parameter dtype
     (keep "float32": AdamW on bf16 weights loses small updates). mixed_precision: bf16 compute with fp32
     master weights (FSDP's MixedPrecisionPolicy when sharded, autocast otherwise). weight_sync: "auto"
     (NCCL broadcast when the learner and rollout actors have GPUs, else the object store), "object_store" or
@@ -214,7 +243,8 @@ class MonitorConfig:
 
 
 PLAIN_SECTIONS: dict[str, type] = {
-    "run": RunConfig, "ray": RayConfig, "rollout": RolloutConfig, "reward_workers": RewardWorkersConfig,
+    "run": RunConfig, "ray": RayConfig, "placement": PlacementConfig, "rollout": RolloutConfig,
+    "reward_workers": RewardWorkersConfig,
     "trainer": TrainerConfig, "learner": LearnerConfig, "checkpoint": CheckpointConfig, "logging": LoggingConfig,
     "eval": EvalConfig, "monitor": MonitorConfig,
 }
@@ -229,6 +259,7 @@ class TrainSpec:
 
     run: RunConfig
     ray: RayConfig
+    placement: PlacementConfig
     rollout: RolloutConfig
     reward_workers: RewardWorkersConfig
     trainer: TrainerConfig
@@ -241,17 +272,21 @@ class TrainSpec:
     cfg: Any  # the whole DictConfig (components, rewards, ensemble, gating)
 
 
-def validate_train_config(cfg: DictConfig) -> TrainSpec:
-    """Every problem in a training config at once (ConfigError), or the parsed plain sections."""
+def validate_train_config(cfg: DictConfig, components: bool = True) -> TrainSpec:
+    """Every problem in a training config at once (ConfigError), or the parsed plain sections.
+
+    components=False checks the plain sections only (the memory plan, which runs before any weights exist,
+    sizes components itself and accepts weights paths left `???`)."""
     problems = [f"{k}: unknown top-level section (accepted: {', '.join(sorted(TOP_LEVEL))})"
                 for k in cfg if k not in TOP_LEVEL]
     for name, schema in PLAIN_SECTIONS.items():
         problems += validate_section(cfg.get(name), schema, name)
-    model = cfg.get("model") or {}
-    for name in MODEL_COMPONENTS:
-        problems += validate_component(model.get(name), f"model.{name}")
-    problems += validate_component(cfg.get("prompts"), "prompts")
-    problems += _validate_rewards(cfg)
+    if components:
+        model = cfg.get("model") or {}
+        for name in MODEL_COMPONENTS:
+            problems += validate_component(model.get(name), f"model.{name}")
+        problems += validate_component(cfg.get("prompts"), "prompts")
+        problems += _validate_rewards(cfg)
     problems += _check_resources(cfg)
     resume = cfg.get("resume")
     if resume is not None and not isinstance(resume, str):
@@ -276,17 +311,6 @@ def trained_rewards(cfg: DictConfig) -> list[str]:
     return [name for name in cfg.get("rewards") or {} if name not in gold]
 
 
-def resource_needs(spec: TrainSpec, rewards: list[str]) -> dict[str, tuple[float, float]]:
-    """(CPUs, GPUs) each part of the run asks Ray for."""
-    r, learner, w = spec.rollout, spec.learner, spec.reward_workers
-    needs = {"rollout": (r.num_actors * r.num_cpus, r.num_actors * r.num_gpus),
-             "learner": (learner.world_size * learner.num_cpus, learner.world_size * learner.num_gpus)}
-    for name in rewards:
-        amounts, replicas = w.actors(name)
-        needs[f"reward {name}"] = (replicas * amounts["num_cpus"], replicas * amounts["num_gpus"])
-    return needs
-
-
 def _check_resources(cfg: DictConfig) -> list[str]:
     resources = (cfg.get("reward_workers") or {}).get("resources") or {}
     names = set(cfg.get("rewards") or {})
@@ -298,6 +322,9 @@ def _check_resources(cfg: DictConfig) -> list[str]:
             if key not in ("num_cpus", "num_gpus", "replicas"):
                 problems.append(f"reward_workers.resources.{name}.{key}: unknown key "
                                 "(accepted: num_cpus, num_gpus, replicas)")
+            elif key == "num_gpus" and not 0 <= amounts[key] <= 1:
+                problems.append(f"reward_workers.resources.{name}.num_gpus: must be in [0, 1] (a GPU share), "
+                                f"got {amounts[key]}")
         replicas = (amounts or {}).get("replicas", 1)
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             problems.append(f"reward_workers.resources.{name}.replicas: must be an integer >= 1, got {replicas!r}")
@@ -344,7 +371,7 @@ def _check_values(spec: TrainSpec) -> list[str]:
         problems.append(f"reward_workers.failure_window: must be >= 1, got {spec.reward_workers.failure_window}")
     if spec.reward_workers.replicas < 1:
         problems.append(f"reward_workers.replicas: must be >= 1, got {spec.reward_workers.replicas}")
-    return problems + _check_eval(spec.eval) + _check_monitor(spec)
+    return problems + _check_eval(spec.eval) + _check_monitor(spec) + _check_placement(spec)
 
 
 def _check_eval(e: EvalConfig) -> list[str]:
@@ -372,4 +399,28 @@ def _check_monitor(spec: TrainSpec) -> list[str]:
             problems.append(f"monitor.alerts.{metric}: not a metric this run logs (accepted: {', '.join(known)})")
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
             problems.append(f"monitor.alerts.{metric}: the threshold must be a number > 0, got {threshold!r}")
+    return problems
+
+
+def _check_placement(spec: TrainSpec) -> list[str]:
+    """Resource amounts an actor can use, and what colocated placement needs."""
+    p, learner, r = spec.placement, spec.learner, spec.rollout
+    problems = [f"{key}: must be in [0, 1] (an actor uses one device; a share below 1 leaves the rest of the GPU "
+                f"to reward actors), got {value}"
+                for key, value in (("rollout.num_gpus", r.num_gpus), ("learner.num_gpus", learner.num_gpus),
+                                   ("reward_workers.num_gpus", spec.reward_workers.num_gpus)) if not 0 <= value <= 1]
+    for key, value in (("ray.placement_timeout_s", spec.ray.placement_timeout_s),
+                       ("ray.start_timeout_s", spec.ray.start_timeout_s), ("placement.prompt_tokens", p.prompt_tokens),
+                       ("placement.gpu_memory_gib", p.gpu_memory_gib)):
+        if value is not None and value <= 0:
+            problems.append(f"{key}: must be > 0, got {value}")
+    if p.mode == "colocated":
+        if r.num_actors != learner.world_size:
+            problems.append(f"rollout.num_actors: colocated placement holds one rollout replica per learner rank, "
+                            f"so it must equal learner.world_size ({learner.world_size}), got {r.num_actors}")
+        if learner.num_gpus <= 0.5:
+            problems.append(f"learner.num_gpus: colocated workers take one GPU each, so their share must be above "
+                            f"0.5, got {learner.num_gpus}")
+        if p.separate_nodes:
+            problems.append("placement.separate_nodes: applies to split placement only (placement.mode: split)")
     return problems

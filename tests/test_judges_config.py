@@ -8,7 +8,8 @@ from train_helpers import REPO
 
 from rewards.vlm_judge import VLMJudgeReward
 from rl.config import ConfigError, instantiate, load_config
-from rl.train_config import resource_needs, validate_train_config
+from rl.distributed.placement import run_units
+from rl.train_config import validate_train_config
 
 JUDGES = REPO / "configs" / "xomni_judges.yaml"
 WEIGHTS = ("paths.xomni", "paths.flux", "paths.hpsv2")
@@ -58,7 +59,9 @@ def test_the_judges_recipe_requires_its_judge_urls_and_replaces_clip_and_the_wei
     assert judges["alignment"].template.parse == "yes_probability"
     assert (judges["quality"].template.parse, judges["quality"].template.max_score) == ("number", 5.0)
     # The judges are CPU-only actors, two replicas each; the rest is xomni.yaml's.
-    needs = resource_needs(spec, list(cfg.rewards))
-    assert needs["reward alignment"] == needs["reward quality"] == (2, 0) and needs["reward hpsv2"] == (4, 0.5)
+    units = run_units(spec, list(cfg.rewards))
+    needs = {name: (sum(u.cpus for u in units if u.reward == name), sum(u.gpus for u in units if u.reward == name))
+             for name in cfg.rewards}
+    assert needs["alignment"] == needs["quality"] == (2, 0) and needs["hpsv2"] == (4, 0.05)
     base = load_config(REPO / "configs" / "xomni.yaml")
     assert cfg.trainer == base.trainer and cfg.rollout == base.rollout and cfg.gating.rules == base.gating.rules

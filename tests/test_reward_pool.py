@@ -12,8 +12,9 @@ import torch
 from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
 
 from rl.config import ConfigError
+from rl.distributed.placement import run_units
 from rl.distributed.reward_pool import RewardPool, RunAborted
-from rl.train_config import RewardWorkersConfig, resource_needs
+from rl.train_config import RewardWorkersConfig
 
 
 def step_rows(count: int, per_chunk: int, prompts=None):
@@ -102,7 +103,8 @@ def test_one_failing_replica_stops_the_run_even_when_the_reward_as_a_whole_is_un
 def test_replicas_are_validated_and_counted_in_the_resources_asked_for(tmp_path):
     rewards = {"r": {"_component_": "tests.fault_rewards.Recorder"}}
     spec = tiny_spec(tmp_path, rewards, ("reward_workers.num_cpus=0.5", "reward_workers.resources.r.replicas=3"))
-    assert resource_needs(spec, ["r"])["reward r"] == (1.5, 0)
+    assert [(u.name, u.cpus, u.gpus) for u in run_units(spec, ["r"]) if u.reward == "r"] == [
+        (f"reward r replica {k}", 0.5, 0) for k in range(3)]
     with pytest.raises(ConfigError) as error:
         tiny_spec(tmp_path, rewards, ("reward_workers.replicas=0", "reward_workers.resources.r.replicas=1.5",
                                       "reward_workers.resources.r.gpus=1"))

@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rl.distributed.learner import Learner, TrainBatch
+from rl.distributed.placement import bundle
 from rl.distributed.reward_pool import RunAborted
 from rl.distributed.rollout import RolloutResult, RolloutWorker
 from rl.train_config import LearnerConfig, RayConfig, RolloutConfig, TrainerConfig
@@ -42,23 +43,6 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address=cfg.address, namespace=cfg.namespace, runtime_env={"env_vars": env})
 
 
-def check_resources(needs: Mapping[str, tuple[float, float]], joined_cluster: bool) -> None:
-    """Fail fast when the actors' CPUs/GPUs exceed the cluster's: Ray would otherwise leave the surplus
-    actors pending forever. `needs`: part -> (cpus, gpus). On a joined cluster an autoscaler may still add
-    nodes, so there it only warns."""
-    total = ray.cluster_resources()
-    cpus, gpus = (sum(n[i] for n in needs.values()) for i in (0, 1))
-    if cpus <= total.get("CPU", 0) + 1e-9 and gpus <= total.get("GPU", 0) + 1e-9:
-        return
-    parts = ", ".join(f"{name} {c:g} CPU / {g:g} GPU" for name, (c, g) in needs.items())
-    message = (f"the actors need {cpus:g} CPUs and {gpus:g} GPUs ({parts}); the Ray cluster has "
-               f"{total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs. Lower rollout.num_actors, "
-               f"learner.world_size or the per-actor num_cpus/num_gpus, or raise ray.num_cpus/num_gpus")
-    if not joined_cluster:
-        raise RunAborted(message)
-    print(f"warning: {message}; waiting for the cluster to scale up", flush=True)
-
-
 def call(refs: Any, what: str, timeout_s: float | None = None) -> Any:
     """`ray.get` that reports a dead or stuck actor as RunAborted naming `what`."""
     try:
@@ -70,12 +54,14 @@ def call(refs: Any, what: str, timeout_s: float | None = None) -> Any:
         raise RunAborted(f"{what} did not answer within {timeout_s}s (ray.call_timeout_s)") from e
 
 
-def _placed(cls: type, count: int, num_cpus: float, num_gpus: float) -> tuple[list, Any]:
-    """Options for `count` actors of `cls`, one per bundle of a PACK placement group (GPU actors land
-    together), and the group (to remove at shutdown)."""
-    bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
-    group = placement_group([bundle] * count, strategy="PACK")
-    ray.get(group.ready())
+def _placed(cls: type, count: int, num_cpus: float, num_gpus: float, group: PlacementGroup | None = None
+            ) -> tuple[list, Any]:
+    """Options for `count` actors of `cls`, actor i in bundle i of `group` (the driver's, pinned to the nodes
+    the plan chose; by default a PACK group of `count` bundles, so GPU actors land together), and the group
+    (to remove at shutdown)."""
+    if group is None:
+        group = placement_group([bundle(num_cpus, num_gpus)] * count, strategy="PACK")
+        ray.get(group.ready())
     remote = ray.remote(cls)
     return [remote.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0,
                            scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i))
@@ -93,8 +79,9 @@ def shutdown_actors(actors: Sequence[Any], group: Any = None) -> None:
 class RolloutGroup:
     """`rollout.num_actors` RolloutWorkers; rows are split into contiguous chunks, one per actor."""
 
-    def __init__(self, model: Mapping[str, Any], cfg: RolloutConfig, timeout_s: float | None):
-        options, self.group = _placed(RolloutWorker, cfg.num_actors, cfg.num_cpus, cfg.num_gpus)
+    def __init__(self, model: Mapping[str, Any], cfg: RolloutConfig, timeout_s: float | None,
+                 group: PlacementGroup | None = None):
+        options, self.group = _placed(RolloutWorker, cfg.num_actors, cfg.num_cpus, cfg.num_gpus, group)
         self.actors = [o.remote(model, cfg) for o in options]  # models load in the background
         self.timeout_s = timeout_s
 
@@ -127,8 +114,8 @@ class LearnerGroup:
     """`learner.world_size` Learner ranks (FSDP when > 1). Calls go to every rank; rank 0 answers."""
 
     def __init__(self, model: Mapping[str, Any], trainer: TrainerConfig, cfg: LearnerConfig, grid: Sequence[int],
-                 temperature: float, timeout_s: float | None):
-        options, self.group = _placed(Learner, cfg.world_size, cfg.num_cpus, cfg.num_gpus)
+                 temperature: float, timeout_s: float | None, group: PlacementGroup | None = None):
+        options, self.group = _placed(Learner, cfg.world_size, cfg.num_cpus, cfg.num_gpus, group)
         self.ranks = [o.remote(model, trainer, cfg, tuple(grid), temperature, rank) for rank, o in enumerate(options)]
         self.timeout_s = timeout_s
 

@@ -1,0 +1,240 @@
+"""Memory formulas of the plan: the bytes each part of a learner rank, a rollout replica and a reward model
+holds at its peak, counted from the tensors our code keeps alive.
+
+Notation: P policy parameters, h hidden size, i MLP width, q = heads x head_dim, n_l decoder layers,
+K image codes, B sequences per micro-batch, L = prompt + T image tokens per sequence, cb / pb bytes per
+element of the compute / parameter dtype, W learner ranks (FSDP world size).
+
+Learner rank (rl/distributed/learner.py), per phase of one update:
+  static       params P*pb/W, gradients P_t*pb/W, AdamW state 2*P_t*pb/W (P_t = trained parameters),
+               reference P*pb/W (the initial policy, built like the policy).
+  FSDP (W > 1) the root unit (everything outside the decoder layers) stays gathered through forward and
+               backward, the current and the prefetched layer are gathered, and the unsharded gradients of
+               the root and of one layer wait for their reduce-scatter in fp32:
+               (root + 2 * layer) * cb + (root_t + layer_t) * 4.
+  activations  per token of every layer (saved for backward):
+                 2 RMSNorms x (4 + 2*cb) * h   fp32 input, normalised value and output in the compute dtype
+                 + cb * 4 * q                  rotated q, k and v repeated to all heads (the learner's batches
+                                               carry a padding mask, so attention runs without native GQA),
+                                               attention output
+                 + cb * 4 * i                  MLP gate, SiLU(gate), up projection, their product
+               + the [B, L, L] attention mask in the compute dtype per layer; the final norms (both the text and
+               the image norm run over all positions) and the slice of image positions; the log-prob head,
+               which forms [R, K] fp32 logits for R = min(1024, B*T) rows at a time and holds HEAD_COPIES of
+               them at the peak of a chunk's backward. With gradient checkpointing only each layer's input
+               (h * cb per token) is saved, and one layer is rebuilt at a time (its activations plus as much
+               again for their gradients).
+  optimizer    AdamW's foreach step adds one temporary of the trained shard (sqrt of exp_avg_sq).
+Rollout replica (rl/distributed/rollout.py): full weights P*rb; the KV cache
+  2 * n_l * kv_heads * head_dim * (prompt + T) * rows * rb (rows doubled by CFG) plus one layer's copy while
+  DynamicCache grows it; the prefill (one layer's MLP and residual tensors for every prompt token); the
+  decoder's weights and its widest stage (a FLUX block over image + text tokens, the VAE's full-resolution
+  stage, or T5 over the distinct prompts of a batch).
+
+The learner formulas were checked against the CPU allocator's peak (tests/test_memory_plan.py); the GPU
+figures (FSDP buffers, decoder, rewards, margins) are estimates that have never been run on a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from rl.model.policy import LOGPROB_CHUNK_ROWS
+
+GIB = 1024**3
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+HEAD_COPIES = 5
+"""[R, K] fp32 tensors alive at the peak of one log-prob chunk's backward: the recomputed logits and softmax and
+the gradients flowing back through log-softmax and gather (measured 5.0 on the CPU, with and without entropy)."""
+FLUX_WIDTHS = 12
+"""Live tensors of a FLUX block, in units of its inner width per token: the MLP branch (4 before and 4 after
+GELU), q, k, v and the attention output, the image and text streams."""
+VAE_COPIES = 6
+"""Full-resolution tensors of the VAE decoder's last stage alive at once (resnet input, norms, convolution
+outputs, residual), each [n, C0, 16h, 16w]."""
+VIT_WIDTHS = 12
+"""Live tensors of a reward's ViT block per token, in units of its width (the 4x MLP, q, k, v, residual)."""
+PROCESS_BYTES = GIB
+"""Per process on a GPU: the CUDA context, cuBLAS and NCCL workspaces."""
+FRAGMENTATION = 0.05
+"""Share of a GPU's other parts the caching allocator cannot reuse (fragmentation)."""
+WORKER_HOST_BYTES = int(0.4 * GIB)
+"""Host memory of one Ray worker process with torch imported (ENVIRONMENT.md: 160-400 MiB measured)."""
+DRIVER_HOST_BYTES = GIB
+"""Host memory of the driver process (configs, prompts, metrics, Ray's client)."""
+
+
+@dataclass(frozen=True)
+class PolicyShape:
+    """What the formulas need of an X-Omni policy. parameters: all of them; layer: the largest decoder layer's;
+    root: the parameters outside the decoder layers (embeddings, heads, final norms)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    image_vocab: int
+    parameters: int
+    layer: int
+    root: int
+
+
+@dataclass(frozen=True)
+class LearnerSetup:
+    """One learner rank. trained: parameters that get gradients and AdamW state (all of them in full
+    fine-tuning, the adapters with LoRA); trained_bytes: their dtype's bytes; frozen_base: the base weights are
+    frozen (LoRA: no separate reference); lora_inputs: per token, the elements LoRA's dropout copies."""
+
+    world_size: int
+    param_bytes: int
+    compute_bytes: int
+    reference: bool
+    micro_batch: int
+    prompt_tokens: int
+    image_tokens: int
+    checkpointing: bool
+    trained: int
+    trained_bytes: int
+    frozen_base: bool = False
+    lora_inputs: int = 0
+
+
+def norm_bytes(shape: PolicyShape, cb: int) -> int:
+    """Saved per token by one RMSNorm: its fp32 input (the input itself in fp32), normalised value, output."""
+    return (4 + 2 * cb) * shape.hidden
+
+
+def layer_activation_bytes(shape: PolicyShape, batch: int, length: int, cb: int) -> int:
+    """What one decoder layer saves for backward over `batch` sequences of `length` tokens."""
+    q = shape.heads * shape.head_dim
+    per_token = 2 * norm_bytes(shape, cb) + cb * 4 * q + cb * 4 * shape.intermediate
+    return batch * length * per_token + batch * length * length * cb  # + the attention mask
+
+
+def head_bytes(shape: PolicyShape, rows: int, cb: int) -> int:
+    """The log-prob head's peak: HEAD_COPIES fp32 [R, K] chunks (+ the linear's output before the fp32 cast)."""
+    chunk = min(LOGPROB_CHUNK_ROWS, rows) * shape.image_vocab
+    return HEAD_COPIES * chunk * 4 + (chunk * cb if cb != 4 else 0)
+
+
+def activation_bytes(shape: PolicyShape, s: LearnerSetup, checkpointing: bool) -> int:
+    """Peak activation bytes of one micro-batch's forward and backward (the policy's forward sees L - 1 tokens)."""
+    cb, batch = s.compute_bytes, s.micro_batch
+    length = s.prompt_tokens + s.image_tokens - 1
+    tokens = batch * length
+    final = tokens * (2 * (4 + cb) + cb) * shape.hidden + batch * s.image_tokens * shape.hidden * cb
+    head = head_bytes(shape, batch * s.image_tokens, cb)
+    layer = layer_activation_bytes(shape, batch, length, cb) + tokens * s.lora_inputs * cb
+    if not checkpointing:
+        return shape.layers * layer + final + head
+    inputs = shape.layers * tokens * shape.hidden * cb
+    return inputs + final + max(head, 2 * layer)
+
+
+def learner_phases(shape: PolicyShape, s: LearnerSetup) -> dict[str, dict[str, int]]:
+    """Parts of one learner rank during forward/backward and during the optimizer step."""
+    w, pb, cb = s.world_size, s.param_bytes, s.compute_bytes
+    static = {"policy parameters": shape.parameters * pb // w,
+              "policy gradients": s.trained * s.trained_bytes // w,
+              "optimizer state": 2 * s.trained * s.trained_bytes // w}
+    if s.frozen_base:
+        static["policy parameters"] += s.trained * s.trained_bytes // w
+    if s.reference and not s.frozen_base:
+        static["reference"] = shape.parameters * pb // w
+    step = dict(static)
+    step["optimizer step"] = s.trained * s.trained_bytes // w
+    forward = dict(static)
+    if w > 1:
+        gathered = (shape.root + 2 * shape.layer) * cb
+        root_t, layer_t = (0, 0) if s.frozen_base else (shape.root, shape.layer)
+        forward["FSDP buffers"] = gathered + (root_t + layer_t) * 4
+    elif cb != pb:  # autocast keeps bf16 casts of the weights it used until backward frees them
+        forward["autocast weight copies"] = (shape.layer if s.checkpointing else shape.parameters) * cb
+    forward["activations"] = activation_bytes(shape, s, s.checkpointing)
+    return {"forward/backward": forward, "optimizer step": step}
+
+
+def kv_cache_bytes(shape: PolicyShape, rows: int, length: int, dtype_bytes: int) -> int:
+    """Keys and values of every layer for `rows` sequences of `length` tokens."""
+    return 2 * shape.layers * shape.kv_heads * shape.head_dim * length * rows * dtype_bytes
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """The frozen decoder. parts: name -> parameters; bytes: per element of its dtype. inner: FLUX's inner
+    width (0 when it has no transformer); text_tokens / text_ff: T5's padded length and 2 x d_ff (gated);
+    vae_channels: the VAE's first block width; cfg: true CFG (doubles the transformer's batch);
+    max_batch_size: images per transformer pass."""
+
+    parts: Mapping[str, int]
+    bytes: int
+    inner: int = 0
+    text_tokens: int = 0
+    text_ff: int = 0
+    vae_channels: int = 0
+    cfg: bool = False
+    max_batch_size: int = 1
+
+
+def decoder_activation_bytes(d: DecoderShape, rows: int, distinct_prompts: int, grid: tuple[int, int]) -> int:
+    """The decoder's widest stage for a batch of `rows` images (stages run one after another)."""
+    h, w = grid
+    images = min(d.max_batch_size, rows)
+    flux = images * (2 if d.cfg else 1) * (h * w + d.text_tokens) * d.inner * FLUX_WIDTHS * d.bytes
+    vae = VAE_COPIES * images * (16 * h) * (16 * w) * d.vae_channels * d.bytes
+    text = distinct_prompts * d.text_tokens * d.text_ff * d.bytes
+    return max(flux, vae, text)
+
+
+@dataclass(frozen=True)
+class RolloutSetup:
+    """One rollout replica: rows sampled at once, prompt length, image grid, weights dtype bytes, CFG in the
+    sampler, distinct prompts in a batch (text encodings are shared by a prompt's samples)."""
+
+    rows: int
+    prompt_tokens: int
+    grid: tuple[int, int]
+    dtype_bytes: int
+    cfg: bool
+    distinct_prompts: int
+
+
+def rollout_parts(shape: PolicyShape, decoder: DecoderShape, s: RolloutSetup) -> dict[str, int]:
+    """Parts of one rollout replica while it samples and decodes."""
+    rb = s.dtype_bytes
+    rows = s.rows * (2 if s.cfg else 1)
+    length = s.prompt_tokens + s.grid[0] * s.grid[1]
+    kv = kv_cache_bytes(shape, rows, length, rb)
+    prefill = rows * s.prompt_tokens * (2 * shape.intermediate + 4 * shape.hidden) * rb
+    sampling = 4 * rows * shape.image_vocab * 4  # fp32 logits, their scaled copy, top-k and the filters' probs
+    parts = {"rollout weights": shape.parameters * rb, "KV cache": kv + kv // shape.layers,
+             "sampler activations": prefill + rows * s.prompt_tokens ** 2 + sampling}
+    parts.update({name: count * decoder.bytes for name, count in decoder.parts.items() if count})
+    if decoder.parts:
+        parts["decoder activations"] = decoder_activation_bytes(decoder, s.rows, s.distinct_prompts, s.grid)
+    return parts
+
+
+@dataclass(frozen=True)
+class RewardShape:
+    """A reward's model: parameters, bytes per element, images per forward, and its image tower's tokens per
+    image and width (0 when the reward has no model the plan knows)."""
+
+    parameters: int = 0
+    bytes: int = 4
+    batch_size: int = 0
+    tokens: int = 0
+    width: int = 0
+
+
+def reward_bytes(r: RewardShape) -> int:
+    """Weights plus one image batch through the image tower."""
+    return r.parameters * r.bytes + r.batch_size * r.tokens * r.width * VIT_WIDTHS * r.bytes
+
+
+def margin_bytes(parts: Mapping[str, int], processes: int) -> int:
+    """CUDA contexts of the processes on a GPU plus the allocator's fragmentation of everything else."""
+    return processes * PROCESS_BYTES + int(FRAGMENTATION * sum(parts.values()))

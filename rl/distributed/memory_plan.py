@@ -1,0 +1,345 @@
+"""The memory plan of a run: what every GPU and every host holds at its peak, given the config, the model
+sizes and the nodes. `python -m rl.plan` prints it; `rl.train` checks it before any actor starts.
+
+Per GPU the parts of every actor placed on it add up (each actor is a process that keeps its memory). A
+colocated worker time-shares its GPU, so its peak is the largest of three phases:
+  rolling out       learner parameters and reference stay (resharded); gradients and AdamW state are on the
+                    host; the rollout replica samples and the decoder decodes.
+  forward/backward  the learner's activations and FSDP buffers; the KV cache and the decoder's activations are
+                    released; the decoder and text encoders move to the host when they would not fit.
+  optimizer step    AdamW's step.
+Per host: the driver, one Ray worker process per actor, and what each actor holds there (while loading today's
+loaders read a full copy of a model in its load dtype before moving it to the GPU; a CPU actor's parts; a
+colocated worker's offloaded state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rl.distributed import memory
+from rl.distributed.memory import DTYPE_BYTES, GIB, DecoderShape, LearnerSetup, RewardShape, RolloutSetup
+from rl.distributed.model_sizes import LoraSize, PolicySize, decoder_size, lora_size, policy_size, reward_shape
+from rl.distributed.placement import NodeInfo, Placement, Unit, assign, run_units
+from rl.train_config import TrainSpec
+
+LEARNING = ("forward/backward", "optimizer step")
+PART_ORDER = ("policy parameters", "policy gradients", "optimizer state", "reference", "FSDP buffers",
+              "autocast weight copies", "activations", "optimizer step", "rollout weights", "KV cache",
+              "sampler activations", "VQ projector", "decoder transformer", "VAE", "CLIP text encoder",
+              "T5 text encoder", "decoder activations")
+DECODER_PARTS = ("decoder transformer", "VAE", "CLIP text encoder", "T5 text encoder", "VQ projector")
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Everything the plan needs to know of the models, read once (building on the meta device takes seconds)."""
+
+    policy: PolicySize
+    decoder: DecoderShape
+    decoder_source: str
+    rewards: Mapping[str, tuple[RewardShape, str]]
+    lora: LoraSize | None
+
+
+def model_sizes(spec: TrainSpec) -> ModelSizes:
+    cfg = spec.cfg
+    policy = policy_size(cfg.model.policy)
+    decoder, source = decoder_size(cfg.model.decoder)
+    lora = _lora(spec)
+    return ModelSizes(policy, decoder, source, {name: reward_shape(cfg.rewards[name]) for name in cfg.rewards},
+                      lora_size(policy.config, lora) if lora else None)
+
+
+def _lora(spec: TrainSpec) -> Mapping[str, Any] | None:
+    """`trainer.lora` as a mapping, or None (full fine-tuning, or a schema without LoRA)."""
+    lora = getattr(spec.trainer, "lora", None)
+    return dataclasses.asdict(lora) if dataclasses.is_dataclass(lora) else lora
+
+
+@dataclass
+class Device:
+    """One GPU: the units on it, per unit its parts at the unit's peak (colocated workers: per phase), the total
+    and the GPU's memory (None: unknown)."""
+
+    node: int
+    gpu: int
+    units: list[Unit]
+    phases: dict[str, dict[str, int]]
+    parts: dict[str, int]
+    bytes: int
+    capacity: int | None
+    offload_decoder: bool = False
+
+
+@dataclass
+class Host:
+    node: int
+    parts: dict[str, int]
+    peak_bytes: int
+    capacity: int | None
+
+
+@dataclass
+class Plan:
+    spec: TrainSpec
+    sizes: ModelSizes
+    nodes: list[NodeInfo]
+    placement: Placement
+    devices: list[Device] = field(default_factory=list)
+    hosts: list[Host] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+
+def learner_setup(spec: TrainSpec, sizes: ModelSizes, checkpointing: bool | None = None) -> LearnerSetup:
+    t, learner = spec.trainer, spec.learner
+    pb = DTYPE_BYTES[learner.dtype]
+    cb = 2 if learner.mixed_precision else pb
+    grid = spec.rollout.grid
+    ckpt = t.gradient_checkpointing if checkpointing is None else checkpointing
+    shape = sizes.policy.shape
+    if sizes.lora is not None:  # adapters in fp32 (peft's default), the base frozen in the learner's dtype
+        return LearnerSetup(learner.world_size, pb, cb, True, t.micro_batch_size, spec.placement.prompt_tokens,
+                            grid[0] * grid[1], ckpt, sizes.lora.parameters, 4, True, sizes.lora.dropout_inputs)
+    return LearnerSetup(learner.world_size, pb, cb, t.kl_coef > 0, t.micro_batch_size, spec.placement.prompt_tokens,
+                        grid[0] * grid[1], ckpt, shape.parameters, pb)
+
+
+def rollout_setup(spec: TrainSpec) -> RolloutSetup:
+    r = spec.rollout
+    rows = min(r.batch_size, math.ceil(r.prompts_per_step * r.group_size / r.num_actors))
+    return RolloutSetup(rows, spec.placement.prompt_tokens, tuple(r.grid), DTYPE_BYTES[r.dtype],
+                        r.sampling.cfg_scale > 1, math.ceil(rows / r.group_size) + 1)
+
+
+def make_plan(spec: TrainSpec, nodes: list[NodeInfo], sizes: ModelSizes) -> Plan:
+    """Place the run's actors on `nodes` and add up every GPU's and host's memory; problems say what does not
+    fit, with the numbers."""
+    placement = assign(run_units(spec, list(spec.cfg.rewards)), nodes, spec.placement.separate_nodes)
+    plan = Plan(spec, sizes, nodes, placement, problems=list(placement.problems))
+    for node in nodes:
+        for gpu in range(node.gpus):
+            units = placement.on_gpu(node.index, gpu)
+            if units:
+                plan.devices.append(_device(spec, sizes, node, gpu, units))
+        plan.hosts.append(_host(spec, sizes, node, placement, plan.devices))
+    plan.problems += _over(plan)
+    return plan
+
+
+def _unit_parts(spec: TrainSpec, sizes: ModelSizes, unit: Unit) -> dict[str, dict[str, int]]:
+    """A unit's parts per phase (one phase, "running", for anything but learner ranks and colocated workers)."""
+    shape = sizes.policy.shape
+    if unit.kind == "reward":
+        reward, _ = sizes.rewards[unit.reward]
+        return {"running": {unit.name: memory.reward_bytes(reward)} if reward.parameters else {}}
+    if unit.kind == "rollout":
+        return {"running": memory.rollout_parts(shape, sizes.decoder, rollout_setup(spec))}
+    learning = memory.learner_phases(shape, learner_setup(spec, sizes))
+    if unit.kind == "learner":
+        return learning
+    rollout = memory.rollout_parts(shape, sizes.decoder, rollout_setup(spec))
+    resident = {k: v for k, v in rollout.items() if k == "rollout weights" or k in DECODER_PARTS}
+    rolling = {k: v for k, v in learning["forward/backward"].items()
+               if k in ("policy parameters", "reference")} | rollout
+    return {"rolling out": rolling, **{phase: parts | resident for phase, parts in learning.items()}}
+
+
+def _device(spec: TrainSpec, sizes: ModelSizes, node: NodeInfo, gpu: int, units: list[Unit]) -> Device:
+    """Every phase of the GPU: the parts of all its units (a single-phase unit's parts count in every phase)."""
+    per_unit = [_unit_parts(spec, sizes, unit) for unit in units]
+    names = list(dict.fromkeys(n for phases in per_unit if len(phases) > 1 for n in phases)) or ["running"]
+    phases = {name: _ordered(_merge([p.get(name) or _peak(p) for p in per_unit])) for name in names}
+    offload = False
+    if any(u.kind == "worker" for u in units) and node.gpu_memory is not None and \
+            max(_with_margin(phases[n], len(units)) for n in LEARNING) > node.gpu_memory:
+        offload = True  # the decoder and text encoders wait on the host while the learner works
+        phases = {n: {k: v for k, v in parts.items() if n not in LEARNING or k not in DECODER_PARTS}
+                  for n, parts in phases.items()}
+    parts = dict(_peak(phases))
+    parts["margin"] = memory.margin_bytes(parts, processes=len(units))
+    return Device(node.index, gpu, units, phases, parts, sum(parts.values()), node.gpu_memory, offload)
+
+
+def _merge(parts: list[dict[str, int]]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for p in parts:
+        for name, value in p.items():
+            merged[name] = merged.get(name, 0) + value
+    return merged
+
+
+def _ordered(parts: dict[str, int]) -> dict[str, int]:
+    """Parts in PART_ORDER (learner, rollout, decoder), then the rest (rewards) as they came."""
+    rank = {name: i for i, name in enumerate(PART_ORDER)}
+    return dict(sorted(parts.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
+def _peak(phases: Mapping[str, dict[str, int]]) -> dict[str, int]:
+    return max(phases.values(), key=lambda p: sum(p.values()))
+
+
+def _with_margin(parts: dict[str, int], processes: int) -> int:
+    return sum(parts.values()) + memory.margin_bytes(parts, processes)
+
+
+def _host(spec: TrainSpec, sizes: ModelSizes, node: NodeInfo, placement: Placement, devices: list[Device]) -> Host:
+    """The node's host memory at its peak: every actor loading (or, on the CPU, running) at once."""
+    units = placement.on_node(node.index)
+    parts = {"driver": memory.DRIVER_HOST_BYTES} if node.index == 0 else {}
+    if units:
+        parts["Ray worker processes"] = len(units) * memory.WORKER_HOST_BYTES
+    offloaded = {(d.node, u) for d in devices if d.offload_decoder for u in d.units}
+    for unit in units:
+        held = _unit_host_bytes(spec, sizes, unit, placement.slots[unit].gpu is None, (node.index, unit) in offloaded)
+        if held:
+            key = f"{unit.kind} actors"
+            parts[key] = parts.get(key, 0) + held
+    return Host(node.index, parts, sum(parts.values()), node.host_memory)
+
+
+def _unit_host_bytes(spec: TrainSpec, sizes: ModelSizes, unit: Unit, on_cpu: bool, offload_decoder: bool) -> int:
+    """What one actor holds on the host at its peak: everything when it runs on the CPU, else the larger of the
+    model copy it loads and (colocated) the state it offloads."""
+    phases = _unit_parts(spec, sizes, unit)
+    if on_cpu:
+        return max(sum(p.values()) for p in phases.values())
+    policy = sizes.policy.shape.parameters * DTYPE_BYTES.get(sizes.policy.load_dtype, 4)
+    decoder = sum(count for count in sizes.decoder.parts.values()) * sizes.decoder.bytes
+    loading = {"learner": policy, "rollout": max(policy, decoder), "worker": max(policy, decoder)}.get(unit.kind)
+    if loading is None:  # a reward: its weights file is read in fp32
+        loading = sizes.rewards[unit.reward][0].parameters * 4
+    steady = 0
+    if unit.kind == "worker":  # gradients and AdamW state wait on the host while rolling out
+        learning = phases["optimizer step"]
+        steady = learning["policy gradients"] + learning["optimizer state"] + (decoder if offload_decoder else 0)
+    return max(loading, steady)
+
+
+def _over(plan: Plan) -> list[str]:
+    """One problem per group of GPUs (and per host) whose plan exceeds its memory."""
+    problems, seen = [], set()
+    for d in plan.devices:
+        if d.capacity is None or d.bytes <= d.capacity:
+            continue
+        gpus = [e.gpu for e in plan.devices if e.node == d.node and e.bytes == d.bytes]
+        if (d.node, tuple(gpus)) in seen:
+            continue
+        seen.add((d.node, tuple(gpus)))
+        largest = sorted(d.parts.items(), key=lambda kv: -kv[1])[:3]
+        problems.append(f"node {d.node} {_gpus(gpus)}: {d.bytes / GIB:.1f} GiB planned, {d.capacity / GIB:.1f} GiB "
+                        f"per GPU (largest: " + ", ".join(f"{k} {v / GIB:.1f}" for k, v in largest) + ")")
+    for h in plan.hosts:
+        if h.capacity is not None and h.peak_bytes > h.capacity:
+            problems.append(f"node {h.node} host: {h.peak_bytes / GIB:.1f} GiB planned, {h.capacity / GIB:.1f} GiB "
+                            f"of host memory")
+    return problems
+
+
+def _gpus(gpus: list[int]) -> str:
+    if len(gpus) == 1:
+        return f"GPU {gpus[0]}"
+    if gpus == list(range(gpus[0], gpus[-1] + 1)):
+        return f"GPUs {gpus[0]}-{gpus[-1]}"
+    return "GPUs " + ",".join(map(str, gpus))
+
+
+LORA_ADVICE = {"r": 64, "alpha": 128, "dropout": 0.0,
+               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+
+
+def advise(plan: Plan) -> list[str]:
+    """Config changes that make a plan that does not fit fit: each knob alone (its mildest fitting value),
+    else two knobs at their strongest values together."""
+    if plan.fits:
+        return []
+    knobs = _knobs(plan)
+    fitting = []
+    for candidates in knobs:
+        for label, spec, sizes in candidates:
+            if make_plan(spec, plan.nodes, sizes).fits:
+                fitting.append(label)
+                break
+    if fitting:
+        return fitting
+    strongest = [candidates[-1] for candidates in knobs if candidates]
+    for i, (label_a, spec_a, sizes_a) in enumerate(strongest):
+        for label_b, spec_b, sizes_b in strongest[i + 1:]:
+            spec = _combine(spec_a, spec_b, plan.spec)
+            sizes = sizes_b if sizes_b.lora is not None else sizes_a
+            if make_plan(spec, plan.nodes, sizes).fits:
+                return [f"{label_a} {label_b}"]
+    return []
+
+
+def knob_keys(plan: Plan) -> list[str]:
+    """The config keys `advise` tries."""
+    return list(dict.fromkeys(label.split("=")[0] for candidates in _knobs(plan) for label, _, _ in candidates))
+
+
+def _knobs(plan: Plan) -> list[list[tuple[str, TrainSpec, ModelSizes]]]:
+    """Per config key, the changes that lower memory, mildest first, as (label, changed spec, sizes)."""
+    spec, sizes = plan.spec, plan.sizes
+    t, r, learner = spec.trainer, spec.rollout, spec.learner
+    knobs = [[(f"trainer.micro_batch_size={m}", _with(spec, "trainer", micro_batch_size=m), sizes)
+              for m in _halvings(t.micro_batch_size)],
+             [(f"rollout.batch_size={b}", _with(spec, "rollout", batch_size=b), sizes)
+              for b in _halvings(r.batch_size)]]
+    if not t.gradient_checkpointing:
+        knobs.append([("trainer.gradient_checkpointing=true", _with(spec, "trainer", gradient_checkpointing=True),
+                       sizes)])
+    if spec.placement.mode == "split":
+        colocated = _with(_with(spec, "placement", mode="colocated", separate_nodes=False), "rollout",
+                          num_actors=learner.world_size)
+        knobs.append([(f"placement.mode=colocated rollout.num_actors={learner.world_size}", colocated, sizes)])
+    else:
+        knobs.append([("placement.mode=split", _with(spec, "placement", mode="split"), sizes)])
+    gpus = sum(n.gpus for n in plan.nodes)
+    per_mini = r.prompts_per_step * r.group_size // t.mini_batches
+    worlds = [w for w in (2 * learner.world_size, 4 * learner.world_size) if w <= gpus]
+    if plan.placement.problems:  # fewer actors than asked for, when the GPUs are too few
+        worlds = [w for w in _halvings(learner.world_size) if w <= gpus]
+        if spec.placement.mode == "split":
+            knobs.append([(f"rollout.num_actors={n}", _with(spec, "rollout", num_actors=n), sizes)
+                          for n in _halvings(r.num_actors)])
+    colocated = spec.placement.mode == "colocated"
+    knobs.append([(f"learner.world_size={w}" + (f" rollout.num_actors={w}" if colocated else ""), _world(spec, w),
+                   sizes) for w in worlds if per_mini % w == 0])
+    if hasattr(t, "lora") and t.lora is None:
+        lora = dataclasses.replace(sizes, lora=lora_size(sizes.policy.config, LORA_ADVICE))
+        knobs.append([("trainer.lora={r: 64, alpha: 128, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, "
+                       "o_proj, gate_proj, up_proj, down_proj]}", spec, lora)])
+    return knobs
+
+
+def _halvings(value: int) -> list[int]:
+    out = []
+    while value > 1:
+        value //= 2
+        out.append(value)
+    return out
+
+
+def _with(spec: TrainSpec, section: str, **changes: Any) -> TrainSpec:
+    return dataclasses.replace(spec, **{section: dataclasses.replace(getattr(spec, section), **changes)})
+
+
+def _world(spec: TrainSpec, world_size: int) -> TrainSpec:
+    spec = _with(spec, "learner", world_size=world_size)
+    return _with(spec, "rollout", num_actors=world_size) if spec.placement.mode == "colocated" else spec
+
+
+def _combine(a: TrainSpec, b: TrainSpec, base: TrainSpec) -> TrainSpec:
+    """`a` with every section `b` changed from `base`."""
+    changed = {name: getattr(b, name) for name in ("trainer", "rollout", "learner", "placement")
+               if getattr(b, name) != getattr(base, name)}
+    return dataclasses.replace(a, **changed)

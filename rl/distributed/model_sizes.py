@@ -1,0 +1,208 @@
+"""Sizes of a run's models from their real classes built on the meta device: exact parameter counts, no
+weights read, nothing allocated.
+
+A component that loads a checkpoint (`XOmniPolicy.from_pretrained`, `XOmniDecoder.from_pretrained`) is
+sized from the config files in its folder, or, while that folder is still `???`, from the config-only
+folders shipped in configs/shapes/ (X-Omni-7B, FLUX.1-dev; see configs/shapes/README.md). Any other model
+component (the tiny models built in code) is built once for its config, and the policy is then counted on
+the meta device from that config. A reward whose `model` argument names an open_clip architecture is sized
+from that name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from rl.config import instantiate, missing_reason, resolve_component, to_container
+from rl.distributed.memory import DTYPE_BYTES, DecoderShape, PolicyShape, RewardShape
+from rl.model.policy import XOmniConfig, XOmniPolicy, _read_config
+
+SHAPES = Path(__file__).resolve().parents[2] / "configs" / "shapes"
+XOMNI_SHAPES, FLUX_SHAPES = SHAPES / "x-omni-7b", SHAPES / "flux.1-dev"
+T5_MAX_TOKENS = 512  # XOmniDecoder.from_pretrained's max_sequence_length default (FLUX pads T5 to it)
+
+
+def count_parameters(build: Callable[[], nn.Module]) -> int:
+    """Parameters of the module `build()` makes under the meta device (no memory, no initialisation cost)."""
+    with torch.device("meta"):
+        module = build()
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass(frozen=True)
+class PolicySize:
+    """shape: for the formulas; config: the policy's config; load_dtype: what its component loads weights in;
+    source: where the shape came from (a folder, configs/shapes, or the component built on meta)."""
+
+    shape: PolicyShape
+    config: XOmniConfig
+    load_dtype: str
+    source: str
+
+
+def policy_shape(config: XOmniConfig) -> PolicyShape:
+    """The formulas' view of a policy, counted on the meta device."""
+    with torch.device("meta"):
+        policy = XOmniPolicy(config)
+    total = sum(p.numel() for p in policy.parameters())
+    layer = max(sum(p.numel() for p in layer.parameters()) for layer in policy.model.layers)
+    layers = sum(p.numel() for p in policy.model.layers.parameters())
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return PolicyShape(config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+                       config.num_attention_heads, config.num_key_value_heads, head_dim, config.image_vocab_size,
+                       total, layer, total - layers)
+
+
+def policy_size(node: DictConfig) -> PolicySize:
+    """The `model.policy` component's size."""
+    target = resolve_component(str(node["_component_"]))
+    if target == XOmniPolicy.from_pretrained:
+        folder, source = _folder(node, "path", XOMNI_SHAPES)
+        config = _read_config(str(folder))
+    else:  # a model built in code (small): built once for its config
+        config, source = instantiate(node, "model.policy").config, str(node["_component_"])
+    load_dtype = str(_arguments(target, node).get("torch_dtype", "float32")).removeprefix("torch.")
+    return PolicySize(policy_shape(config), config, load_dtype, source)
+
+
+def decoder_size(node: DictConfig) -> tuple[DecoderShape, str]:
+    """The `model.decoder` component's parts (parameters per part) and where they came from."""
+    from rl.decoder.pipeline import XOmniDecoder
+
+    target = resolve_component(str(node["_component_"]))
+    if target == XOmniDecoder.from_pretrained:
+        return _pretrained_decoder(node)
+    decoder = instantiate(node, "model.decoder")  # the demo and tiny decoders are small: build them for real
+    if isinstance(decoder, XOmniDecoder):
+        modules = {"VQ projector": decoder.projector, "decoder transformer": decoder.transformer,
+                   "VAE": decoder.vae, "CLIP text encoder": decoder.prompt_encoder.text_encoder,
+                   "T5 text encoder": decoder.prompt_encoder.text_encoder_2}
+        counts = {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
+        shape = _decoder_shape(counts, next(decoder.transformer.parameters()).dtype, decoder.transformer.inner_dim,
+                               decoder.prompt_encoder.max_sequence_length, decoder.prompt_encoder.text_encoder_2,
+                               decoder.vae.config.block_out_channels[0], decoder.cfg_scale, decoder.max_batch_size)
+        return shape, str(node["_component_"])
+    counts = {name: sum(p.numel() for p in m.parameters())
+              for name, m in vars(decoder).items() if isinstance(m, nn.Module)}
+    return DecoderShape(parts=counts, bytes=4), f"{node['_component_']} ({sum(counts.values())} parameters)"
+
+
+def _pretrained_decoder(node: DictConfig) -> tuple[DecoderShape, str]:
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from rl.decoder.flux_siglip import FluxSigLIPTransformer
+    from rl.decoder.vq import VQProjector
+
+    xomni, xomni_source = _folder(node, "xomni_path", XOMNI_SHAPES)
+    flux, flux_source = _folder(node, "flux_path", FLUX_SHAPES)
+    with open(xomni / "config.json") as f:
+        vision = json.load(f)["vision_config"]
+    encoder, decoder = vision["encoder"], vision["decoder"]
+    kwargs = _arguments(resolve_component(str(node["_component_"])), node)
+    transformer_config = FluxSigLIPTransformer.load_config(str(xomni / decoder["model_path"]))
+    transformer_config["siglip_channels"] = encoder["z_channels"]
+    vae_config = AutoencoderKL.load_config(str(flux / "vae"))
+    with torch.device("meta"):
+        modules = {
+            "VQ projector": VQProjector(encoder["codebook_size"], encoder["codebook_dim"], encoder["z_channels"]),
+            "decoder transformer": FluxSigLIPTransformer.from_config(transformer_config),
+            "VAE": AutoencoderKL.from_config(vae_config),
+            "CLIP text encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(str(flux / "text_encoder"))),
+            "T5 text encoder": T5EncoderModel(T5Config.from_pretrained(str(flux / "text_encoder_2")))}
+    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
+    dtype = kwargs.get("dtype") or vision.get("dtype", "float32")
+    cfg_scale = kwargs.get("cfg_scale") if kwargs.get("cfg_scale") is not None else decoder.get("cfg_scale", 1.0)
+    shape = _decoder_shape(counts, getattr(torch, dtype), modules["decoder transformer"].inner_dim,
+                           kwargs.get("max_sequence_length", T5_MAX_TOKENS), modules["T5 text encoder"],
+                           vae_config["block_out_channels"][0], cfg_scale, kwargs.get("max_batch_size", 8))
+    return shape, f"{xomni_source}; {flux_source}"
+
+
+def _decoder_shape(counts: dict[str, int], dtype: torch.dtype, inner: int, text_tokens: int, t5: nn.Module,
+                   vae_channels: int, cfg_scale: float, max_batch_size: int) -> DecoderShape:
+    return DecoderShape(parts=counts, bytes=torch.empty(0, dtype=dtype).element_size(), inner=inner,
+                        text_tokens=text_tokens, text_ff=2 * t5.config.d_ff, vae_channels=vae_channels,
+                        cfg=float(cfg_scale) != 1.0, max_batch_size=max_batch_size)
+
+
+def reward_shape(node: DictConfig) -> tuple[RewardShape, str]:
+    """A reward's model: sized from its open_clip architecture name, or empty when it has none (OCR, the
+    weight-free quality score, rewards the plan does not know)."""
+    target = resolve_component(str(node["_component_"]))
+    kwargs = _arguments(target, node)
+    name = kwargs.get("model")
+    if not isinstance(name, str):
+        return RewardShape(), "no model the plan knows"
+    import open_clip
+
+    if name not in open_clip.list_models():
+        return RewardShape(), f"model {name!r} is not an open_clip architecture: not sized"
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that no pretrained weights were loaded
+    try:
+        parameters = count_parameters(lambda: open_clip.create_model(name, device="meta"))
+    finally:
+        logging.getLogger().setLevel(quiet)
+    vision = open_clip.get_model_config(name)["vision_cfg"]
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+    dtype = str(kwargs.get("dtype", "float32"))
+    shape = RewardShape(parameters, DTYPE_BYTES[dtype], int(kwargs.get("batch_size", 16)), tokens, vision["width"])
+    return shape, f"open_clip {name}, {parameters / 1e6:.0f}M parameters, {dtype}"
+
+
+def _folder(node: DictConfig, key: str, shapes: Path) -> tuple[Path, str]:
+    """The folder `node[key]` names, or `shapes` while it is `???` (directly or through `${paths.x}`)."""
+    reason = missing_reason(node, key)
+    if reason is not None:
+        via = reason.removeprefix("set ").removesuffix(", which it interpolates") if reason != "???" else key
+        return shapes, f"{os.path.relpath(shapes, SHAPES.parents[1])} ({via} is not set)"
+    return Path(os.path.expanduser(str(node[key]))), str(node[key])
+
+
+def _arguments(target: Any, node: DictConfig | Mapping) -> dict[str, Any]:
+    """The component's keyword arguments as it would be called: the config's values over the defaults."""
+    values = {k: to_container(node[k]) for k in node if k != "_component_" and missing_reason(node, k) is None}
+    try:
+        bound = inspect.signature(target).bind_partial(**values)
+    except TypeError:
+        return values
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+
+@dataclass(frozen=True)
+class LoraSize:
+    """LoRA adapters on the policy: their parameters, and per token the input elements their dropout copies
+    (0 without dropout)."""
+
+    parameters: int
+    dropout_inputs: int
+
+
+def lora_size(config: XOmniConfig, lora: Mapping[str, Any]) -> LoraSize:
+    """Adapters of `trainer.lora` ({r, alpha, dropout, target_modules}) injected by peft into the policy on the
+    meta device, counted."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    settings = LoraConfig(r=int(lora["r"]), lora_alpha=int(lora.get("alpha", lora["r"])),
+                          lora_dropout=float(lora.get("dropout", 0.0)), target_modules=lora["target_modules"])
+    with torch.device("meta"):
+        model = inject_adapter_in_model(settings, XOmniPolicy(config))
+    parameters = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    inputs = sum(m.in_features for m in layers) // max(config.num_hidden_layers, 1) if settings.lora_dropout else 0
+    return LoraSize(parameters, inputs)

@@ -1,0 +1,198 @@
+"""`python -m rl.plan CONFIG [key=value ...] --nodes N --gpus-per-node G --gpu-memory-gib M
+[--host-memory-gib H] [--json]`: will this run fit, before any weights are downloaded?
+
+Places the run's actors on N nodes of G GPUs as rl.train would (rl/distributed/placement.py) and adds up what
+each GPU holds at its peak, part by part (rl/distributed/memory.py has the formulas), and what each host holds
+while the actors load. Exit 0 when everything fits, 2 when not, naming config keys that would make it fit.
+Weights paths left `???` are planned from the shapes in configs/shapes/, so the paper config plans as shipped:
+
+    python -m rl.plan configs/xomni.yaml --nodes 1 --gpus-per-node 8 --gpu-memory-gib 80
+
+`--json` prints {"fits", "devices": [{"node", "gpu", "bytes", "parts"}], "hosts": [{"node", "peak_bytes"}],
+"policy_parameters", "problems"}. `rl.train` runs the same plan on the nodes Ray reports before any actor starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rl.config import ConfigError, load_config
+from rl.distributed.memory import GIB, activation_bytes, kv_cache_bytes, margin_bytes
+from rl.distributed.memory_plan import (
+    PART_ORDER,
+    Device,
+    ModelSizes,
+    Plan,
+    advise,
+    knob_keys,
+    learner_setup,
+    make_plan,
+    model_sizes,
+    rollout_setup,
+)
+from rl.distributed.placement import NodeInfo
+from rl.train_config import TrainSpec, validate_train_config
+
+KIND_NAMES = {"worker": "learner rank + rollout replica (colocated)", "learner": "learner rank",
+              "rollout": "rollout replica"}
+
+
+class DoesNotFit(ConfigError):
+    """The plan says the run does not fit; `problems` name the GPUs or hosts and the keys that would help."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(problems)
+        lines = "\n".join(f"  - {p}" for p in problems)
+        self.args = (f"the run does not fit (python -m rl.plan prints the whole plan; placement.check=warn starts "
+                     f"it anyway):\n{lines}",)
+
+
+def plan_run(spec: TrainSpec, nodes: list[NodeInfo], sizes: ModelSizes | None = None) -> Plan:
+    """The plan of `spec` on `nodes`, with advice when it does not fit (`sizes` defaults to reading the models)."""
+    plan = make_plan(spec, nodes, sizes or model_sizes(spec))
+    plan.advice = advise(plan)
+    if plan.advice:
+        plan.problems.append("fits with any one of: " + "; ".join(plan.advice))
+    elif not plan.fits:
+        plan.problems.append(f"no change of {', '.join(knob_keys(plan))} (alone, or two together) makes it fit: "
+                             "more or larger GPUs are needed")
+    return plan
+
+
+def as_json(plan: Plan) -> dict:
+    return {"fits": plan.fits,
+            "devices": [{"node": d.node, "gpu": d.gpu, "bytes": d.bytes, "parts": d.parts} for d in plan.devices],
+            "hosts": [{"node": h.node, "peak_bytes": h.peak_bytes} for h in plan.hosts],
+            "policy_parameters": plan.sizes.policy.shape.parameters, "problems": plan.problems}
+
+
+def render(plan: Plan) -> str:
+    """The plan as tables: the models, one table per group of identical GPUs, one line per host, the verdict."""
+    lines = _summary(plan)
+    for devices in _groups(plan.devices):
+        lines += [""] + _device_table(devices)
+    lines.append("")
+    for h in plan.hosts:
+        parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in h.parts.items())
+        limit = (f"of {h.capacity / GIB:.1f} GiB" if h.capacity is not None
+                 else "(host memory not checked: give --host-memory-gib or run where Ray reports it)")
+        lines.append(f"host of node {h.node}: peak {h.peak_bytes / GIB:.1f} GiB {limit} ({parts})")
+    if any(d.capacity is None for d in plan.devices):
+        lines.append("GPU memory unknown on some nodes (declared GPUs without devices): set placement.gpu_memory_gib "
+                     "to check them")
+    lines.append("")
+    lines.append("verdict: fits" if plan.fits else "verdict: DOES NOT FIT")
+    lines += [f"  - {p}" for p in plan.problems]
+    return "\n".join(lines)
+
+
+def _summary(plan: Plan) -> list[str]:
+    spec, sizes = plan.spec, plan.sizes
+    shape, learner = sizes.policy.shape, spec.learner
+    gpu = {n.gpu_memory for n in plan.nodes}
+    memory = f" x {next(iter(gpu)) / GIB:.1f} GiB" if len(gpu) == 1 and None not in gpu else ""
+    compute = "bf16 compute" if learner.mixed_precision else f"{learner.dtype} compute"
+    lora = f", LoRA adapters {sizes.lora.parameters / 1e6:.1f}M trained" if sizes.lora else ""
+    decoder = ", ".join(f"{k} {_count(v)}" for k, v in sorted(sizes.decoder.parts.items(), key=lambda kv: -kv[1]))
+    rewards = "; ".join(f"{name}: {about}" for name, (_, about) in sizes.rewards.items())
+    setup, rollout = learner_setup(spec, sizes), rollout_setup(spec)
+    length = setup.prompt_tokens + setup.image_tokens
+    with_ckpt, without = (activation_bytes(shape, setup, c) / GIB for c in (True, False))
+    configured = "on" if spec.trainer.gradient_checkpointing else "off"
+    kv = kv_cache_bytes(shape, rollout.rows * (2 if rollout.cfg else 1), length, rollout.dtype_bytes) / GIB
+    return [
+        f"memory plan: placement.mode={spec.placement.mode} on {len(plan.nodes)} node(s) x "
+        f"{max((n.gpus for n in plan.nodes), default=0)} GPUs{memory}",
+        f"  policy       {_count(shape.parameters)} parameters from {sizes.policy.source}; learner {learner.dtype} "
+        f"with {compute}, {learner.world_size} rank(s){' (FSDP)' if learner.world_size > 1 else ''}{lora}; "
+        f"rollout {spec.rollout.dtype}",
+        f"  decoder      {decoder or 'no parameters'}; {sizes.decoder_source}",
+        f"  rewards      {rewards}",
+        f"  activations  per micro-batch of {setup.micro_batch} x {length} tokens: {with_ckpt:.2f} GiB with gradient "
+        f"checkpointing, {without:.2f} GiB without (trainer.gradient_checkpointing: {configured})",
+        f"  KV cache     {rollout.rows} sequences x {length} tokens per rollout replica: {kv:.2f} GiB "
+        f"(assumes prompts of placement.prompt_tokens={setup.prompt_tokens})",
+    ]
+
+
+def _groups(devices: list[Device]) -> list[list[Device]]:
+    """Consecutive GPUs of a node holding the same kinds of units with the same parts."""
+    groups: list[list[Device]] = []
+    for d in devices:
+        last = groups[-1][-1] if groups else None
+        if last is not None and last.node == d.node and last.parts == d.parts and \
+                [_kind(u) for u in last.units] == [_kind(u) for u in d.units]:
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    return groups
+
+
+def _kind(unit) -> str:
+    return KIND_NAMES.get(unit.kind, unit.name)
+
+
+def _device_table(devices: list[Device]) -> list[str]:
+    d = devices[0]
+    where = f"node {d.node} GPU {d.gpu}" if len(devices) == 1 else \
+        f"node {d.node} GPUs {d.gpu}-{devices[-1].gpu} (each)"
+    holds = ", ".join(u.name for u in d.units) if len(devices) == 1 else ", ".join(_kind(u) for u in d.units)
+    lines = [f"{where}: {holds}" + ("; decoder and text encoders offloaded to the host while learning"
+                                    if d.offload_decoder else "")]
+    names = list(d.phases)
+    rows = sorted(dict.fromkeys(k for parts in d.phases.values() for k in parts), key=_row_rank)
+    width = max(len(r) for r in rows + ["margin"]) + 2
+    lines.append("  " + "GiB".ljust(width) + "".join(f"{n:>18}" for n in names))
+    for row in rows:
+        cells = "".join(f"{d.phases[n][row] / GIB:>18.2f}" if row in d.phases[n] else f"{'-':>18}" for n in names)
+        lines.append("  " + row.ljust(width) + cells)
+    margins = [margin_bytes(d.phases[n], len(d.units)) for n in names]
+    lines.append("  " + "margin".ljust(width) + "".join(f"{m / GIB:>18.2f}" for m in margins))
+    totals = [sum(d.phases[n].values()) + m for n, m in zip(names, margins, strict=True)]
+    lines.append("  " + "total".ljust(width) + "".join(f"{t / GIB:>18.2f}" for t in totals))
+    if d.capacity is None:
+        verdict = "GPU memory unknown: not checked"
+    else:
+        verdict = f"{d.capacity / GIB:.1f} GiB per GPU: " + ("fits" if d.bytes <= d.capacity else "DOES NOT FIT")
+    lines.append(f"  peak {d.bytes / GIB:.2f} GiB of {verdict}")
+    return lines
+
+
+def _row_rank(name: str) -> int:
+    return PART_ORDER.index(name) if name in PART_ORDER else len(PART_ORDER)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else str(n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rl.plan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="training YAML (configs/xomni.yaml, ...)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. placement.mode=split")
+    parser.add_argument("--nodes", type=int, required=True, help="nodes")
+    parser.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node")
+    parser.add_argument("--gpu-memory-gib", type=float, required=True, help="memory of one GPU, GiB")
+    parser.add_argument("--host-memory-gib", type=float, default=None, help="host memory per node, GiB")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    args = parser.parse_intermixed_args(argv)
+    if args.nodes < 1 or args.gpus_per_node < 0 or args.gpu_memory_gib <= 0:
+        parser.error("--nodes must be >= 1, --gpus-per-node >= 0 and --gpu-memory-gib > 0")
+    try:
+        spec = validate_train_config(load_config(args.config, args.overrides), components=False)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    host = None if args.host_memory_gib is None else int(args.host_memory_gib * GIB)
+    nodes = [NodeInfo(i, args.gpus_per_node, None, int(args.gpu_memory_gib * GIB), host)
+             for i in range(args.nodes)]
+    plan = plan_run(spec, nodes)
+    print(json.dumps(as_json(plan), indent=1) if args.json else render(plan))
+    return 0 if plan.fits else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

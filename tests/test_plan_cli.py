@@ -1,0 +1,95 @@
+"""`python -m rl.plan` on the paper config as shipped (every weights path `???`): the JSON interface, the exit
+codes, the advice, split placement across nodes, and LoRA once `trainer.lora` is set."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+from omegaconf import OmegaConf
+from train_helpers import REPO
+
+from rl.config import load_config
+from rl.distributed.memory import GIB
+from rl.distributed.memory_plan import make_plan, model_sizes
+from rl.distributed.placement import NodeInfo
+from rl.plan import main
+from rl.train_config import TrainerConfig, validate_train_config
+
+PAPER = str(REPO / "configs" / "xomni.yaml")
+ONE_NODE = ["--nodes", "1", "--gpus-per-node", "8", "--gpu-memory-gib", "80"]
+
+
+def plan_cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "rl.plan", PAPER, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def plan_json(capsys, *args):
+    code = main([PAPER, *args, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_the_paper_config_fits_one_node_of_eight_80_gib_gpus_colocated():
+    result = plan_cli(*ONE_NODE, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = json.loads(result.stdout)
+    assert set(plan) == {"fits", "devices", "hosts", "policy_parameters", "problems"}
+    assert plan["fits"] is True and plan["problems"] == [] and plan["policy_parameters"] == 9_597_981_696
+    assert [(d["node"], d["gpu"]) for d in plan["devices"]] == [(0, g) for g in range(8)]
+    for device in plan["devices"]:
+        assert device["bytes"] == sum(device["parts"].values()) <= 80 * GIB
+        # the peak is the rollout phase: the learner's gradients and AdamW state wait on the host meanwhile
+        assert {"policy parameters", "rollout weights", "KV cache", "decoder transformer"} <= set(device["parts"])
+        assert "optimizer state" not in device["parts"]
+    assert {"reward hpsv2", "reward clip_align"} <= set(plan["devices"][0]["parts"])  # their 0.05 GPU shares
+    assert [h["node"] for h in plan["hosts"]] == [0] and plan["hosts"][0]["peak_bytes"] > 0
+
+
+def test_four_24_gib_gpus_do_not_fit_and_the_plan_says_why():
+    result = plan_cli("--nodes", "1", "--gpus-per-node", "4", "--gpu-memory-gib", "24")
+    assert result.returncode == 2
+    out = result.stdout
+    assert "verdict: DOES NOT FIT" in out and "node 0 GPUs 1-3 (each): learner rank + rollout replica" in out
+    assert "4 of 12 actors cannot be placed" in out and "24.0 GiB per GPU (largest: decoder transformer" in out
+    assert "no change of trainer.micro_batch_size, rollout.batch_size, placement.mode" in out
+
+
+def test_split_placement_puts_rollout_replicas_and_learner_ranks_on_separate_nodes(capsys):
+    code, plan = plan_json(capsys, "placement.mode=split", "placement.separate_nodes=true", "--nodes", "2",
+                           "--gpus-per-node", "8", "--gpu-memory-gib", "80")
+    assert code == 0 and plan["fits"]
+    learner = [d for d in plan["devices"] if "optimizer state" in d["parts"]]
+    rollout = [d for d in plan["devices"] if "KV cache" in d["parts"]]
+    assert {d["node"] for d in learner} == {0} and {d["node"] for d in rollout} == {1}
+    assert len(learner) == len(rollout) == 8 and [h["node"] for h in plan["hosts"]] == [0, 1]
+
+
+def test_advice_names_the_keys_that_make_it_fit(capsys):
+    code, plan = plan_json(capsys, *ONE_NODE, "trainer.gradient_checkpointing=false")
+    assert code == 2 and not plan["fits"]
+    assert "80.0 GiB per GPU (largest: activations" in plan["problems"][0]
+    fixes = "fits with any one of: trainer.micro_batch_size=2; trainer.gradient_checkpointing=true"
+    assert plan["problems"][-1] == fixes
+    code, plan = plan_json(capsys, *ONE_NODE, "--host-memory-gib", "256")
+    assert code == 2 and any("host:" in p and "256.0 GiB of host memory" in p for p in plan["problems"])
+    assert main([PAPER, *ONE_NODE, "placement.mode=sideways"]) == 2
+    assert "placement.mode: must be one of ['colocated', 'split']" in capsys.readouterr().err
+
+
+def test_lora_is_planned_when_the_config_sets_it():
+    """`trainer.lora` comes with the LoRA learner (a parallel change); a TrainerConfig with that field stands in."""
+    spec = validate_train_config(load_config(PAPER), components=False)
+    lora = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    with_lora = dataclasses.make_dataclass("TrainerWithLora", [("lora", dict | None, None)], bases=(TrainerConfig,))
+    lora_spec = dataclasses.replace(spec, trainer=with_lora(**vars(spec.trainer), lora=lora))
+    nodes = [NodeInfo(0, 8, None, 80 * GIB)]
+    full, adapters = make_plan(spec, nodes, model_sizes(spec)), make_plan(lora_spec, nodes, model_sizes(lora_spec))
+    learning = {name: adapters.devices[1].phases["forward/backward"].get(name, 0)
+                for name in ("policy gradients", "optimizer state", "reference")}
+    assert learning == {"policy gradients": 6_488_064 * 4 // 8, "optimizer state": 2 * 6_488_064 * 4 // 8,
+                        "reference": 0}  # q and v adapters of r 16 on 36 layers; the base is the reference
+    assert adapters.devices[1].bytes < full.devices[1].bytes
+    assert OmegaConf.is_missing(spec.cfg.paths, "xomni")  # planned from configs/shapes/, nothing loaded
