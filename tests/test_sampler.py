@@ -1,6 +1,8 @@
 """Seeding, the X-Omni prompt format and the image-token sampler, on the tiny policy and tokenizer."""
 
+import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from rl.model.tokenizer import PromptFormat, image_prefix, load_tokenizer
 from rl.seeding import counter_uniforms, sample_seed
 
 GRID = (4, 6)
+REFERENCE_POLICY = Path(__file__).parent / "data" / "xomni_tiny" / "policy"
 PROMPTS = ["a red cat on a sofa", "hi", "猫と犬", "a lighthouse at dusk, oil painting"]
 
 
@@ -110,7 +113,12 @@ def test_prompt_format_left_pads_and_ends_with_the_image_prefix(fmt, tokenizer):
 
 def test_load_tokenizer_and_its_checks(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "ok")
-    loaded = load_tokenizer(str(tmp_path / "ok"))
+    # An X-Omni folder holds the model's config.json too (this one written by X-Omni's code): loading the
+    # tokenizer next to it must not warn (transformers would parse it as a generic config and warn twice).
+    shutil.copy(REFERENCE_POLICY / "config.json", tmp_path / "ok" / "config.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        loaded = load_tokenizer(str(tmp_path / "ok"))
     assert loaded("a<SOM>1 2<IMAGE>").input_ids == tokenizer("a<SOM>1 2<IMAGE>").input_ids
     plain = tiny_tokenizer()
     plain.pad_token = None
