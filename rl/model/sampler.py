@@ -11,6 +11,10 @@ Randomness: draw t of row i is the inverse CDF of the filtered distribution at t
 `counter_uniforms(seeds)[i, t]`, which depends only on (seeds[i], t). A sample is therefore the same
 whichever worker, batch or row draws it, as far as the model's logits are batch-invariant (exactly on
 CPU float32 in practice; on GPU, kernel choices that depend on the batch shape can flip rare draws).
+
+The per-token step runs eagerly on a growing DynamicCache, or compiled on a StaticCache
+(`CompiledDecodeStep`, the option `rollout.compile`); both draw with the same code from the same logits up to
+float rounding.
 """
 
 from __future__ import annotations
