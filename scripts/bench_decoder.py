@@ -26,7 +26,7 @@ import torch
 from rl.decoder import FluxSigLIPTransformer, XOmniDecoder
 from rl.decoder.cost import flux_step_flops
 from rl.decoder.tiny import tiny_xomni_decoder
-from rl.timing import median_seconds
+from rl.timing import interleaved_median_seconds, median_seconds
 
 T5_TOKENS = 512
 
@@ -85,17 +85,16 @@ def decode_call(decoder: XOmniDecoder, batch: int, grid: tuple[int, int]):
 
 
 def compiled_decode_times(args: argparse.Namespace, grid: tuple[int, int]) -> dict:
-    """Images/s of the whole tiny decode at --batch, transformer compiled vs eager (the baseline)."""
-    cpu, times = torch.device("cpu"), {}
-    for name in ("eager", "compiled"):
-        decoder = tiny_xomni_decoder(num_inference_steps=args.steps, max_batch_size=args.batch)
-        if name == "compiled":
-            decoder.compile()
-            times["compile_s"] = round(median_seconds(decode_call(decoder, args.batch, grid), cpu, 1, warmup=False), 1)
-        times[f"{name}_images_per_s"] = round(
-            args.batch / median_seconds(decode_call(decoder, args.batch, grid), cpu, args.repeats), 3)
-    times["speedup_compiled_vs_eager"] = round(times["compiled_images_per_s"] / times["eager_images_per_s"], 3)
-    return times
+    """Images/s of the whole tiny decode at --batch, transformer compiled vs eager (the baseline), timed in turns."""
+    cpu = torch.device("cpu")
+    eager, compiled = (tiny_xomni_decoder(num_inference_steps=args.steps, max_batch_size=args.batch) for _ in range(2))
+    compiled.compile()
+    compile_s = median_seconds(decode_call(compiled, args.batch, grid), cpu, 1, warmup=False)
+    seconds = interleaved_median_seconds({"eager": decode_call(eager, args.batch, grid),
+                                          "compiled": decode_call(compiled, args.batch, grid)}, cpu, args.repeats)
+    return {"compile_s": round(compile_s, 1),
+            **{f"{name}_images_per_s": round(args.batch / s, 3) for name, s in seconds.items()},
+            "speedup_compiled_vs_eager": round(seconds["eager"] / seconds["compiled"], 3)}
 
 
 def prompt_encoding_times(decoder: XOmniDecoder, batch: int, group_size: int, repeats: int) -> dict:
@@ -106,10 +105,11 @@ def prompt_encoding_times(decoder: XOmniDecoder, batch: int, group_size: int, re
     shared = [f"a photo of cat number {i // group_size}" for i in range(batch)]
     every_row = [f"a photo of cat number {i}" for i in range(batch)]
     encoder, cpu = decoder.prompt_encoder, torch.device("cpu")
-    shared_s = median_seconds(lambda: encoder(shared), cpu, repeats)
-    every_row_s = median_seconds(lambda: encoder(every_row), cpu, repeats)
-    return {"rows": batch, "group_size": group_size, "shared_s": round(shared_s, 5),
-            "every_row_s": round(every_row_s, 5), "speedup_shared_vs_every_row": round(every_row_s / shared_s, 3)}
+    seconds = interleaved_median_seconds({"shared": lambda: encoder(shared), "every_row": lambda: encoder(every_row)},
+                                         cpu, repeats)
+    return {"rows": batch, "group_size": group_size, "shared_s": round(seconds["shared"], 5),
+            "every_row_s": round(seconds["every_row"], 5),
+            "speedup_shared_vs_every_row": round(seconds["every_row"] / seconds["shared"], 3)}
 
 
 def bench_real_shapes(args: argparse.Namespace) -> dict:
