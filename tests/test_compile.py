@@ -1,8 +1,8 @@
 """`rollout.compile`: the sampler's decode step (static KV cache) and the FLUX transformer under torch.compile
 equal eager, through a real RolloutWorker on tiny random models (inductor on the CPU, C++ built with gcc).
 
-Slow by nature: the first run compiles two graphs (about 1-3 minutes on 2 cores); later runs reuse
-inductor's on-disk cache. Deselect with `-m "not compile"`.
+Slow by nature: a cold run compiles two graphs (measured 4 minutes on the shared 2-core machine, 25 s once
+inductor's on-disk cache holds them). Deselect with `-m "not compile"`.
 """
 
 import numpy as np
