@@ -22,3 +22,19 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int,
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def interleaved_median_seconds(fns: dict[str, Callable[[], object]], device: torch.device,
+                               repeats: int) -> dict[str, float]:
+    """Median seconds of each of `fns`, timed in turns (a, b, a, b, ...) after one untimed run of each.
+
+    Turns keep a comparison fair on a shared machine: load that comes and goes hits every variant alike,
+    where timing one variant fully before the next would charge it to whichever ran at the busy moment.
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(median_seconds(fn, device, 1, warmup=False))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}

@@ -80,7 +80,9 @@ class RolloutConfig:
     grid: image token grid [h, w] (16 px per token: 24x24 -> 384 px). batch_size: sequences sampled at once
     by one actor. dtype: rollout precision ("bfloat16" on GPU). sampling: temperature, top_k, top_p, min_p,
     cfg_scale (see rl.model.sampler.SamplingParams; X-Omni samples with temperature 1.0, min_p 0.03, top_p 1.0,
-    top_k 50 and no CFG)."""
+    top_k 50 and no CFG). compile: torch.compile the sampler's per-token step (on a static KV cache) and the
+    decoder's FLUX transformer; the first batch of each shape pays the compile time (minutes on a CPU), and
+    the result equals eager up to float rounding (tested on the CPU; never run on a GPU)."""
 
     num_actors: int = 1
     num_gpus: float = 0.0
@@ -91,6 +93,7 @@ class RolloutConfig:
     batch_size: int = 64
     dtype: str = "float32"
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    compile: bool = False
 
 
 @dataclass

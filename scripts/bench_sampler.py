@@ -3,7 +3,8 @@
 What is compared: image tokens per second (batch rows x h*w tokens, prefill included) for
   - ours: `rl.model.sampler.sample_image_tokens` on an X-Omni policy (KV cache, SDPA, left-padded prompts,
     X-Omni's sampling settings: temperature 1, top_k 50, min_p 0.03; per-sample counter-based seeds,
-    log-probs of every token);
+    log-probs of every token), eager (the baseline) and with `rollout.compile`'s CompiledDecodeStep
+    (torch.compile'd decode step on a static KV cache; `compile_s` is its first call, compilation included);
   - generate(): `Qwen2ForCausalLM.generate` on a model of the same shape (same layers, width, heads; its
     vocabulary is the 16384 image codes, so the output head costs the same as X-Omni's image head), on the
     same left-padded prompt ids, sampling with the same settings for exactly h*w new tokens.
@@ -12,6 +13,7 @@ logits tensor per step), so generate() on the Qwen2 twin is a lower bound on the
 
     python scripts/bench_sampler.py                         # tiny policy on CPU (float32)
     python scripts/bench_sampler.py --model-size 7b         # Qwen2.5-7B-shaped X-Omni, bf16, CUDA
+    python scripts/bench_sampler.py --no-compile            # skip the compiled sampler
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ import torch
 
 import rl  # noqa: F401  (torchvision fix before transformers model classes)
 from rl.model.policy import XOmniConfig, XOmniPolicy
-from rl.model.sampler import SamplingParams, sample_image_tokens
+from rl.model.sampler import CompiledDecodeStep, SamplingParams, sample_image_tokens
 from rl.model.tiny import tiny_policy_config, tiny_tokenizer
 from rl.model.tokenizer import PromptFormat
 from rl.seeding import sample_seed
-from rl.timing import median_seconds
+from rl.timing import interleaved_median_seconds, median_seconds
 
 PROMPTS = ["a red fox in fresh snow, morning light", "a neon sign that says OPEN", "an astronaut riding a horse",
            "a bowl of ramen, top view, studio photo"]
@@ -71,11 +73,16 @@ def run(args: argparse.Namespace) -> dict:
     params = SamplingParams()  # X-Omni's: temperature 1, top_k 50, min_p 0.03
     seeds = [sample_seed(0, 0, i, 0, "policy") for i in range(args.batch)]
 
-    def ours(grid):
-        return lambda: sample_image_tokens(policy, fmt.encode(prompts, grid), params, seeds)
+    def ours(grid, compiled=None):
+        return lambda: sample_image_tokens(policy, fmt.encode(prompts, grid), params, seeds, compiled)
 
-    ours((2, 2))()
-    ours_s = median_seconds(ours(tuple(args.grid)), device, args.repeats, warmup=False)
+    grid, variants, compile_s = tuple(args.grid), {"ours": ours(tuple(args.grid))}, None
+    if args.compile:
+        compiled = CompiledDecodeStep(policy)
+        # The first call compiles for this batch and cache size; later calls reuse the graph.
+        compile_s = median_seconds(ours(grid, compiled), device, 1, warmup=False)
+        variants["ours_compiled"] = ours(grid, compiled)
+    seconds = interleaved_median_seconds(variants, device, args.repeats)  # eager and compiled in turns
     ours_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     policy = None  # free its memory before the twin is built
     if device.type == "cuda":
@@ -93,15 +100,18 @@ def run(args: argparse.Namespace) -> dict:
 
     with torch.inference_mode():
         generate((2, 2))()
-        generate_s = median_seconds(generate(tuple(args.grid)), device, args.repeats, warmup=False)
+        seconds["generate"] = median_seconds(generate(grid), device, args.repeats, warmup=False)
     tokens = args.batch * args.grid[0] * args.grid[1]
-    return {"model_size": args.model_size, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-            else "cpu", "dtype": str(dtype).removeprefix("torch."), "layers": config.num_hidden_layers,
-            "batch": args.batch, "grid": list(args.grid), "image_tokens": tokens,
-            "image_tokens_per_s": {"ours": round(tokens / ours_s, 1), "generate": round(tokens / generate_s, 1)},
-            "seconds": {"ours": round(ours_s, 3), "generate": round(generate_s, 3)},
-            "ratio_ours_over_generate": round(generate_s / ours_s, 3),
-            "ours_peak_gpu_gib": None if ours_mem is None else round(ours_mem, 2),
+    result = {"model_size": args.model_size, "device": torch.cuda.get_device_name(device)
+              if device.type == "cuda" else "cpu", "dtype": str(dtype).removeprefix("torch."),
+              "layers": config.num_hidden_layers, "batch": args.batch, "grid": list(args.grid), "image_tokens": tokens,
+              "image_tokens_per_s": {k: round(tokens / v, 1) for k, v in seconds.items()},
+              "seconds": {k: round(v, 3) for k, v in seconds.items()},
+              "ratio_ours_over_generate": round(seconds["generate"] / seconds["ours"], 3)}
+    if args.compile:  # the eager sampler, measured in the same run, is the baseline
+        result["speedup_compiled_vs_eager"] = round(seconds["ours"] / seconds["ours_compiled"], 3)
+        result["compile_s"] = round(compile_s, 1)
+    return {**result, "ours_peak_gpu_gib": None if ours_mem is None else round(ours_mem, 2),
             "torch_threads": torch.get_num_threads()}
 
 
@@ -114,7 +124,11 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     parser.add_argument("--num-layers", type=int, default=None, help="shrink the model (smoke runs)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled sampler")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.batch = args.batch or (16 if args.model_size == "7b" else 8)
     args.grid = args.grid or ([32, 32] if args.model_size == "7b" else [16, 16])
     print(json.dumps(run(args), indent=2))

@@ -10,6 +10,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from rl.config import validate_component
 from rl.decoder import (
@@ -20,6 +22,7 @@ from rl.decoder import (
     image_validity,
     to_uint8_images,
 )
+from rl.decoder.cost import flux_step_flops
 from rl.decoder.patch import FIXED_COLOURS, GLYPHS
 from rl.decoder.tiny import save_tiny_folders, tiny_xomni_decoder
 
@@ -166,19 +169,44 @@ def test_invalid_images_are_flagged_before_conversion(decoder, tokens):
     assert arrays[0].dtype == np.uint8 and arrays[0].shape == (32, 48, 3) and arrays[0][0, 0, 0] == 0
 
 
-def test_prompt_encoder_encodes_each_distinct_prompt_once():
-    encoder = tiny_xomni_decoder(seed=1).prompt_encoder
-    batch_sizes = []
-    hook = encoder.text_encoder_2.register_forward_pre_hook(lambda m, args: batch_sizes.append(args[0].shape[0]))
+def test_each_prompt_is_encoded_once_for_its_group_and_the_empty_prompt_once():
+    """G rows share a prompt: CLIP and T5 each see it once per decoder call, even when max_batch_size splits
+    the group across transformer chunks; the negative branch's empty prompt is encoded once per decoder."""
+    decoder = tiny_xomni_decoder(seed=1, cfg_scale=2.0, max_batch_size=2)
+    rows = {"clip": [], "t5": []}
+    hooks = [decoder.prompt_encoder.text_encoder.register_forward_pre_hook(
+                 lambda module, args: rows["clip"].append(args[0].shape[0])),
+             decoder.prompt_encoder.text_encoder_2.register_forward_pre_hook(
+                 lambda module, args: rows["t5"].append(args[0].shape[0]))]
+    prompts = ["b"] * 3 + ["a"] * 3  # two prompts x G = 3
+    tokens = torch.randint(0, 16384, (6, 6), generator=torch.Generator().manual_seed(1))
     try:
-        states, pooled = encoder(["b", "a", "b", "b"])
-        encoder.empty()
-        encoder.empty()
+        first = decoder(tokens, GRID, prompts, list(range(6)))
+        decoder(tokens, GRID, prompts, list(range(6)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # Call 1: the two prompts, then the empty prompt; call 2: the two prompts only.
+    assert rows == {"clip": [2, 1, 2], "t5": [2, 1, 2]}
+    # Sharing the encoding changes nothing: a row decoded alone gets the same picture.
+    alone = decoder(tokens[4:5], GRID, prompts[4:5], [4])
+    torch.testing.assert_close(alone.images[0], first.images[4], atol=1e-5, rtol=0)
+
+
+def test_step_flops_formula_counts_every_matmul_of_the_transformer(decoder, tokens):
+    """rl.decoder.cost's estimate equals torch's FlopCounterMode on one CFG step (math attention, so the
+    counter sees the attention products as bmm's)."""
+    calls, hook = record_transformer_calls(decoder)
+    try:
+        decoder(tokens, GRID, PROMPTS, SEEDS)
     finally:
         hook.remove()
-    assert batch_sizes == [2, 1]  # two distinct prompts, then the empty prompt once
-    torch.testing.assert_close(states[0], states[2])
-    assert not torch.equal(pooled[0], pooled[1])
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        decoder.transformer(**calls[0])
+    text_tokens = decoder.prompt_encoder.max_sequence_length
+    per_image = flux_step_flops(decoder.transformer.config, GRID, text_tokens, cfg=True)
+    assert counter.get_total_flops() == len(PROMPTS) * per_image
+    assert flux_step_flops(decoder.transformer.config, GRID, text_tokens, cfg=False) * 2 == per_image
 
 
 def test_bad_inputs_raise(decoder, tokens):

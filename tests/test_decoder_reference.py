@@ -45,3 +45,44 @@ def test_flux_siglip_transformer_matches_xomni(with_siglip):
     torch.testing.assert_close(sample, expected, atol=1e-5, rtol=0)
     # The SigLIP injection must matter, or the comparison above could not tell the two paths apart.
     assert (data["sample"] - data["sample_without_siglip"]).abs().max() > 1e-2
+
+
+def test_decoder_equals_diffusers_flux_pipeline_without_siglip():
+    """Pins everything around the transformer against diffusers' FluxPipeline on tiny random parts: the shifted
+    sigmas, true CFG with the empty negative prompt (pipeline: two passes; ours: one batched pass), latent
+    packing, VAE scaling and shift, and the final [0, 1] mapping. With siglip_embed zeroed (X-Omni's
+    initialisation) our transformer must act as plain FLUX, which the pipeline runs with the same weights."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from rl.decoder.tiny import tiny_xomni_decoder
+
+    decoder = tiny_xomni_decoder(seed=3, num_inference_steps=3, cfg_scale=2.5, max_batch_size=2)
+    torch.nn.init.zeros_(decoder.transformer.siglip_embed.weight)
+    plain_config = {k: v for k, v in decoder.transformer.config.items()
+                    if not k.startswith("_") and k not in ("siglip_channels", "drop_token_prob")}
+    flux = FluxTransformer2DModel(**plain_config).eval()
+    missing, unexpected = flux.load_state_dict(decoder.transformer.state_dict(), strict=False)
+    assert missing == [] and unexpected == ["siglip_embed.weight"]
+    text = decoder.prompt_encoder
+    pipeline = FluxPipeline(scheduler=decoder.scheduler, vae=decoder.vae, text_encoder=text.text_encoder,
+                            tokenizer=text.tokenizer, text_encoder_2=text.text_encoder_2,
+                            tokenizer_2=text.tokenizer_2, transformer=flux)
+    pipeline.set_progress_bar_config(disable=True)
+
+    grid, prompts, seeds = (2, 3), ["a red cat", "a lighthouse at dusk", "a red cat"], [5, 6, 7]
+    tokens = torch.randint(0, 16384, (3, 6), generator=torch.Generator().manual_seed(0))
+    ours = decoder(tokens, grid, prompts, seeds).images
+    # Our per-sample noise contract, packed by diffusers' own packing.
+    noise = torch.stack([torch.randn(4, 4, 6, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+    def run_pipeline(true_cfg_scale):
+        return pipeline(prompt=prompts, negative_prompt=[""] * 3, true_cfg_scale=true_cfg_scale,
+                        guidance_scale=1.0, height=32, width=48, num_inference_steps=3, max_sequence_length=16,
+                        latents=FluxPipeline._pack_latents(noise, 3, 4, 4, 6), output_type="pt").images
+
+    with torch.no_grad():
+        reference = run_pipeline(2.5)
+        without_cfg = run_pipeline(1.0)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+    # The comparison can fail: CFG moves the pictures well beyond the tolerance.
+    assert (reference - without_cfg).abs().max() > 1e-2

@@ -1,5 +1,9 @@
 """Seeding, the X-Omni prompt format and the image-token sampler, on the tiny policy and tokenizer."""
 
+import shutil
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models
@@ -11,6 +15,7 @@ from rl.model.tokenizer import PromptFormat, image_prefix, load_tokenizer
 from rl.seeding import counter_uniforms, sample_seed
 
 GRID = (4, 6)
+REFERENCE_POLICY = Path(__file__).parent / "data" / "xomni_tiny" / "policy"
 PROMPTS = ["a red cat on a sofa", "hi", "猫と犬", "a lighthouse at dusk, oil painting"]
 
 
@@ -108,7 +113,12 @@ def test_prompt_format_left_pads_and_ends_with_the_image_prefix(fmt, tokenizer):
 
 def test_load_tokenizer_and_its_checks(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "ok")
-    loaded = load_tokenizer(str(tmp_path / "ok"))
+    # An X-Omni folder holds the model's config.json too (this one written by X-Omni's code): loading the
+    # tokenizer next to it must not warn (transformers would parse it as a generic config and warn twice).
+    shutil.copy(REFERENCE_POLICY / "config.json", tmp_path / "ok" / "config.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        loaded = load_tokenizer(str(tmp_path / "ok"))
     assert loaded("a<SOM>1 2<IMAGE>").input_ids == tokenizer("a<SOM>1 2<IMAGE>").input_ids
     plain = tiny_tokenizer()
     plain.pad_token = None
@@ -160,6 +170,33 @@ def test_logprobs_equal_the_learner_recomputation(policy, fmt, params):
     learner.logprobs.sum().backward()  # the samples feed an autograd graph (no inference tensors)
     assert policy.mm_head.weight.grad is not None
     policy.zero_grad(set_to_none=True)
+
+
+def test_sampling_calls_transformers_without_deprecated_arguments(policy, fmt):
+    """transformers 5.24 renamed the layers' and create_causal_mask's `past_key_values` to `cache` and warns
+    (FutureWarning) on every call with the old name; 5.17-5.23 know only `past_key_values`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        sample_image_tokens(policy, fmt.encode(PROMPTS[:2], (1, 3)), SamplingParams(), _seeds(2))
+
+
+def test_static_cache_decoding_matches_the_full_forward(policy, fmt):
+    """The compiled sampler's cache layout, run eagerly: one mask over all slots of a StaticCache (longer
+    than the sequence) serves the prefill and every step, and positions still skip the left padding."""
+    batch = fmt.encode(PROMPTS[:2], GRID)
+    codes = torch.randint(0, 16384, (2, 24), generator=torch.Generator().manual_seed(0))
+    ids, mask = batch.with_image_tokens(codes)
+    width, slots = batch.input_ids.shape[1], ids.shape[1] + 7
+    full_mask = torch.cat([mask, mask.new_ones(2, slots - ids.shape[1])], dim=1)
+    with torch.no_grad():
+        full = policy(ids, mask)
+        cache = policy.new_cache(max_length=slots)
+        steps = [policy(ids[:, :width], full_mask, cache)]
+        for t in range(width, ids.shape[1]):
+            steps.append(policy(ids[:, t:t + 1], full_mask, cache))
+        with pytest.raises(ValueError, match="attention_mask must be"):
+            policy(ids[:, -1:], mask, cache)  # a dynamic cache's [B, past + L] mask does not fit a static one
+    torch.testing.assert_close(torch.cat(steps, 1)[mask.bool()], full[mask.bool()], atol=1e-5, rtol=0)
 
 
 def test_defaults_are_xomni_generation_settings():

@@ -19,7 +19,7 @@ from rl.config import instantiate
 from rl.decoder import to_uint8_images
 from rl.distributed.weight_sync import CollectiveGroup
 from rl.evaluation.monitors import image_statistics, thumbnails
-from rl.model.sampler import SamplingParams, sample_image_tokens
+from rl.model.sampler import CompiledDecodeStep, SamplingParams, sample_image_tokens
 from rl.model.tokenizer import PromptFormat
 from rl.train_config import RolloutConfig
 
@@ -78,6 +78,9 @@ class RolloutWorker:
         self.grid = (int(rollout.grid[0]), int(rollout.grid[1]))
         self.batch_size = rollout.batch_size
         self.sampling = SamplingParams(**vars(rollout.sampling))
+        self.compiled = CompiledDecodeStep(self.policy) if rollout.compile else None
+        if rollout.compile and hasattr(self.decoder, "compile"):  # the demo's PatchDecoder has nothing to compile
+            self.decoder.compile()
         self._group: CollectiveGroup | None = None
 
     def generate(self, prompts: Sequence[str], policy_seeds: Sequence[int],
@@ -89,7 +92,7 @@ class RolloutWorker:
             rows = slice(start, start + self.batch_size)
             began = time.perf_counter()
             samples = sample_image_tokens(self.policy, self.format.encode(list(prompts[rows]), self.grid),
-                                          self.sampling, list(policy_seeds[rows]))
+                                          self.sampling, list(policy_seeds[rows]), self.compiled)
             middle = time.perf_counter()
             decoded = self.decoder(samples.tokens, self.grid, list(prompts[rows]), list(decoder_seeds[rows]))
             sample_s, decode_s = sample_s + middle - began, decode_s + time.perf_counter() - middle

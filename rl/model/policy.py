@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
 from rl.config import LocalPath, resolve_local_path
@@ -117,13 +117,16 @@ class XOmniPolicy(nn.Module):
     # -- forward --------------------------------------------------------------------------------
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                past_key_values: DynamicCache | None = None) -> torch.Tensor:
+                past_key_values: Cache | None = None) -> torch.Tensor:
         """Final-normed hidden states [B, L, C]; see XOmniModel.forward for mask and cache."""
         return self.model(input_ids, attention_mask, past_key_values)
 
-    def new_cache(self) -> DynamicCache:
-        """An empty KV cache for incremental decoding with `forward`."""
-        return DynamicCache(config=self.config)
+    def new_cache(self, max_length: int | None = None) -> Cache:
+        """An empty KV cache for incremental decoding with `forward`: a growing `DynamicCache`, or, with
+        `max_length`, a `StaticCache` of that many slots (fixed shapes, for a torch.compile'd decode step)."""
+        if max_length is None:
+            return DynamicCache(config=self.config)
+        return StaticCache(config=self.config, max_cache_len=max_length)
 
     def image_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Image-mode logits [..., image_vocab_size] from hidden states [..., C] (model dtype)."""

@@ -8,13 +8,15 @@ multimodal rows) is read from the tokenizer, never assumed.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from rl.config import LocalPath, resolve_local_path
-from rl.model.xomni_model import MM_SPECIAL_TOKENS
+from rl.model.xomni_model import MM_SPECIAL_TOKENS, XOmniConfig
 
 SOM, _EOM, IMAGE = MM_SPECIAL_TOKENS  # <EOM> closes a finished image; generation never writes it
 
@@ -25,7 +27,17 @@ def load_tokenizer(path: LocalPath) -> PreTrainedTokenizerBase:
     Raises if it lacks `<SOM>`, `<EOM>` or `<IMAGE>`, or a pad token (prompts are left-padded).
     """
     folder = resolve_local_path(str(path), "path")
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    # In an X-Omni folder, AutoTokenizer would read config.json as a generic config (transformers does not know
+    # model_type "x-omni") and warn twice on every load: an unknown model type and a deprecated `rope_scaling`.
+    # Our own config class reads it silently; the tokenizer class still comes from tokenizer_config.json.
+    config_file = os.path.join(folder, "config.json")
+    config = None
+    if os.path.isfile(config_file):
+        with open(config_file) as f:
+            raw = json.load(f)
+        if raw.get("model_type") == XOmniConfig.model_type:
+            config = XOmniConfig.from_dict(raw)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **({"config": config} if config else {}))
     check_tokenizer(tokenizer)
     return tokenizer
 

@@ -9,6 +9,9 @@ image positions and `lm_norm` at text positions. Parameter names match X-Omni's 
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
@@ -19,6 +22,24 @@ from transformers.masking_utils import create_causal_mask
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
 
 MM_SPECIAL_TOKENS = ("<SOM>", "<EOM>", "<IMAGE>")
+
+
+def _cache_argument(function: Callable) -> str:
+    """The name under which `function` takes the KV cache in the installed transformers.
+
+    transformers 5.24 renamed `past_key_values` to `cache` (the old name still works until 5.40 but warns on
+    every call); 5.17-5.23 take `past_key_values`. Reading the signature (through the deprecation wrapper)
+    passes the current name on every version, with no warning.
+    """
+    parameters = inspect.signature(function).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise ImportError(f"{function.__qualname__} takes no KV cache argument: unsupported transformers version")
+
+
+LAYER_CACHE_ARG = _cache_argument(Qwen2DecoderLayer.forward)
+MASK_CACHE_ARG = _cache_argument(create_causal_mask)
 
 
 @strict
@@ -109,23 +130,28 @@ class XOmniModel(nn.Module):
     ) -> torch.Tensor:
         """Final-normed hidden states [B, L, C] for ids [B, L].
 
-        attention_mask: [B, past + L], 1 for real tokens, 0 for (left) padding; None = no padding.
+        attention_mask: one entry per key slot, 1 for real tokens, 0 for (left) padding; None = no padding.
+            [B, past + L] without a cache or with a `DynamicCache`; [B, max_cache_len] with a `StaticCache`
+            (slots not yet written are hidden by causality, so one mask serves the prefill and every step).
         past_key_values: a cache holding `past` earlier positions; it is extended in place.
         Positions come from the mask (cumulative count of real tokens), so left padding does not shift them.
         """
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         length = input_ids.shape[1]
+        # Slots [past, past + L) hold this call's tokens; `past` is a tensor for a static cache (no graph break).
+        slots = torch.arange(length, device=input_ids.device) + past
         if attention_mask is None:
-            position_ids = torch.arange(past, past + length, device=input_ids.device)[None].expand_as(input_ids)
+            position_ids = slots[None].expand_as(input_ids)
         else:
-            if attention_mask.shape != (input_ids.shape[0], past + length):
-                raise ValueError(f"attention_mask must be [B, past + L] = {[input_ids.shape[0], past + length]}, "
-                                 f"got {list(attention_mask.shape)}")
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+            key_slots = past_key_values.get_mask_sizes(length, 0)[0] if past_key_values is not None else length
+            if attention_mask.shape != (input_ids.shape[0], key_slots):
+                raise ValueError(f"attention_mask must be [B, key slots] = {[input_ids.shape[0], key_slots]} "
+                                 f"(past + L, or the static cache's length), got {list(attention_mask.shape)}")
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0).index_select(1, slots)
         is_image = input_ids >= self.config.vocab_size  # [B, L]
         hidden = self.embed(input_ids, is_image)
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                                  past_key_values=past_key_values, position_ids=position_ids)
+                                  position_ids=position_ids, **{MASK_CACHE_ARG: past_key_values})
         rope = self.rotary_emb(hidden, position_ids)
         gate = is_image[..., None]  # [B, L, 1]
         for layer, is_lm in zip(self.layers, self.is_lm_layer, strict=True):
@@ -139,6 +165,6 @@ class XOmniModel(nn.Module):
 
 def _run_layer(layer, is_lm, hidden, gate, mask, rope, position_ids, past_key_values) -> torch.Tensor:
     """One decoder layer; an image-only layer updates image positions only."""
-    out = layer(hidden, attention_mask=mask, position_ids=position_ids, past_key_values=past_key_values,
-                position_embeddings=rope)
+    out = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=rope,
+                **{LAYER_CACHE_ARG: past_key_values})
     return out if is_lm else torch.where(gate, out, hidden)
