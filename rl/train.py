@@ -27,8 +27,11 @@ from rl.distributed.learner import TrainBatch
 from rl.distributed.reward_pool import RewardPool, RunAborted
 from rl.evaluation.metrics import MetricsWriter
 from rl.evaluation.sample_grid import sample_grid
+from rl.export import export
 from rl.grpo import group_advantages
+from rl.model.weights import pretrained_arguments
 from rl.seeding import sample_seed
+from rl.state.checkpoint import latest_checkpoint
 from rl.state.run_state import find_resume_checkpoint, read_trainer_state, write_checkpoint
 from rl.train_config import TrainSpec, resource_needs, validate_train_config
 
@@ -57,14 +60,15 @@ class Trainer:
         check_resources(resource_needs(spec, self.combiner.names), joined_cluster=spec.ray.address is not None)
         # All actors start loading at once; only then do we wait for them.
         self.learner = LearnerGroup(model, spec.trainer, spec.learner, spec.rollout.grid,
-                                    spec.rollout.sampling.temperature, timeout)
+                                    spec.rollout.sampling.temperature, timeout, spec.run.seed)
         self.rollout = RolloutGroup(model, spec.rollout, timeout)
         self.rewards = RewardPool({n: to_container(cfg.rewards[n]) for n in self.combiner.names},
                                   spec.reward_workers, self.combiner.config.timeout_s)
         for group in (self.learner, self.rollout, self.rewards):
             group.ready()
         self.sync_weights = WeightSync(self.learner, self.rollout, spec.learner.weight_sync,
-                                       use_gpu=spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0)
+                                       use_gpu=spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0,
+                                       dtype=spec.rollout.dtype)
         self.step = 0
         if self.resume_from is not None:
             self.restore(self.resume_from)
@@ -78,6 +82,8 @@ class Trainer:
             self.metrics.log(self.step, self.train_step(self.step))
             if (every and self.step % every == 0) or self.step == self.spec.trainer.steps:
                 self.save()
+        if self.spec.checkpoint.export_final:  # the last step always saves
+            self.export_final(latest_checkpoint(self.run_dir))
 
     def train_step(self, step: int) -> dict[str, float]:
         """One GRPO step; returns its metrics."""
@@ -107,11 +113,11 @@ class Trainer:
             actor_stats = self.learner.update(TrainBatch(prompts, rollout.tokens, rollout.logprobs, advantages))
         self._check_nonfinite(actor_stats)
         with timer("weight_sync"):
-            self.sync_weights()
+            sync_bytes = self.sync_weights()
         num_tokens = rollout.tokens.numel()
         return {**reward_stats, **actor_stats, **timer.seconds,
                 "advantage/mean": advantages.mean().item(), "advantage/abs_mean": advantages.abs().mean().item(),
-                "advantage/zero_frac": (advantages == 0).float().mean().item(),
+                "advantage/zero_frac": (advantages == 0).float().mean().item(), "weight_sync/bytes": sync_bytes,
                 "rollout/invalid_frac": 1 - rollout.valid.float().mean().item(),
                 "rollout/tokens_per_s": num_tokens / max(rollout.sample_s, 1e-9),
                 "rollout/images_per_s": len(prompts) / max(timer.seconds["time/rollout_s"], 1e-9)}
@@ -144,6 +150,13 @@ class Trainer:
     def save(self) -> Path:
         return write_checkpoint(self.run_dir, self.step, self.spec, self.learner, self.prompts, self.combiner,
                                 self.rewards)
+
+    def export_final(self, checkpoint: Path) -> Path:
+        """The final checkpoint as a complete X-Omni folder in <run.dir>/export (model.policy's folder as base)."""
+        base = pretrained_arguments(to_container(self.spec.cfg.model.policy))["path"]
+        out = export(checkpoint, base, self.run_dir / "export", overwrite=True)
+        print(f"exported the final policy to {out}", flush=True)
+        return out
 
     def restore(self, path: Path) -> None:
         """Learner weights/optimizer/schedule, prompt position, normaliser, reward-fault history and step;
