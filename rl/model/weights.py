@@ -136,7 +136,7 @@ def load_source(node: Mapping[str, Any], key: str = "model.policy") -> tuple[nn.
 
 def pretrained_arguments(node: Mapping[str, Any]) -> dict[str, Any] | None:
     """The arguments (defaults filled in) of an `XOmniPolicy.from_pretrained` component; None for any other."""
-    from rl.model.policy import XOmniPolicy
+    from rl.model.policy import XOmniPolicy  # here, not at the top: rl.model.policy imports this module
 
     if resolve_component(str(node[COMPONENT_KEY])) != XOmniPolicy.from_pretrained:
         return None
