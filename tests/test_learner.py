@@ -25,7 +25,7 @@ def spec(tmp_path_factory):
 
 def make_learner(spec, learner_cfg: LearnerConfig | None = None, **trainer) -> Learner:
     model = {k: dict(v) for k, v in spec.cfg.model.items()}
-    learner = Learner(model, dataclasses.replace(spec.trainer, **trainer), learner_cfg or LearnerConfig(),
+    learner = Learner(model, dataclasses.replace(spec.trainer, **trainer), learner_cfg or spec.learner,
                       tuple(spec.rollout.grid), spec.rollout.sampling.temperature)
     learner.setup()
     return learner
@@ -47,7 +47,7 @@ def current_logprobs(learner: Learner, batch: TrainBatch) -> torch.Tensor:
 
 
 def test_first_ratio_is_one_and_advantages_move_log_probs_their_way(spec):
-    learner = make_learner(spec, LearnerConfig(reference_dtype="float32"))
+    learner = make_learner(spec)  # configs/tiny.yaml keeps the reference in float32
     batch = sample(learner, spec, step=1)
     stats = learner.update(batch)
     assert stats["ratio/min"] == pytest.approx(1, abs=1e-5) and stats["ratio/max"] == pytest.approx(1, abs=1e-5)
@@ -80,7 +80,7 @@ def test_save_and_load_resume_the_optimizer_exactly(spec, tmp_path):
 def test_weight_buckets_copy_into_a_replica_in_process(spec):
     """What a colocated rollout replica does with the sync: the trained weights arrive equal, the frozen text
     head and text embedding are never sent and stay the starting policy's."""
-    learner = make_learner(spec)
+    learner = make_learner(spec, LearnerConfig())
     assert learner.reference.mm_head.weight.dtype == torch.bfloat16  # learner.reference_dtype's default
     replica = build_policy(spec.cfg.model.policy, "model.policy", torch.float32, "cpu")
     initial = {k: v.clone() for k, v in replica.state_dict().items()}
