@@ -5,14 +5,16 @@
 The output is the base folder (the one training started from) with its language-model weights replaced:
 every file and folder of BASE is copied (config.json with its auto_map and vision_config, tokenizer,
 SigLIP encoder, VQ projector, diffusers decoder, modeling code) except the LM weights - the files named by
-model.safetensors.index.json and the index, or model.safetensors -, and the trained policy is written
-from CHECKPOINT/policy in their place: same key names, safetensors, sharded like
-`XOmniPolicy.save_pretrained`, in the dtype the base's config.json declares (X-Omni's: bfloat16).
-`export_info.json` records the checkpoint, its step and the base.
+model.safetensors.index.json and the index, or model.safetensors -, and the trained policy is written in
+their place: the base's weights with the checkpoint's trained ones (read from its sharded DCP files, whatever
+learner world size wrote them) and, after LoRA training, each adapted weight merged (W + alpha / r * B @ A);
+same key names, safetensors, sharded like `XOmniPolicy.save_pretrained`, in the dtype the base's config.json
+declares (X-Omni's: bfloat16). Tensors stream through: one output file (5 GB at most) is in memory at a time.
+`export_info.json` records the checkpoint, its step and the base. Files follow the umask.
 
-Refused (exit status 2, before anything is written): a checkpoint without its COMPLETE marker, a policy
-whose tensor shapes differ from the base config's model, and an existing non-empty OUT (unless
---overwrite). The folder is built in a temporary sibling of OUT and renamed into place at the end.
+Refused (exit status 2, before anything is written): a checkpoint without its COMPLETE marker, trained
+tensors the base does not have in the same shape, and an existing non-empty OUT (unless --overwrite). The
+folder is built in a temporary sibling of OUT and renamed into place at the end.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from rl.distributed.learner import POLICY_DIR
-from rl.model.policy import CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, XOmniConfig, XOmniPolicy
+from rl.model.policy import save_policy_state
+from rl.model.weights import CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, SafetensorsWeights
 from rl.state.checkpoint import MARKER, is_complete
+from rl.state.files import honour_umask
+from rl.state.learner_checkpoint import LEARNER_DIR, CheckpointWeights
 
 INFO_NAME = "export_info.json"
 
@@ -50,47 +52,52 @@ def export(checkpoint: str | os.PathLike, base: str | os.PathLike, out: str | os
     existing non-empty OUT without `overwrite`. Returns OUT.
     """
     checkpoint, base, out = Path(checkpoint), Path(base), Path(out)
-    base_raw = check_export(checkpoint, base, out, overwrite)
-    dtype = base_raw.get("torch_dtype") or base_raw.get("dtype") or "float32"
+    weights = check_export(checkpoint, base, out, overwrite)
+    raw = json.loads((base / CONFIG_NAME).read_text(encoding="utf-8"))
+    dtype = raw.get("torch_dtype") or raw.get("dtype") or "float32"  # X-Omni's config.json says torch_dtype
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}-{time.time_ns()}"
     try:
-        XOmniPolicy.from_pretrained(checkpoint / POLICY_DIR, torch_dtype=dtype).save_pretrained(tmp)
+        save_policy_state(weights, tmp, dtype=dtype)
         skip = lm_weight_files(base)
         for item in sorted(base.iterdir()):
-            if item.name not in skip:  # config.json too: it replaces the checkpoint's
+            if item.name not in skip:  # config.json too: it replaces the one written with the weights
                 copy = shutil.copytree if item.is_dir() else shutil.copy2
                 copy(item, tmp / item.name)
         info = {"checkpoint": str(checkpoint.resolve()), "step": _step(checkpoint), "base": str(base.resolve()),
                 "dtype": dtype}
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=1), encoding="utf-8")
+        honour_umask([tmp, tmp / INFO_NAME])
         _replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def check_export(checkpoint: Path, base: Path, out: Path, overwrite: bool) -> dict:
-    """Every reason to refuse the export (ExportError), or the base's raw config.json."""
+def check_export(checkpoint: Path, base: Path, out: Path, overwrite: bool) -> CheckpointWeights:
+    """Every reason to refuse the export (ExportError), or the checkpoint's weights over the base's."""
     problems = []
     if not is_complete(checkpoint):
         problems.append(f"--checkpoint: {checkpoint} is not a complete training checkpoint (no {MARKER} marker)")
-    configs = {}
-    for flag, folder in (("--checkpoint", checkpoint / POLICY_DIR), ("--base", base)):
-        try:
-            configs[flag] = _read_config(folder)
-        except (OSError, ValueError) as e:
-            problems.append(f"{flag}: {e}")
+    elif not (checkpoint / LEARNER_DIR).is_dir():
+        problems.append(f"--checkpoint: {checkpoint} holds no {LEARNER_DIR}/ (not a training checkpoint)")
+    try:
+        base_weights = SafetensorsWeights(base)
+    except (OSError, ValueError) as e:
+        problems.append(f"--base: {e}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         problems.append(f"--out: {out} exists and is not empty (pass --overwrite to replace it)")
     for flag, folder in (("--base", base), ("--checkpoint", checkpoint)):
         if _overlaps(out, folder):
             problems.append(f"--out: {out} overlaps {flag} {folder}; choose a separate folder")
-    if len(configs) == 2:
-        problems += _shape_problems(XOmniConfig.from_dict(configs["--checkpoint"]),
-                                    XOmniConfig.from_dict(configs["--base"]))
     if problems:
         raise ExportError(problems)
-    return configs["--base"]
+    weights = CheckpointWeights(checkpoint, base_weights)
+    mismatched = weights.problems()
+    if mismatched:
+        shown = "; ".join(mismatched[:3]) + ("; ..." if len(mismatched) > 3 else "")
+        raise ExportError([f"--checkpoint: its trained tensors do not fit the base model ({len(mismatched)} "
+                           f"differ: {shown}); was it trained from another model?"])
+    return weights
 
 
 def lm_weight_files(base: Path) -> set[str]:
@@ -101,34 +108,6 @@ def lm_weight_files(base: Path) -> set[str]:
         with open(index, encoding="utf-8") as f:
             return {WEIGHTS_INDEX_NAME, *json.load(f)["weight_map"].values()}
     return {WEIGHTS_NAME}
-
-
-def _read_config(folder: Path) -> dict:
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
-    if raw.get("model_type") != XOmniConfig.model_type:
-        raise ValueError(f"{path}: model_type must be {XOmniConfig.model_type!r}, got {raw.get('model_type')!r}")
-    return raw
-
-
-def _shape_problems(trained: XOmniConfig, base: XOmniConfig) -> list[str]:
-    """The checkpoint's weights are written under the base's config.json: every tensor must keep its shape."""
-    got, expected = _tensor_shapes(trained), _tensor_shapes(base)
-    differ = [k for k in sorted(got.keys() | expected.keys()) if got.get(k) != expected.get(k)]
-    if not differ:
-        return []
-    shown = "; ".join(f"{k}: checkpoint {got.get(k)}, base {expected.get(k)}" for k in differ[:3])
-    return [f"--checkpoint: its policy does not have the base model's shape ({len(differ)} tensors differ: "
-            f"{shown}{'; ...' if len(differ) > 3 else ''}); was it trained from another model?"]
-
-
-def _tensor_shapes(config: XOmniConfig) -> dict[str, list[int]]:
-    with torch.device("meta"):  # shapes only, no memory
-        policy = XOmniPolicy(config)
-    return {k: list(v.shape) for k, v in policy.state_dict().items()}
 
 
 def _overlaps(a: Path, b: Path) -> bool:

@@ -6,7 +6,8 @@
 CONFIG is any training YAML (configs/xomni.yaml, configs/tiny.yaml): its `model` section (policy, tokenizer,
 decoder components) is built as the rollout builds it, and `rollout.sampling` / `.grid` / `.dtype` /
 `.batch_size` are the defaults of the matching flags. `--checkpoint` samples a trained policy instead of
-model.policy: a training checkpoint directory (its `policy/`) or any X-Omni policy folder.
+model.policy: a training checkpoint directory (its trained weights over model.policy, the policy the run
+started from, LoRA merged) or any X-Omni policy folder.
 
 Writes DIR/images/{prompt_index:05d}_{k}.png and DIR/manifest.jsonl, one line per image (`image`, `prompt`,
 `prompt_index`, `sample`, `seed`, `valid`, the prompt file's metadata such as `text` and `task`, and
@@ -49,12 +50,12 @@ from rl.config import (
     validate_section,
 )
 from rl.decoder import ImageDecoder, to_uint8_images
-from rl.distributed.learner import POLICY_DIR
 from rl.model.policy import CONFIG_NAME, XOmniPolicy
 from rl.model.sampler import SamplingParams, sample_image_tokens
 from rl.model.tokenizer import PromptFormat
 from rl.seeding import sample_seed
 from rl.state.checkpoint import is_complete
+from rl.state.learner_checkpoint import LEARNER_DIR
 from rl.train_config import MODEL_COMPONENTS, RolloutConfig
 
 MANIFEST, SETTINGS, IMAGES, TOKENS = "manifest.jsonl", "generation.json", "images", "tokens"
@@ -173,14 +174,19 @@ def _argument_problems(args: argparse.Namespace) -> list[str]:
 
 
 def _use_checkpoint(cfg: Any, checkpoint: str, dtype_name: str) -> list[str]:
-    """Point model.policy at the policy folder of `checkpoint`; problems if it is not one."""
+    """Point model.policy at `checkpoint` (a training checkpoint over model.policy, or an X-Omni folder);
+    problems if it is neither."""
     path = Path(checkpoint)
-    folder = path / POLICY_DIR if (path / POLICY_DIR).is_dir() else path
-    if folder != path and not is_complete(path):
-        return [f"--checkpoint: {path} is an incomplete training checkpoint (no COMPLETE marker)"]
-    if not (folder / CONFIG_NAME).is_file():
-        return [f"--checkpoint: no {CONFIG_NAME} in {path / POLICY_DIR} or {path} (not an X-Omni policy folder)"]
-    cfg.model.policy = {"_component_": "rl.model.policy.XOmniPolicy.from_pretrained", "path": str(folder),
+    if (path / LEARNER_DIR).is_dir():
+        if not is_complete(path):
+            return [f"--checkpoint: {path} is an incomplete training checkpoint (no COMPLETE marker)"]
+        cfg.model.policy = {"_component_": "rl.state.learner_checkpoint.trained_policy", "checkpoint": str(path),
+                            "base": cfg.model.policy}
+        return []
+    if not (path / CONFIG_NAME).is_file():
+        return [f"--checkpoint: {path} is neither a training checkpoint (no {LEARNER_DIR}/) nor an X-Omni policy "
+                f"folder (no {CONFIG_NAME})"]
+    cfg.model.policy = {"_component_": "rl.model.policy.XOmniPolicy.from_pretrained", "path": str(path),
                         "torch_dtype": dtype_name}
     return []
 

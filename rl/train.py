@@ -33,9 +33,12 @@ from rl.evaluation.evaluator import Evaluator
 from rl.evaluation.metrics import MetricsWriter, read_metrics
 from rl.evaluation.monitors import advantage_correlations, batch_monitors
 from rl.evaluation.sample_grid import rollout_grid
+from rl.export import export
 from rl.grpo import group_advantages
+from rl.model.weights import pretrained_arguments
 from rl.plan import DoesNotFit, plan_run, render
 from rl.seeding import sample_seed
+from rl.state.checkpoint import latest_checkpoint
 from rl.state.run_state import find_resume_checkpoint, read_trainer_state, write_checkpoint
 from rl.train_config import TrainSpec, trained_rewards, validate_train_config
 
@@ -67,7 +70,8 @@ class Trainer:
         groups = placement_groups(self.plan, spec.ray.placement_timeout_s)
         # All actors start loading at once; only then do we wait for them.
         self.learner = LearnerGroup(model, spec.trainer, spec.learner, spec.rollout.grid,
-                                    spec.rollout.sampling.temperature, timeout, groups["learner"])
+                                    spec.rollout.sampling.temperature, timeout, spec.run.seed,
+                                    groups["learner"])
         self.rollout = RolloutGroup(model, spec.rollout, timeout, groups["rollout"])
         self.rewards = RewardPool({n: to_container(cfg.rewards[n]) for n in scoring},
                                   spec.reward_workers, self.combiner.config.timeout_s, self.combiner.config.batch_size)
@@ -79,7 +83,8 @@ class Trainer:
         # Declared GPUs (ray.num_gpus on a machine without them) run on the CPU: no NCCL there.
         on_gpus = any(node.gpu_devices for node in self.plan.nodes)
         self.sync_weights = WeightSync(self.learner, self.rollout, spec.learner.weight_sync,
-                                       use_gpu=on_gpus and spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0)
+                                       use_gpu=on_gpus and spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0,
+                                       dtype=spec.rollout.dtype)
         if spec.eval.every:
             self.evaluator = Evaluator(spec, self.rollout, self.rewards, self.run_dir)
         self.step = 0
@@ -119,6 +124,8 @@ class Trainer:
             self._log(self.step, metrics)  # before the checkpoint: a saved step always has its row
             if (every and self.step % every == 0) or self.step == self.spec.trainer.steps:
                 self.save()
+        if self.spec.checkpoint.export_final:  # the last step always saves
+            self.export_final(latest_checkpoint(self.run_dir))
 
     def _evaluate(self, step: int) -> dict[str, float]:
         metrics, grid = self.evaluator(step)
@@ -168,11 +175,11 @@ class Trainer:
             actor_stats = self.learner.update(TrainBatch(prompts, rollout.tokens, rollout.logprobs, advantages))
         self._check_nonfinite(actor_stats)
         with timer("weight_sync"):
-            self.sync_weights()
+            sync_bytes = self.sync_weights()
         num_tokens = rollout.tokens.numel()
         return {**reward_stats, **monitors, **actor_stats, **timer.seconds,
                 "advantage/mean": advantages.mean().item(), "advantage/abs_mean": advantages.abs().mean().item(),
-                "advantage/zero_frac": (advantages == 0).float().mean().item(),
+                "advantage/zero_frac": (advantages == 0).float().mean().item(), "weight_sync/bytes": sync_bytes,
                 "rollout/invalid_frac": 1 - rollout.valid.float().mean().item(),
                 "rollout/tokens_per_s": num_tokens / max(rollout.sample_s, 1e-9),
                 "rollout/images_per_s": len(prompts) / max(timer.seconds["time/rollout_s"], 1e-9)}
@@ -199,6 +206,13 @@ class Trainer:
     def save(self) -> Path:
         return write_checkpoint(self.run_dir, self.step, self.spec, self.learner, self.prompts, self.combiner,
                                 self.rewards)
+
+    def export_final(self, checkpoint: Path) -> Path:
+        """The final checkpoint as a complete X-Omni folder in <run.dir>/export (model.policy's folder as base)."""
+        base = pretrained_arguments(to_container(self.spec.cfg.model.policy))["path"]
+        out = export(checkpoint, base, self.run_dir / "export", overwrite=True)
+        print(f"exported the final policy to {out}", flush=True)
+        return out
 
     def restore(self, path: Path) -> None:
         """Learner weights/optimizer/schedule, prompt position, normaliser, reward-fault history and step;

@@ -16,7 +16,11 @@ from omegaconf import DictConfig, ListConfig
 
 from rl.config import ConfigError, build_section, resolve_local_path, validate_component, validate_section
 from rl.evaluation.alerts import watchable_metrics
+from rl.model.lora import LINEAR_LAYERS, LoraSettings
 from rl.model.sampler import SamplingParams
+from rl.model.weights import is_pretrained
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -133,7 +137,12 @@ class TrainerConfig:
     (mean per sequence, then over sequences; GRPO / X-Omni) or "token". advantage_scale: "group" std,
     "batch" std, or "none". mini_batches: optimizer steps per rollout batch (1 = strictly on-policy).
     micro_batch_size: sequences per forward/backward (gradient accumulation). max_nonfinite_steps: this many
-    skipped (non-finite) steps in a row stop the run. gradient_checkpointing: recompute activations."""
+    skipped (non-finite) steps in a row stop the run. gradient_checkpointing: recompute activations.
+    lora: null trains every weight but the frozen ones below (full fine-tuning); {r, alpha, dropout,
+    target_modules} trains LoRA adapters only (rl.model.lora.LoraSettings), the base staying frozen in
+    learner.reference_dtype and serving as the reference policy with the adapters off. freeze_text_embedding:
+    keep the text embedding (`model.lm_embed_tokens`) at the starting policy's (image RL only reaches it through
+    prompts); the text head (`lm_head`) is always frozen: image generation never uses it."""
 
     steps: int = 200
     lr: float = 1e-6
@@ -151,6 +160,12 @@ class TrainerConfig:
     micro_batch_size: int = 8
     max_nonfinite_steps: int = 3
     gradient_checkpointing: bool = False
+    lora: LoraSettings | None = None
+    freeze_text_embedding: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
 
 
 @dataclass
@@ -158,26 +173,34 @@ class LearnerConfig:
     """world_size: learner actors; >1 shards the policy with FSDP across them (torch.distributed inside Ray
     actors; gloo on CPU, NCCL on GPU). num_gpus / num_cpus: per learner actor (num_gpus at most 1; in
     colocated placement they are one worker's: learner.num_gpus and learner.num_cpus + rollout.num_cpus, and
-    rollout.num_actors must equal world_size). dtype: parameter dtype
-    (keep "float32": AdamW on bf16 weights loses small updates). mixed_precision: bf16 compute with fp32
-    master weights (FSDP's MixedPrecisionPolicy when sharded, autocast otherwise). weight_sync: "auto"
-    (NCCL broadcast when the learner and rollout actors have GPUs, else the object store), "object_store" or
-    "collective"."""
+    rollout.num_actors must equal world_size). dtype: dtype of the trained
+    parameters (keep "float32": AdamW on bf16 weights loses small updates). reference_dtype: dtype of the frozen
+    reference policy (with LoRA: of the whole frozen base, which is the reference). mixed_precision: bf16
+    compute with fp32 master weights (FSDP's MixedPrecisionPolicy when sharded, autocast otherwise).
+    grad_sync: when sharded, "last_micro_batch" reduce-scatters gradients once per optimizer step (earlier
+    micro-batches accumulate unsharded gradients: one full gradient copy per GPU, in fp32), "every_micro_batch"
+    after each micro-batch (sharded gradient memory, more communication). weight_sync: "auto" (NCCL broadcast
+    when the learner and rollout actors have GPUs, else the object store), "object_store" or "collective"."""
 
     world_size: int = 1
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     dtype: str = "float32"
+    reference_dtype: str = "bfloat16"
     mixed_precision: bool = False
+    grad_sync: Literal["last_micro_batch", "every_micro_batch"] = "last_micro_batch"
     weight_sync: Literal["auto", "object_store", "collective"] = "auto"
 
 
 @dataclass
 class CheckpointConfig:
-    """every: save every N steps (and at the end); 0 disables periodic saves. keep: complete checkpoints kept."""
+    """every: save every N steps (and at the end); 0 disables periodic saves. keep: complete checkpoints kept.
+    export_final: after the last step, also write the final policy as a complete X-Omni folder in
+    <run.dir>/export (what `python -m rl.export` writes, with model.policy's folder as the base)."""
 
     every: int = 50
     keep: int = 2
+    export_final: bool = False
 
 
 @dataclass
@@ -374,7 +397,31 @@ def _check_values(spec: TrainSpec) -> list[str]:
         problems.append(f"reward_workers.failure_window: must be >= 1, got {spec.reward_workers.failure_window}")
     if spec.reward_workers.replicas < 1:
         problems.append(f"reward_workers.replicas: must be >= 1, got {spec.reward_workers.replicas}")
-    return problems + _check_eval(spec.eval) + _check_monitor(spec) + _check_placement(spec)
+    for key, value in (("rollout.dtype", r.dtype), ("learner.dtype", spec.learner.dtype),
+                       ("learner.reference_dtype", spec.learner.reference_dtype)):
+        if value not in DTYPES:
+            problems.append(f"{key}: must be one of {list(DTYPES)}, got {value!r}")
+    if spec.checkpoint.export_final and not is_pretrained(spec.cfg.model.policy):
+        problems.append("checkpoint.export_final: needs model.policy to be rl.model.policy.XOmniPolicy.from_pretrained "
+                        "(its folder is the base the final policy is exported over)")
+    return problems + _check_lora(t.lora) + _check_eval(spec.eval) + _check_monitor(spec) + _check_placement(spec)
+
+
+def _check_lora(lora: LoraSettings | None) -> list[str]:
+    if lora is None:
+        return []
+    problems = []
+    if lora.r < 1:
+        problems.append(f"trainer.lora.r: must be >= 1, got {lora.r}")
+    if lora.alpha <= 0:
+        problems.append(f"trainer.lora.alpha: must be > 0, got {lora.alpha}")
+    if not 0 <= lora.dropout < 1:
+        problems.append(f"trainer.lora.dropout: must be in [0, 1), got {lora.dropout}")
+    unknown = [m for m in lora.target_modules if m not in LINEAR_LAYERS]
+    if unknown or not lora.target_modules:
+        problems.append(f"trainer.lora.target_modules: expected a non-empty list of {', '.join(LINEAR_LAYERS)}; "
+                        f"got {list(lora.target_modules)}")
+    return problems
 
 
 def _check_eval(e: EvalConfig) -> list[str]:

@@ -2,7 +2,9 @@
 
 The base is a tiny policy saved in shards (so the LM weights are an index + shards, as X-Omni ships them),
 its config.json extended with X-Omni's remote-code and vision keys, a tokenizer, and stand-in vision files
-(their content does not matter: they must be copied byte for byte).
+(their content does not matter: they must be copied byte for byte). The checkpoint is written by the learner's
+own save (torch.distributed.checkpoint, one process): every weight but the frozen text head, and AdamW state.
+(Checkpoints of two learner ranks, and of LoRA, are exported in test_train_actors.py and test_lora.py.)
 """
 
 import filecmp
@@ -21,6 +23,7 @@ from rl.model.policy import XOmniPolicy
 from rl.model.tiny import tiny_policy, tiny_tokenizer
 from rl.model.tokenizer import load_tokenizer
 from rl.state.checkpoint import MARKER, save_checkpoint
+from rl.state.learner_checkpoint import save_learner
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRA_CONFIG = {"auto_map": {"AutoModelForCausalLM": "modeling_xomni.XOmniForCausalLM"},
@@ -45,7 +48,10 @@ def make_base(folder: Path, dtype: str | None = None) -> Path:
 
 
 def make_checkpoint(run_dir: Path, policy: XOmniPolicy, step: int = 40) -> Path:
-    return save_checkpoint(run_dir, step, lambda d: policy.save_pretrained(d / "policy"), keep=1)
+    policy.lm_head.requires_grad_(False)  # frozen, as in training: not in the checkpoint
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad])
+    state = {"trained": {"lora": None, "freeze_text_embedding": False}}
+    return save_checkpoint(run_dir, step, lambda d: save_learner(d, policy, optimizer, state), keep=1)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,7 @@ def test_export_writes_the_trained_weights_into_a_copy_of_the_base(base, checkpo
     command = [sys.executable, "-m", "rl.export", "--checkpoint", str(checkpoint), "--base", str(base),
                "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          timeout=300)
+                          timeout=300, umask=0o022)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list(base.glob("model-*.safetensors"))) > 1  # the base really is sharded
     assert not list(out.glob("model-*.safetensors")) and (out / "model.safetensors").is_file()
@@ -77,11 +83,14 @@ def test_export_writes_the_trained_weights_into_a_copy_of_the_base(base, checkpo
         assert filecmp.cmp(base / name, out / name, shallow=False), name
     assert json.loads((out / "export_info.json").read_text())["step"] == 40
     assert sorted(p.name for p in out.parent.iterdir()) == ["X-Omni-RL"]  # no temporary folder left
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()} == {0o644}  # the umask, not 0600
     exported = XOmniPolicy.from_pretrained(out)
     assert exported.config.auto_map == EXTRA_CONFIG["auto_map"]
+    initial = XOmniPolicy.from_pretrained(base)
     for key, value in trained.state_dict().items():
-        assert torch.equal(exported.state_dict()[key], value), key
-    assert not torch.equal(exported.mm_head.weight, XOmniPolicy.from_pretrained(base).mm_head.weight)
+        expected = initial.lm_head.weight if key == "lm_head.weight" else value
+        assert torch.equal(exported.state_dict()[key], expected), key
+    assert not torch.equal(exported.mm_head.weight, initial.mm_head.weight)
     assert load_tokenizer(out).get_vocab() == tiny_tokenizer().get_vocab()
 
 
@@ -105,7 +114,7 @@ def test_a_policy_of_another_shape_is_refused(base, tmp_path, capsys):
     checkpoint = make_checkpoint(tmp_path / "run", tiny_policy(seed=1, intermediate_size=96))
     assert main(["--checkpoint", str(checkpoint), "--base", str(base), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "does not have the base model's shape (18 tensors differ" in err
+    assert "its trained tensors do not fit the base model (18 differ" in err
     assert "model.layers.0.mlp.down_proj.weight: checkpoint [64, 96], base [64, 128]" in err
     assert not (tmp_path / "out").exists()
 

@@ -24,6 +24,7 @@ from rl.model.tiny import tiny_policy, tiny_tokenizer
 from rl.model.tokenizer import PromptFormat
 from rl.seeding import sample_seed
 from rl.state.checkpoint import save_checkpoint
+from rl.state.learner_checkpoint import LEARNER_DIR, save_learner
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -136,7 +137,7 @@ def test_other_settings_into_the_same_folder_are_refused(generated, tmp_path, pr
 def test_every_problem_is_reported_before_anything_loads(tmp_path, capsys):
     out = tmp_path / "out"
     incomplete = tmp_path / "step_00000003"
-    tiny_policy().save_pretrained(incomplete / "policy")
+    (incomplete / LEARNER_DIR).mkdir(parents=True)
     code = main([TINY, "--prompts", str(tmp_path / "missing.jsonl"), "--out", str(out), "--samples-per-prompt", "0",
                  "--grid", "0", "3", "--checkpoint", str(incomplete), "rollout.sampling.top_p=0",
                  "model.decoder.patch_size=3"])
@@ -160,7 +161,8 @@ def test_paper_config_with_the_real_decoder_and_a_training_checkpoint(tmp_path):
     Path(xomni, "config.json").write_text(json.dumps({**config, "vision_config": vision}))
     tiny_tokenizer().save_pretrained(xomni)
     trained = tiny_policy(seed=7)
-    checkpoint = save_checkpoint(tmp_path / "run", 12, lambda d: trained.save_pretrained(d / "policy"), keep=1)
+    checkpoint = save_checkpoint(tmp_path / "run", 12, lambda d: save_learner(
+        d, trained, torch.optim.AdamW(trained.parameters()), {"trained": {"lora": None}}), keep=1)
     one_prompt = tmp_path / "one.txt"
     one_prompt.write_text(PROMPTS[0]["prompt"] + "\n", encoding="utf-8")
     out = tmp_path / "out"

@@ -8,8 +8,10 @@ from train_helpers import tiny_spec
 
 from rl.decoder import PatchDecoder, to_uint8_images
 from rl.distributed.learner import Learner, TrainBatch
+from rl.distributed.weight_sync import load_bucket
 from rl.grpo import group_advantages
 from rl.model.sampler import sample_image_tokens
+from rl.model.weights import build_policy
 from rl.seeding import sample_seed
 from rl.train_config import LearnerConfig
 
@@ -21,10 +23,10 @@ def spec(tmp_path_factory):
     return tiny_spec(tmp_path_factory.mktemp("run"))
 
 
-def make_learner(spec, **trainer) -> Learner:
+def make_learner(spec, learner_cfg: LearnerConfig | None = None, **trainer) -> Learner:
     model = {k: dict(v) for k, v in spec.cfg.model.items()}
-    learner = Learner(model, dataclasses.replace(spec.trainer, **trainer), LearnerConfig(), tuple(spec.rollout.grid),
-                      spec.rollout.sampling.temperature)
+    learner = Learner(model, dataclasses.replace(spec.trainer, **trainer), learner_cfg or spec.learner,
+                      tuple(spec.rollout.grid), spec.rollout.sampling.temperature)
     learner.setup()
     return learner
 
@@ -45,7 +47,7 @@ def current_logprobs(learner: Learner, batch: TrainBatch) -> torch.Tensor:
 
 
 def test_first_ratio_is_one_and_advantages_move_log_probs_their_way(spec):
-    learner = make_learner(spec)
+    learner = make_learner(spec)  # configs/tiny.yaml keeps the reference in float32
     batch = sample(learner, spec, step=1)
     stats = learner.update(batch)
     assert stats["ratio/min"] == pytest.approx(1, abs=1e-5) and stats["ratio/max"] == pytest.approx(1, abs=1e-5)
@@ -71,8 +73,28 @@ def test_save_and_load_resume_the_optimizer_exactly(spec, tmp_path):
     batch = sample(original, spec, step=2)
     a, b = original.update(batch), restored.update(batch)
     assert a == b
-    after_a, after_b = original.full_state_dict(), restored.full_state_dict()
+    after_a, after_b = original.trained_weights(), restored.trained_weights()
     assert all(torch.equal(after_a[k], after_b[k]) for k in after_a)
+
+
+def test_weight_buckets_copy_into_a_replica_in_process(spec):
+    """What a colocated rollout replica does with the sync: the trained weights arrive equal, the frozen text
+    head and text embedding are never sent and stay the starting policy's."""
+    learner = make_learner(spec, LearnerConfig())
+    assert learner.reference.mm_head.weight.dtype == torch.bfloat16  # learner.reference_dtype's default
+    replica = build_policy(spec.cfg.model.policy, "model.policy", torch.float32, "cpu")
+    initial = {k: v.clone() for k, v in replica.state_dict().items()}
+    learner.update(sample(learner, spec, step=1))
+    spec_ = learner.sync_spec("float32")
+    sent = [name for bucket in spec_.buckets for name, _ in bucket]
+    assert "lm_head.weight" not in sent and "model.lm_embed_tokens.weight" not in sent
+    params = replica.state_dict()
+    for bucket in learner.weight_buckets():
+        load_bucket(params, bucket)
+    trained = learner.trained_weights()
+    assert sorted(trained) == sorted(sent)
+    for name, value in replica.state_dict().items():
+        assert torch.equal(value, trained[name] if name in trained else initial[name]), name
 
 
 def test_grpo_teaches_the_tiny_policy_to_write_the_requested_letters(spec):

@@ -10,6 +10,7 @@ from tiny_clip import register_tiny_clip
 from rl.config import load_config
 from rl.decoder.tiny import save_tiny_folders, tiny_xomni_decoder
 from rl.distributed.model_sizes import decoder_size, lora_size, policy_size, reward_shape
+from rl.model.lora import LoraSettings
 from rl.model.policy import XOmniPolicy
 from rl.model.tiny import tiny_policy, tiny_policy_config
 
@@ -65,9 +66,9 @@ def test_lora_counts_equal_real_adapters():
     from peft import LoraConfig, inject_adapter_in_model
 
     config = tiny_policy_config()
-    lora = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    lora = LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj", "down_proj"])
     real = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1,
-                                              target_modules=lora["target_modules"]), tiny_policy())
+                                              target_modules=lora.target_modules), tiny_policy())
     size = lora_size(config, lora)
     assert size.parameters == sum(p.numel() for n, p in real.named_parameters() if "lora_" in n)
     # per layer, the inputs the dropout copies: q and v take the hidden size, down_proj the MLP width

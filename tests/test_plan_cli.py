@@ -1,7 +1,6 @@
 """`python -m rl.plan` on the paper config as shipped (every weights path `???`): the JSON interface, the exit
 codes, the advice, split placement across nodes, and LoRA once `trainer.lora` is set."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ from rl.distributed.memory import GIB
 from rl.distributed.memory_plan import make_plan, model_sizes
 from rl.distributed.placement import NodeInfo
 from rl.plan import main
-from rl.train_config import TrainerConfig, validate_train_config
+from rl.train_config import validate_train_config
 
 PAPER = str(REPO / "configs" / "xomni.yaml")
 ONE_NODE = ["--nodes", "1", "--gpus-per-node", "8", "--gpu-memory-gib", "80"]
@@ -71,7 +70,9 @@ def test_advice_names_the_keys_that_make_it_fit(capsys):
     code, plan = plan_json(capsys, *ONE_NODE, "trainer.gradient_checkpointing=false")
     assert code == 2 and not plan["fits"]
     assert "80.0 GiB per GPU (largest: activations" in plan["problems"][0]
-    fixes = "fits with any one of: trainer.micro_batch_size=2; trainer.gradient_checkpointing=true"
+    fixes = ("fits with any one of: trainer.micro_batch_size=2; trainer.gradient_checkpointing=true; trainer.lora="
+             "{r: 64, alpha: 128, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+             "down_proj]}")
     assert plan["problems"][-1] == fixes
     code, plan = plan_json(capsys, *ONE_NODE, "--host-memory-gib", "256")
     assert code == 2 and any("host:" in p and "256.0 GiB of host memory" in p for p in plan["problems"])
@@ -80,11 +81,9 @@ def test_advice_names_the_keys_that_make_it_fit(capsys):
 
 
 def test_lora_is_planned_when_the_config_sets_it():
-    """`trainer.lora` comes with the LoRA learner (a parallel change); a TrainerConfig with that field stands in."""
     spec = validate_train_config(load_config(PAPER), components=False)
-    lora = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    with_lora = dataclasses.make_dataclass("TrainerWithLora", [("lora", dict | None, None)], bases=(TrainerConfig,))
-    lora_spec = dataclasses.replace(spec, trainer=with_lora(**vars(spec.trainer), lora=lora))
+    lora_spec = validate_train_config(load_config(PAPER, ["trainer.lora={r: 16, alpha: 32, dropout: 0.0, "
+                                                          "target_modules: [q_proj, v_proj]}"]), components=False)
     nodes = [NodeInfo(0, 8, None, 80 * GIB)]
     full, adapters = make_plan(spec, nodes, model_sizes(spec)), make_plan(lora_spec, nodes, model_sizes(lora_spec))
     learning = {name: adapters.devices[1].phases["forward/backward"].get(name, 0)

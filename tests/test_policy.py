@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from rl.config import validate_component
 from rl.model.policy import XOmniConfig, XOmniPolicy, save_policy_state
 from rl.model.tiny import tiny_policy, tiny_policy_config
+from rl.model.weights import StateDictWeights
 
 VOCAB = tiny_policy_config().vocab_size
 
@@ -70,13 +71,23 @@ def test_bfloat16_load(policy, tmp_path):
     torch.testing.assert_close(got, want, atol=0.05, rtol=0)
 
 
-def test_save_policy_state_writes_a_loadable_folder(policy, tmp_path):
-    """The learner saves a full state dict gathered from its shards, without a module."""
-    state = {k: v.to(torch.bfloat16) for k, v in policy.state_dict().items()}
-    save_policy_state(tiny_policy_config(), state, tmp_path)
+def test_save_policy_state_writes_a_loadable_folder_in_the_asked_dtype(policy, tmp_path):
+    """rl.export writes a folder from a source of weights (here a state dict) without a module."""
+    save_policy_state(StateDictWeights(tiny_policy_config(), policy.state_dict()), tmp_path, dtype="bfloat16")
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
     loaded = XOmniPolicy.from_pretrained(str(tmp_path), torch_dtype=torch.bfloat16)
-    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())
+    assert all(torch.equal(v.bfloat16(), loaded.state_dict()[k]) for k, v in policy.state_dict().items())
+
+
+def test_saved_files_follow_the_umask(policy, tmp_path):
+    """safetensors writes 0600 files; a checkpoint or export must be readable by others under umask 022."""
+    old = os.umask(0o022)
+    try:
+        policy.save_pretrained(tmp_path / "a", max_shard_size="3MB")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "a").iterdir()}
+    assert len(modes) > 3 and set(modes.values()) == {0o644}, modes
 
 
 def test_missing_unexpected_and_ignored_keys(policy, tmp_path):

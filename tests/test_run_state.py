@@ -8,7 +8,7 @@ from train_helpers import tiny_spec
 
 from rl.config import ConfigError
 from rl.state.checkpoint import save_checkpoint
-from rl.state.run_state import TRAINER_STATE, find_resume_checkpoint
+from rl.state.run_state import TRAINER_STATE, find_resume_checkpoint, trained_settings
 
 
 def checkpoint(run_dir: Path, step: int, seed: int = 0, group_size: int = 4) -> Path:
@@ -48,3 +48,21 @@ def test_a_given_checkpoint_must_be_complete_and_compatible(tmp_path):
     with pytest.raises(ConfigError) as error:
         find_resume_checkpoint(tiny_spec(tmp_path, overrides=(f"resume={other}",)), tmp_path)
     assert [p.split(":")[0] for p in error.value.problems] == ["run.seed", "rollout.group_size"]
+
+
+def test_a_checkpoint_that_trained_other_weights_is_refused(tmp_path):
+    """A checkpoint holds the trained weights only: resuming LoRA from full fine-tuning (or back) cannot work."""
+    full = tiny_spec(tmp_path)
+    trained = trained_settings(full)
+    assert trained == {"lora": None, "freeze_text_embedding": True}
+
+    def write(path):
+        state = {"step": 3, "seed": 0, "group_size": 4, "trained": trained}
+        (path / TRAINER_STATE).write_text(json.dumps(state))
+    path = save_checkpoint(tmp_path, 3, write, keep=1)
+    assert find_resume_checkpoint(tiny_spec(tmp_path, overrides=(f"resume={path}", "learner.world_size=2")),
+                                  tmp_path) == path  # another learner world size is fine: the files reshard
+    with pytest.raises(ConfigError) as error:
+        find_resume_checkpoint(tiny_spec(tmp_path, overrides=(f"resume={path}", "trainer.lora.r=4",
+                                                              "trainer.freeze_text_embedding=false")), tmp_path)
+    assert [p.split(":")[0] for p in error.value.problems] == ["trainer.lora", "trainer.freeze_text_embedding"]

@@ -3,17 +3,20 @@ a SIGKILL, and the errors a user sees before anything loads."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from train_helpers import REPO, save_config, tiny_config
 
 from rl.evaluation.metrics import read_metrics
+from rl.model.policy import XOmniPolicy
+from rl.model.tiny import tiny_policy
 from rl.state.checkpoint import list_checkpoints, save_checkpoint
 from rl.state.run_state import TRAINER_STATE
 
@@ -36,39 +39,84 @@ def assert_same_metrics(got, expected):
     for a, b in zip(got, expected, strict=True):
         keys = {k for k in a if not k.startswith(TIMING)}
         assert keys == {k for k in b if not k.startswith(TIMING)}
-        for key in keys:  # CPU float32 with the same seeds: equal up to rounding (in practice bit-equal)
-            assert a[key] == (b[key] if b[key] is None else pytest.approx(b[key], rel=1e-6, abs=1e-7)), key
+        for key in keys:  # CPU float32 with the same seeds: equal up to rounding (bit-equal on the same ranks)
+            assert a[key] == (b[key] if b[key] is None else pytest.approx(b[key], rel=1e-5, abs=1e-7)), key
 
 
-def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
-    config = save_config(tiny_config(tmp_path, overrides=("trainer.steps=4", "checkpoint.every=1",
-                                                          "checkpoint.keep=2")), tmp_path / "tiny.yaml")
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    done = train(config, f"run.dir={straight}")
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    process = train(config, f"run.dir={broken}", wait=False)
+def kill_after_checkpoint(config, run_dir: Path, step: int) -> int:
+    """Start a run, SIGKILL it (driver, actors and its local Ray) once checkpoint `step` is complete; the newest
+    complete checkpoint's step."""
+    process = train(config, f"run.dir={run_dir}", wait=False)
     deadline = time.time() + 300
-    while time.time() < deadline and not any(step >= 2 for step, _ in list_checkpoints(broken)):
+    while time.time() < deadline and not any(s >= step for s, _ in list_checkpoints(run_dir)):
         assert process.poll() is None, "the run ended before it could be killed"
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    killed_at = list_checkpoints(broken)[-1][0]
+    return list_checkpoints(run_dir)[-1][0]
+
+
+def exported(run_dir: Path) -> dict[str, torch.Tensor]:
+    return XOmniPolicy.from_pretrained(run_dir / "export").state_dict()
+
+
+def test_resume_after_sigkill_with_two_or_one_learner_ranks_reproduces_the_run(tmp_path):
+    """Two FSDP learner ranks (gloo) stream the starting policy from an X-Omni folder; killed mid-run and resumed
+    with two ranks and, from a copy, with one, the per-step metrics and the final exported policy match the
+    uninterrupted run."""
+    base = tmp_path / "base"
+    tiny_policy(seed=0, image_vocab_size=64, mm_vocab_size=128).save_pretrained(base)
+    cfg = tiny_config(tmp_path, overrides=("trainer.steps=4", "checkpoint.every=1", "checkpoint.keep=2",
+                                           "learner.world_size=2", "checkpoint.export_final=true"))
+    cfg.model.policy = {"_component_": "rl.model.policy.XOmniPolicy.from_pretrained", "path": str(base)}
+    config = save_config(cfg, tmp_path / "tiny.yaml")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    done = train(config, f"run.dir={straight}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"exported the final policy to {straight / 'export'}" in done.stdout
+
+    killed_at = kill_after_checkpoint(config, broken, 2)
     assert 2 <= killed_at < 4
+    shutil.copytree(broken, tmp_path / "broken_one_rank")
+    expected = read_metrics(straight / "metrics.jsonl")
+    for run_dir, ranks in ((broken, 2), (tmp_path / "broken_one_rank", 1)):
+        resumed = train(config, f"run.dir={run_dir}", "resume=auto", f"learner.world_size={ranks}")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert f"at step {killed_at}" in resumed.stdout
+        got = read_metrics(run_dir / "metrics.jsonl")
+        assert [r["step"] for r in got] == [1, 2, 3, 4]
+        assert_same_metrics(got, expected)
+        assert [s for s, _ in list_checkpoints(run_dir)] == [3, 4]  # keep=2 rotated the older ones away
+        final, want = exported(run_dir), exported(straight)
+        gap = max((final[k] - want[k]).abs().max().item() for k in want)
+        # On one rank the gradient sums round differently; AdamW's 1/sqrt(v) can turn that into ~1e-5 moves of
+        # weights whose gradients are at rounding level (lr 1e-2). On two ranks the resumed run is the same one.
+        assert gap <= (1e-4 if ranks == 1 else 1e-6), (ranks, gap)
 
-    resumed = train(config, f"run.dir={broken}", "resume=auto")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"at step {killed_at}" in resumed.stdout
 
-    expected, got = read_metrics(straight / "metrics.jsonl"), read_metrics(broken / "metrics.jsonl")
-    assert [r["step"] for r in got] == [1, 2, 3, 4]
-    assert_same_metrics(got, expected)
-    assert [s for s, _ in list_checkpoints(broken)] == [3, 4]  # keep=2 rotated the older ones away
-    final = {name: load_file(path / "policy" / "model.safetensors")
-             for name, path in (("a", straight / "checkpoints/step_00000004"),
-                                ("b", broken / "checkpoints/step_00000004"))}
-    assert all(torch.allclose(final["a"][k], final["b"][k], atol=1e-5, rtol=0) for k in final["a"])
+def test_tiny_lora_learns_in_its_default_steps_and_resumes_exactly(tmp_path):
+    """configs/tiny_lora.yaml as shipped (its own steps and batch): the mean reward of the last 5 steps exceeds that
+    of the first 5 by at least two standard deviations of the first 5 steps' means; resumed from its last-but-one
+    checkpoint, the run repeats the same per-step metrics."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    quiet = ("logging.tensorboard=false", "logging.images_every=0", "checkpoint.keep=10")
+    done = train(REPO / "configs" / "tiny_lora.yaml", f"run.dir={straight}", *quiet)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = read_metrics(straight / "metrics.jsonl")
+    means = [r["reward/mean"] for r in metrics]
+    early, late = torch.tensor(means[:5]), torch.tensor(means[-5:])
+    assert late.mean() - early.mean() >= 2 * early.std(), means
+
+    steps = [s for s, _ in list_checkpoints(straight)]
+    assert len(steps) > 2
+    shutil.copytree(straight, resumed)
+    for step, path in list_checkpoints(resumed):
+        if step > steps[-2]:
+            shutil.rmtree(path)
+    again = train(REPO / "configs" / "tiny_lora.yaml", f"run.dir={resumed}", "resume=auto", *quiet)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"at step {steps[-2]}" in again.stdout
+    assert_same_metrics(read_metrics(resumed / "metrics.jsonl"), metrics)
 
 
 def test_a_changed_seed_or_group_size_is_refused_on_resume(tmp_path):

@@ -77,10 +77,10 @@ def test_non_finite_loss_skips_the_step_then_stops_the_run(trainer_for):
     trainer = trainer_for({"good": GOOD}, policy)
     first = trainer.train_step(1)
     assert first["actor/skipped_steps"] == 0
-    before = trainer.learner.run("full_state_dict")
+    before = trainer.learner.run("trained_weights")
     second = trainer.train_step(2)  # NaN loss: optimizer step skipped, weights untouched, counted
     assert second["actor/skipped_steps"] == 1 and second["actor/nonfinite_in_row"] == 1
-    after = trainer.learner.run("full_state_dict")
+    after = trainer.learner.run("trained_weights")
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(RunAborted, match=r"2 optimizer steps in a row .*\(trainer.max_nonfinite_steps=2\)"):
         trainer.train_step(3)

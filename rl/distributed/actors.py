@@ -114,9 +114,11 @@ class LearnerGroup:
     """`learner.world_size` Learner ranks (FSDP when > 1). Calls go to every rank; rank 0 answers."""
 
     def __init__(self, model: Mapping[str, Any], trainer: TrainerConfig, cfg: LearnerConfig, grid: Sequence[int],
-                 temperature: float, timeout_s: float | None, group: PlacementGroup | None = None):
+                 temperature: float, timeout_s: float | None, seed: int = 0,
+                 group: PlacementGroup | None = None):
         options, self.group = _placed(Learner, cfg.world_size, cfg.num_cpus, cfg.num_gpus, group)
-        self.ranks = [o.remote(model, trainer, cfg, tuple(grid), temperature, rank) for rank, o in enumerate(options)]
+        self.ranks = [o.remote(model, trainer, cfg, tuple(grid), temperature, rank, seed)
+                      for rank, o in enumerate(options)]
         self.timeout_s = timeout_s
 
     def ready(self) -> None:
@@ -139,11 +141,13 @@ class LearnerGroup:
 
 
 class WeightSync:
-    """Learner -> rollout actors after every update, by the object store or a collective broadcast."""
+    """Learner -> rollout actors after every update: the trained weights in the rollout `dtype`, by the object
+    store or a collective broadcast (see rl/distributed/weight_sync.py). Calling it returns the bytes sent."""
 
-    def __init__(self, learner: LearnerGroup, rollout: RolloutGroup, mode: str, use_gpu: bool):
+    def __init__(self, learner: LearnerGroup, rollout: RolloutGroup, mode: str, use_gpu: bool, dtype: str):
         self.learner, self.rollout = learner, rollout
         self.mode = ("collective" if use_gpu else "object_store") if mode == "auto" else mode
+        self.spec = self.learner.run("sync_spec", dtype, stage="weight-sync plan")
         if self.mode == "collective":
             self._join("nccl" if use_gpu else "gloo")
 
@@ -155,13 +159,13 @@ class WeightSync:
         refs += [a.join_weight_group.remote(host, port, i + 1, world, backend)
                  for i, a in enumerate(self.rollout.actors)]
         call(refs, "an actor joining the weight-sync group")
-        self.spec = self.learner.run("weight_spec", stage="weight spec")
 
-    def __call__(self) -> None:
+    def __call__(self) -> int:
         if self.mode == "object_store":
-            (ref,) = self.learner.run("publish_weights", stage="publishing weights")
-            refs = [a.load_weights.remote(ref) for a in self.rollout.actors]
-        else:
-            refs = [r.broadcast_weights.remote() for r in self.learner.ranks]
-            refs += [a.receive_weights.remote(self.spec) for a in self.rollout.actors]
-        call(refs, "an actor during weight sync", self.learner.timeout_s)
+            refs, sent = self.learner.run("publish_weights", stage="publishing weights")
+            call([a.load_weights.remote(*refs) for a in self.rollout.actors], "a rollout actor during weight sync",
+                 self.learner.timeout_s)
+            return sent
+        calls = [r.broadcast_weights.remote() for r in self.learner.ranks]
+        calls += [a.receive_weights.remote(self.spec) for a in self.rollout.actors]
+        return call(calls, "an actor during weight sync", self.learner.timeout_s)[0]  # learner rank 0's bytes

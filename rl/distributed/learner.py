@@ -1,25 +1,31 @@
-"""The learner: the trainable policy, its frozen reference (the initial policy), AdamW, one GRPO update
-per call. Runs as one Ray actor, or as `learner.world_size` actors that shard both models with FSDP
+"""The learner: the trainable policy, its frozen reference (the starting policy), AdamW, one GRPO update
+per call. Runs as one Ray actor, or as `learner.world_size` actors that shard the models with FSDP2
 (torch.distributed inside the actors: NCCL on GPU, gloo on CPU) and split every mini-batch between them.
+
+Models are built on the meta device, sharded, then filled from model.policy's weights, each rank reading only
+the rows it keeps (rl/model/weights.py): a node's host holds about one copy of the model whatever the rank
+count. Image RL never trains the text head (nor, by default, the text embedding): they stay out of the
+optimizer, the checkpoints and the weight sync. With `trainer.lora` only peft adapters train and the reference
+is the same model with its adapters switched off; otherwise the reference is a frozen copy in
+`learner.reference_dtype`.
 
 The update for a batch of N = prompts x G rows, each T image tokens:
 
-    ref_logp = reference.token_logprobs(rows)                    # [N, T], no grad (KL anchor)
     for each of `mini_batches` slices of the rows:               # optimizer steps per batch
         for each micro-batch of this rank's share:               # gradient accumulation
+            ref_logp = reference.token_logprobs(micro)           # [n, T], no grad (KL anchor)
             logp = policy.token_logprobs(micro)                  # [n, T]
             loss = grpo_loss(logp, old_logp, ref_logp, adv, mask) * n / rows_per_rank
-            loss.backward()
+            loss.backward()                                      # reduce-scattered after the last micro-batch
         clip grads; step unless the loss or the grad norm is non-finite (then skip, count)
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,13 +33,25 @@ import torch.distributed as dist
 
 from rl.config import instantiate
 from rl.distributed.rollout import pick_device
-from rl.distributed.weight_sync import CollectiveGroup, free_port, node_ip
+from rl.distributed.weight_sync import (
+    Bucket,
+    CollectiveGroup,
+    SyncItem,
+    SyncSpec,
+    free_port,
+    gathered_buckets,
+    node_ip,
+    plan_buckets,
+    spec_of,
+)
 from rl.grpo import grpo_loss
-from rl.model.policy import XOmniPolicy, save_policy_state
+from rl.model import lora
+from rl.model.policy import XOmniPolicy, as_dtype
 from rl.model.tokenizer import PromptFormat
+from rl.model.weights import check_matches, fill, load_source, local_rows
+from rl.seeding import sample_seed
+from rl.state.learner_checkpoint import load_learner, save_learner
 from rl.train_config import LearnerConfig, TrainerConfig
-
-POLICY_DIR, OPTIMIZER_FILE, STATE_FILE = "policy", "optimizer.pt", "learner_state.json"
 
 
 @dataclass
@@ -48,12 +66,14 @@ class TrainBatch:
 
 
 class Learner:
-    """One rank of the learner. Construct, then call `setup` on every rank (it joins the process group)."""
+    """One rank of the learner. Construct, then call `setup` on every rank (it joins the process group).
+
+    seed: the run seed (LoRA adapters' initialisation and dropout masks derive from it)."""
 
     def __init__(self, model: Mapping[str, Any], trainer: TrainerConfig, learner: LearnerConfig,
-                 grid: tuple[int, int], temperature: float, rank: int = 0):
+                 grid: tuple[int, int], temperature: float, rank: int = 0, seed: int = 0):
         self.model_cfg, self.trainer, self.learner = model, trainer, learner
-        self.grid, self.temperature, self.rank = tuple(grid), temperature, rank
+        self.grid, self.temperature, self.rank, self.seed = tuple(grid), temperature, rank, seed
         self.world_size = learner.world_size
         self.device = pick_device(learner.num_gpus)
         self.nonfinite_in_row = 0
@@ -72,30 +92,59 @@ class Learner:
                                     rank=self.rank, world_size=self.world_size)
         tokenizer = instantiate(self.model_cfg["tokenizer"], "model.tokenizer")
         self.policy = self._build_policy(trainable=True)
-        self.reference = self._build_policy(trainable=False) if self.trainer.kl_coef > 0 else None
+        # With LoRA the reference is the frozen base itself (adapters off); otherwise a frozen copy.
+        needs_copy = self.trainer.kl_coef > 0 and self.trainer.lora is None
+        self.reference = self._build_policy(trainable=False) if needs_copy else None
         self.format = PromptFormat(tokenizer, self.policy.config.vocab_size)
+        self.trained = [(name, p) for name, p in self.policy.named_parameters() if p.requires_grad]
         t = self.trainer
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=tuple(t.betas), eps=t.eps,
+        self.optimizer = torch.optim.AdamW([p for _, p in self.trained], lr=t.lr, betas=tuple(t.betas), eps=t.eps,
                                            weight_decay=t.weight_decay)
         # Linear warm-up over `warmup_steps` GRPO steps, then constant (X-Omni reports a constant 1e-6).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / (t.warmup_steps + 1)))
 
     def _build_policy(self, trainable: bool) -> XOmniPolicy:
-        # Both copies come from the same component, so the reference is the initial policy even on resume.
-        policy = instantiate(self.model_cfg["policy"], "model.policy")
-        policy = policy.to(self.device, getattr(torch, self.learner.dtype))
-        policy.model.gradient_checkpointing = trainable and self.trainer.gradient_checkpointing
-        policy.train(trainable).requires_grad_(trainable)
+        """Built on the meta device, sharded (FSDP2) when world_size > 1, then allocated on this rank's device
+        and filled from model.policy's weights: each rank reads only the rows it keeps, in its own dtypes."""
+        skeleton, weights = load_source(self.model_cfg["policy"], "model.policy")
+        adapters = self.trainer.lora if trainable else None
+        if adapters is not None:
+            lora.add_adapters(skeleton, adapters)
+        skeleton.to(as_dtype(self.learner.dtype if trainable and adapters is None else self.learner.reference_dtype))
+        skeleton.train(trainable).requires_grad_(False)
+        for name, param in skeleton.named_parameters():
+            if trainable and self._is_trained(name):
+                param.data = param.data.to(as_dtype(self.learner.dtype))
+                param.requires_grad_(True)
+        skeleton.model.gradient_checkpointing = trainable and self.trainer.gradient_checkpointing
+        check_matches(skeleton, weights, "model.policy", lora.base_name)
         if self.world_size > 1:
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-            # bf16 compute on sharded fp32 master weights; gradients are reduced in fp32.
-            mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if self.learner.mixed_precision else None
-            for layer in policy.model.layers:  # one all-gather per decoder layer
-                fully_shard(layer, mp_policy=mp or MixedPrecisionPolicy())
-            fully_shard(policy, mp_policy=mp or MixedPrecisionPolicy())
+            self._shard(skeleton)
+        policy = skeleton.to_empty(device=self.device)
+        fill(policy, weights, lora.base_name)
+        if adapters is not None:
+            lora.init_adapters(policy, self.seed)
         return policy
+
+    def _is_trained(self, name: str) -> bool:
+        """Image RL never uses the text head; the text embedding only sees prompts (frozen unless configured)."""
+        if self.trainer.lora is not None:
+            return lora.base_name(name) is None
+        frozen = ("lm_head.", "model.lm_embed_tokens.") if self.trainer.freeze_text_embedding else ("lm_head.",)
+        return not name.startswith(frozen)
+
+    def _shard(self, policy: XOmniPolicy) -> None:
+        """FSDP2 units: each decoder layer, each embedding, each head, and the rest (norms) at the root. A unit
+        is gathered only when it runs, so the frozen text head never is."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        # bf16 compute on sharded fp32 master weights; gradients are reduced in fp32.
+        mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if self.learner.mixed_precision else None
+        units = [*policy.model.layers, policy.model.lm_embed_tokens, policy.model.mm_embed_tokens, policy.lm_head,
+                 policy.mm_head]
+        for unit in [*units, policy]:
+            fully_shard(unit, mp_policy=mp or MixedPrecisionPolicy())
 
     # -- the update --------------------------------------------------------------------------------
 
@@ -104,6 +153,8 @@ class Learner:
         mini-batch). Returns averaged stats plus `actor/skipped_steps` (this step), `actor/nonfinite_in_row`
         (consecutive skipped optimizer steps), `actor/grad_norm` (before clipping) and `actor/lr`."""
         t = self.trainer
+        # LoRA's dropout draws from the global RNG: seeded per update (and rank), a resumed run draws the same.
+        torch.manual_seed(sample_seed(self.seed, self.scheduler.last_epoch, self.rank, 0, "learner"))
         per_mini = len(batch.prompts) // t.mini_batches
         share = per_mini // self.world_size
         means: dict[str, float] = {}
@@ -130,14 +181,13 @@ class Learner:
         """Forward/backward over this rank's rows in micro-batches; returns stats and the grad norm."""
         t = self.trainer
         totals: dict[str, torch.Tensor] = {}
-        for start in range(rows.start, rows.stop, t.micro_batch_size):
+        starts = range(rows.start, rows.stop, t.micro_batch_size)
+        for start in starts:
             micro = range(start, min(start + t.micro_batch_size, rows.stop))
             index = list(micro)
+            self._gradient_sync(last=start == starts[-1])
             sequences = self._sequences(batch, micro)  # tokenised once for the reference and the policy
-            ref = None
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref = self._token_logprobs(self.reference, sequences, with_entropy=False).logprobs
+            ref = self._reference_logprobs(sequences) if t.kl_coef > 0 else None
             out = self._token_logprobs(self.policy, sequences, with_entropy=True)
             loss, stats = grpo_loss(
                 out.logprobs, batch.old_logprobs[index].to(self.device), ref, batch.advantages[index].to(self.device),
@@ -150,9 +200,24 @@ class Learner:
         grad_norm = self._clip_grad_norm()
         return self._reduce_stats(totals), grad_norm
 
+    def _gradient_sync(self, last: bool) -> None:
+        """With grad_sync "last_micro_batch", FSDP2 keeps the gradients of earlier micro-batches unsharded and
+        reduce-scatters once, after the last backward of the optimizer step."""
+        if self.world_size > 1 and self.learner.grad_sync == "last_micro_batch":
+            self.policy.set_requires_gradient_sync(last)
+            self.policy.set_is_last_backward(last)
+
+    def _reference_logprobs(self, sequences: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """float32 [n, T] under the frozen reference: the starting policy (with LoRA, the base, adapters off)."""
+        with torch.no_grad():
+            if self.reference is not None:
+                return self._token_logprobs(self.reference, sequences, with_entropy=False).logprobs
+            with lora.adapters_disabled(self.policy):
+                return self._token_logprobs(self.policy, sequences, with_entropy=False).logprobs
+
     def _clip_grad_norm(self) -> float:
         max_norm = self.trainer.grad_clip if self.trainer.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+        norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.trained], max_norm)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def _reduce_stats(self, totals: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -182,81 +247,91 @@ class Learner:
 
     # -- weights out ---------------------------------------------------------------------------------
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole policy on CPU (rank 0; other ranks take part in the gather and get {})."""
-        if self.world_size == 1:
-            return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    def sync_spec(self, dtype: str) -> SyncSpec:
+        """Plan the weight sync (trained tensors in the rollout's `dtype`, bucketed); every rank must call it."""
+        self._sync_dtype = as_dtype(dtype)
+        self._sync_buckets = plan_buckets(self._sync_items(), self._sync_dtype)
+        return spec_of(self._sync_buckets, self._sync_dtype)
 
-        return get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    def _sync_items(self) -> list[SyncItem]:
+        """What the rollout replicas need after an update: the trained parameters, or with LoRA the adapted
+        layers' merged weights (the rollout policy has no adapters)."""
+        if self.trainer.lora is not None:
+            return [SyncItem(name, layer.base_layer.weight.shape, partial(lora.merged_rows, layer))
+                    for name, layer in lora.lora_layers(self.policy)]
+        return self._trained_items()
 
-    def publish_weights(self) -> list:
-        """Object-store sync: the full state dict put once in Ray's object store (rank 0 returns [ref])."""
-        import ray
+    def _trained_items(self) -> list[SyncItem]:
+        return [SyncItem(name, p.shape, partial(_local_data, p)) for name, p in self.trained]
 
-        state = self.full_state_dict()
-        return [ray.put(state)] if self.rank == 0 else []
+    def weight_buckets(self) -> Iterator[Bucket]:
+        """The planned sync as buckets of (name, full tensor in the rollout dtype) on this rank's device; every
+        rank must iterate (each bucket is an all-gather of the shards). A colocated rollout replica consumes them
+        with `weight_sync.load_bucket` (an in-process copy); the transports below broadcast or store them."""
+        return self._gathered(self._sync_buckets, self._sync_dtype)
 
-    def weight_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """name -> (shape, dtype name) of what `broadcast_weights` sends (for the receivers' buffers)."""
-        return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in self.full_state_dict().items()}
+    def _gathered(self, buckets: list[list[SyncItem]], dtype: torch.dtype) -> Iterator[Bucket]:
+        return gathered_buckets(buckets, dtype, dist.group.WORLD if self.world_size > 1 else None)
 
     def join_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
         self._sync_group = CollectiveGroup(host, port, 0, world_size, backend)
 
-    def broadcast_weights(self) -> None:
-        """Collective sync (rank 0 sends to the rollout actors; every rank gathers the full weights)."""
-        state = self.full_state_dict()
+    @torch.no_grad()
+    def broadcast_weights(self) -> int:
+        """Collective sync: every rank gathers bucket by bucket, rank 0 broadcasts them to the rollout actors.
+        Returns the bytes broadcast (rank 0; 0 elsewhere)."""
+        buckets = self.weight_buckets()
         if self.rank == 0:
-            self._sync_group.send_state(state, self.device)
+            return self._sync_group.send_buckets(buckets)
+        for _ in buckets:
+            pass
+        return 0
+
+    @torch.no_grad()
+    def publish_weights(self) -> tuple[list, int]:
+        """Object-store sync: rank 0 puts each bucket (on the CPU) in Ray's object store. Returns (refs, bytes)."""
+        import ray
+
+        refs, sent = [], 0
+        for bucket in self.weight_buckets():
+            if self.rank == 0:
+                refs.append(ray.put([(name, tensor.cpu()) for name, tensor in bucket]))
+                sent += sum(tensor.numel() * tensor.element_size() for _, tensor in bucket)
+        return refs, sent
+
+    @torch.no_grad()
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        """The full trained parameters (with LoRA: the adapters) in the learner's dtype on the CPU (rank 0; {}
+        elsewhere), gathered like a sync: for inspection and tests, not on the training path."""
+        dtype = as_dtype(self.learner.dtype)
+        buckets = self._gathered(plan_buckets(self._trained_items(), dtype), dtype)
+        out = {name: tensor.cpu() for bucket in buckets for name, tensor in bucket}
+        return out if self.rank == 0 else {}
 
     # -- checkpoints -----------------------------------------------------------------------------------
 
     def save(self, path: str) -> None:
-        """Policy (X-Omni format, safetensors), optimizer and schedule into `path` (rank 0 writes)."""
-        state = self.full_state_dict()
-        optimizer = self._optimizer_state()
-        if self.rank != 0:
-            return
-        save_policy_state(self.policy.config, state, Path(path) / POLICY_DIR)
-        torch.save(optimizer, Path(path) / OPTIMIZER_FILE)
-        with open(Path(path) / STATE_FILE, "w") as f:
-            json.dump({"scheduler": self.scheduler.state_dict(), "nonfinite_in_row": self.nonfinite_in_row}, f)
+        """This rank's shards of the trained parameters and their optimizer state into `path`/learner (DCP),
+        and the schedule (rank 0); see rl/state/learner_checkpoint.py."""
+        trained = {"lora": asdict(self.trainer.lora) if self.trainer.lora else None,
+                   "freeze_text_embedding": self.trainer.freeze_text_embedding}
+        save_learner(path, self.policy, self.optimizer, {"scheduler": self.scheduler.state_dict(),
+                                                         "nonfinite_in_row": self.nonfinite_in_row,
+                                                         "trained": trained})
 
     def load(self, path: str) -> None:
-        """Restore what `save` wrote. Pickles are read with weights_only=True (tensors and numbers only)."""
-        policy = XOmniPolicy.from_pretrained(Path(path) / POLICY_DIR, torch_dtype=self.learner.dtype)
-        optimizer = torch.load(Path(path) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        if self.world_size == 1:
-            self.policy.load_state_dict(policy.state_dict())
-            self.optimizer.load_state_dict(optimizer)
-        else:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                set_model_state_dict,
-                set_optimizer_state_dict,
-            )
-
-            set_model_state_dict(self.policy, policy.state_dict(), options=StateDictOptions(full_state_dict=True))
-            # Weights that image generation never reaches (the text head) have no AdamW state to restore.
-            set_optimizer_state_dict(self.policy, self.optimizer, optimizer,
-                                     options=StateDictOptions(full_state_dict=True, strict=False))
-        with open(Path(path) / STATE_FILE) as f:
-            state = json.load(f)
+        """Restore what `save` wrote, from any learner world size."""
+        state = load_learner(path, self.policy, self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.nonfinite_in_row = state["nonfinite_in_row"]
-
-    def _optimizer_state(self) -> dict:
-        if self.world_size == 1:
-            return self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(self.policy, self.optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _local_data(param: torch.Tensor) -> torch.Tensor:
+    return local_rows(param)[0].detach()
 
 
 def _accumulate(totals: dict[str, torch.Tensor], stats: Mapping[str, torch.Tensor], weight: float) -> None:

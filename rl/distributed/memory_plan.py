@@ -25,6 +25,7 @@ from rl.distributed import memory
 from rl.distributed.memory import DTYPE_BYTES, GIB, DecoderShape, LearnerSetup, RewardShape, RolloutSetup
 from rl.distributed.model_sizes import LoraSize, PolicySize, decoder_size, lora_size, policy_size, reward_shape
 from rl.distributed.placement import NodeInfo, Placement, Unit, assign, run_units
+from rl.model.lora import LINEAR_LAYERS, LoraSettings
 from rl.train_config import TrainSpec
 
 LEARNING = ("forward/backward", "optimizer step")
@@ -50,15 +51,9 @@ def model_sizes(spec: TrainSpec) -> ModelSizes:
     cfg = spec.cfg
     policy = policy_size(cfg.model.policy)
     decoder, source = decoder_size(cfg.model.decoder)
-    lora = _lora(spec)
+    lora = spec.trainer.lora
     return ModelSizes(policy, decoder, source, {name: reward_shape(cfg.rewards[name]) for name in cfg.rewards},
                       lora_size(policy.config, lora) if lora else None)
-
-
-def _lora(spec: TrainSpec) -> Mapping[str, Any] | None:
-    """`trainer.lora` as a mapping, or None (full fine-tuning, or a schema without LoRA)."""
-    lora = getattr(spec.trainer, "lora", None)
-    return dataclasses.asdict(lora) if dataclasses.is_dataclass(lora) else lora
 
 
 @dataclass
@@ -253,8 +248,7 @@ def _gpus(gpus: list[int]) -> str:
     return "GPUs " + ",".join(map(str, gpus))
 
 
-LORA_ADVICE = {"r": 64, "alpha": 128, "dropout": 0.0,
-               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+LORA_ADVICE = LoraSettings(r=64, alpha=128, dropout=0.0, target_modules=list(LINEAR_LAYERS))
 
 
 def advise(plan: Plan) -> list[str]:
@@ -314,7 +308,7 @@ def _knobs(plan: Plan) -> list[list[tuple[str, TrainSpec, ModelSizes]]]:
     colocated = spec.placement.mode == "colocated"
     knobs.append([(f"learner.world_size={w}" + (f" rollout.num_actors={w}" if colocated else ""), _world(spec, w),
                    sizes) for w in worlds if per_mini % w == 0])
-    if hasattr(t, "lora") and t.lora is None:
+    if t.lora is None:
         lora = dataclasses.replace(sizes, lora=lora_size(sizes.policy.config, LORA_ADVICE))
         knobs.append([("trainer.lora={r: 64, alpha: 128, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, "
                        "o_proj, gate_proj, up_proj, down_proj]}", spec, lora)])

@@ -26,7 +26,9 @@ from torch import nn
 
 from rl.config import instantiate, missing_reason, resolve_component, to_container
 from rl.distributed.memory import DTYPE_BYTES, DecoderShape, PolicyShape, RewardShape
-from rl.model.policy import XOmniConfig, XOmniPolicy, _read_config
+from rl.model.lora import LoraSettings, add_adapters, lora_layers
+from rl.model.policy import XOmniConfig, XOmniPolicy
+from rl.model.weights import read_config
 
 SHAPES = Path(__file__).resolve().parents[2] / "configs" / "shapes"
 XOMNI_SHAPES, FLUX_SHAPES = SHAPES / "x-omni-7b", SHAPES / "flux.1-dev"
@@ -69,7 +71,7 @@ def policy_size(node: DictConfig) -> PolicySize:
     target = resolve_component(str(node["_component_"]))
     if target == XOmniPolicy.from_pretrained:
         folder, source = _folder(node, "path", XOMNI_SHAPES)
-        config = _read_config(str(folder))
+        config = read_config(str(folder))
     else:  # a model built in code (small): built once for its config
         config, source = instantiate(node, "model.policy").config, str(node["_component_"])
     load_dtype = str(_arguments(target, node).get("torch_dtype", "float32")).removeprefix("torch.")
@@ -192,17 +194,12 @@ class LoraSize:
     dropout_inputs: int
 
 
-def lora_size(config: XOmniConfig, lora: Mapping[str, Any]) -> LoraSize:
-    """Adapters of `trainer.lora` ({r, alpha, dropout, target_modules}) injected by peft into the policy on the
-    meta device, counted."""
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.tuners.lora import LoraLayer
-
-    settings = LoraConfig(r=int(lora["r"]), lora_alpha=int(lora.get("alpha", lora["r"])),
-                          lora_dropout=float(lora.get("dropout", 0.0)), target_modules=lora["target_modules"])
+def lora_size(config: XOmniConfig, lora: LoraSettings) -> LoraSize:
+    """Adapters of `trainer.lora` injected by peft into the policy on the meta device, counted."""
     with torch.device("meta"):
-        model = inject_adapter_in_model(settings, XOmniPolicy(config))
+        model = XOmniPolicy(config)
+        add_adapters(model, lora)
     parameters = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    inputs = sum(m.in_features for m in layers) // max(config.num_hidden_layers, 1) if settings.lora_dropout else 0
+    layers = [layer for _, layer in lora_layers(model)]
+    inputs = sum(m.in_features for m in layers) // max(config.num_hidden_layers, 1) if lora.dropout else 0
     return LoraSize(parameters, inputs)

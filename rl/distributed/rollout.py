@@ -17,10 +17,11 @@ import torch
 
 from rl.config import instantiate
 from rl.decoder import to_uint8_images
-from rl.distributed.weight_sync import CollectiveGroup
+from rl.distributed.weight_sync import Bucket, CollectiveGroup, SyncSpec, load_bucket
 from rl.evaluation.monitors import image_statistics, thumbnails
 from rl.model.sampler import CompiledDecodeStep, SamplingParams, sample_image_tokens
 from rl.model.tokenizer import PromptFormat
+from rl.model.weights import build_policy
 from rl.train_config import RolloutConfig
 
 
@@ -69,8 +70,9 @@ class RolloutWorker:
         self.device = pick_device(rollout.num_gpus)
         self.dtype = getattr(torch, rollout.dtype)
         tokenizer = instantiate(model["tokenizer"], "model.tokenizer")
-        policy = instantiate(model["policy"], "model.policy")
-        self.policy = policy.to(self.device, self.dtype).eval().requires_grad_(False)
+        # Read tensor by tensor straight into the rollout dtype on this actor's device.
+        self.policy = build_policy(model["policy"], "model.policy", self.dtype, self.device)
+        self.policy.eval().requires_grad_(False)
         self.decoder = instantiate(model["decoder"], "model.decoder")
         if hasattr(self.decoder, "to"):
             self.decoder = self.decoder.to(self.device)
@@ -104,18 +106,18 @@ class RolloutWorker:
                                image_statistics(images), thumbnails(images))
         return result, images
 
-    def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Weights from the object store (the learner's full state dict, any dtype)."""
-        self.policy.load_state_dict(state, strict=True)
+    def load_weights(self, *buckets: Bucket) -> None:
+        """Trained weights from the object store: buckets of (name, full tensor in the rollout dtype)."""
+        params = self.policy.state_dict()
+        for bucket in buckets:
+            load_bucket(params, bucket)
 
     def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
         self._group = CollectiveGroup(host, port, rank, world_size, backend)
 
-    def receive_weights(self, reference: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
-        """Weights broadcast by the learner; `reference` = name -> (shape, dtype name) of what it sends."""
-        meta = {name: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
-                for name, (shape, dtype) in reference.items()}
-        self._group.receive_state(self.policy, meta, self.device)
+    def receive_weights(self, spec: SyncSpec) -> None:
+        """Trained weights broadcast by the learner, bucket by bucket as `spec` lists them."""
+        self._group.receive_buckets(self.policy, spec, self.device)
 
     def ping(self) -> bool:
         return True

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import split_torch_state_dict_into_shards
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -24,16 +23,34 @@ from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
 from rl.config import LocalPath, resolve_local_path
+from rl.model.weights import (
+    CONFIG_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    PolicyWeights,
+    SafetensorsWeights,
+    StateDictWeights,
+    check_matches,
+    fill,
+)
 from rl.model.xomni_model import XOmniConfig, XOmniModel
+from rl.state.files import honour_umask
 
-__all__ = ["XOmniConfig", "XOmniPolicy", "TokenLogprobs", "save_policy_state"]
+__all__ = ["XOmniConfig", "XOmniPolicy", "TokenLogprobs", "save_policy_state", "CONFIG_NAME", "WEIGHTS_NAME",
+           "WEIGHTS_INDEX_NAME"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-# X-Omni's loader ignores these (the vision tokenizer is loaded separately, not from the LM weights).
-IGNORED_PREFIXES = ("image_tokenizer.",)
 LOGPROB_CHUNK_ROWS = 1024
+
+
+class MultimodalHead(nn.Linear):
+    """`mm_head`: an nn.Linear (same parameter) whose forward can use only its first `rows` outputs.
+
+    Image mode takes the first `image_vocab_size` rows; going through `forward` rather than reading `.weight`
+    lets FSDP2 gather the weight when the head is a sharding unit of its own.
+    """
+
+    def forward(self, hidden: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        return F.linear(hidden, self.weight if rows is None else self.weight[:rows])
 
 
 class TokenLogprobs(NamedTuple):
@@ -55,7 +72,7 @@ class XOmniPolicy(nn.Module):
         self.config = config
         self.model = XOmniModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.mm_head = nn.Linear(config.hidden_size, config.mm_vocab_size, bias=False)
+        self.mm_head = MultimodalHead(config.hidden_size, config.mm_vocab_size, bias=False)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -85,21 +102,13 @@ class XOmniPolicy(nn.Module):
                         attn_implementation: str = "sdpa") -> XOmniPolicy:
         """Load an X-Omni folder: config.json (model_type "x-omni") and model.safetensors or shards
         listed in model.safetensors.index.json. Every weight must be present and used (a mismatch is an
-        error listing the keys); weights are read straight into `torch_dtype` on `device`."""
+        error listing the keys); weights are read one tensor at a time straight into `torch_dtype` on `device`,
+        so the host never holds more than one tensor beyond the model (none when `device` is a GPU)."""
         folder = resolve_local_path(str(path), "path")
-        config = _read_config(folder)
-        policy = cls._empty(config, torch_dtype, device, attn_implementation)
-        expected = policy.state_dict()
-        state = _read_weights(folder, policy.mm_head.weight.device, _as_dtype(torch_dtype))
-        missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-        if missing or unexpected:
-            raise ValueError(f"weights in {folder} do not match the X-Omni model: "
-                             f"missing {_preview(missing)}; unexpected {_preview(unexpected)}")
-        for key, tensor in state.items():
-            if tensor.shape != expected[key].shape:
-                raise ValueError(f"{key} in {folder} has shape {list(tensor.shape)}, expected "
-                                 f"{list(expected[key].shape)} from config.json")
-        policy.load_state_dict(state, assign=True)
+        weights = SafetensorsWeights(folder)
+        policy = cls._empty(weights.config, torch_dtype, device, attn_implementation)
+        check_matches(policy, weights, where=folder)
+        fill(policy, weights)
         return policy
 
     @classmethod
@@ -108,11 +117,11 @@ class XOmniPolicy(nn.Module):
         """Allocate without initialising (weights are filled next; XOmniModel restores RoPE frequencies)."""
         with torch.device("meta"):
             policy = cls(config, attn_implementation)
-        return policy.to(_as_dtype(torch_dtype)).to_empty(device=device or "cpu")
+        return policy.to(as_dtype(torch_dtype)).to_empty(device=device or "cpu")
 
     def save_pretrained(self, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
         """Write config.json and safetensors weights (see `save_policy_state`)."""
-        save_policy_state(self.config, self.state_dict(), path, max_shard_size)
+        save_policy_state(StateDictWeights(self.config, self.state_dict()), path, max_shard_size=max_shard_size)
 
     # -- forward --------------------------------------------------------------------------------
 
@@ -130,7 +139,7 @@ class XOmniPolicy(nn.Module):
 
     def image_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Image-mode logits [..., image_vocab_size] from hidden states [..., C] (model dtype)."""
-        return F.linear(hidden, self.mm_head.weight[: self.config.image_vocab_size])
+        return self.mm_head(hidden, self.config.image_vocab_size)
 
     def image_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """float32 [B, L, image_vocab_size]: log-softmax over the image codes for the next token at every
@@ -161,13 +170,12 @@ class XOmniPolicy(nn.Module):
                              f"(vocab_size + code, code < {self.config.image_vocab_size})")
         mask = None if attention_mask is None else attention_mask[:, :-1]
         hidden = self(input_ids[:, :-1], mask)[:, -num_image_tokens:]  # [B, T, C]: position t predicts t + 1
-        weight = self.mm_head.weight[: self.config.image_vocab_size]
         logprobs, entropy = [], []
         flat_hidden, flat_codes = hidden.reshape(-1, hidden.shape[-1]), codes.reshape(-1)
         for start in range(0, flat_codes.numel(), LOGPROB_CHUNK_ROWS):
             rows = slice(start, start + LOGPROB_CHUNK_ROWS)
-            args = (flat_hidden[rows], weight, flat_codes[rows], temperature, with_entropy)
-            if torch.is_grad_enabled() and (flat_hidden.requires_grad or weight.requires_grad):
+            args = (flat_hidden[rows], self.image_head, flat_codes[rows], temperature, with_entropy)
+            if torch.is_grad_enabled() and (flat_hidden.requires_grad or self.mm_head.weight.requires_grad):
                 out = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
             else:
                 out = _chunk_logprobs(*args)
@@ -178,28 +186,41 @@ class XOmniPolicy(nn.Module):
                              torch.cat(entropy).view(shape) if with_entropy else None)
 
 
-def save_policy_state(config: XOmniConfig, state: Mapping[str, torch.Tensor], path: str | os.PathLike,
+def save_policy_state(weights: PolicyWeights, path: str | os.PathLike, dtype: torch.dtype | str | None = None,
                       max_shard_size: int | str = "5GB") -> None:
-    """Write an X-Omni folder from a config and a full state dict (e.g. one gathered from FSDP shards):
-    config.json and safetensors weights, sharded with model.safetensors.index.json above `max_shard_size`,
-    in the layout and key names X-Omni's own loader reads."""
+    """Write an X-Omni folder from a source of weights (a module's state dict, a training checkpoint over its
+    base): config.json and safetensors weights in `dtype` (default: the source's), sharded with
+    model.safetensors.index.json above `max_shard_size`, in the layout and key names X-Omni's own loader reads.
+
+    One output file is in memory at a time. Files are readable as the umask says (safetensors alone writes 0600).
+    """
     os.makedirs(path, exist_ok=True)
-    config.dtype = state["mm_head.weight"].dtype  # what `torch_dtype="auto"` loads, as transformers does
-    config.to_json_file(os.path.join(path, CONFIG_NAME), use_diff=False)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
+    shapes = weights.shapes()
+    names = sorted(shapes)
+    dtype = as_dtype(dtype) if dtype is not None else weights.read(names[0], slice(0, 0)).dtype
+    meta = {name: torch.empty(shapes[name], dtype=dtype, device="meta") for name in names}
+    split = split_torch_state_dict_into_shards(meta, max_shard_size=max_shard_size)
+    config = weights.config
+    config.dtype = dtype  # what `torch_dtype="auto"` loads, as transformers does
+    written = [os.path.join(path, CONFIG_NAME)]
+    config.to_json_file(written[0], use_diff=False)
     for filename, keys in split.filename_to_tensors.items():
-        save_file({k: state[k] for k in keys}, os.path.join(path, filename), metadata={"format": "pt"})
+        tensors = {k: weights.read(k).to(dtype).contiguous() for k in keys}
+        written.append(os.path.join(path, filename))
+        save_file(tensors, written[-1], metadata={"format": "pt"})
+        del tensors
     if split.is_sharded:
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-        with open(os.path.join(path, WEIGHTS_INDEX_NAME), "w") as f:
+        written.append(os.path.join(path, WEIGHTS_INDEX_NAME))
+        with open(written[-1], "w") as f:
             json.dump(index, f, indent=2, sort_keys=True)
+    honour_umask(written)
 
 
-def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, codes: torch.Tensor, temperature: float,
-                    with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_logprobs(hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], codes: torch.Tensor,
+                    temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden [R, C], codes [R] -> (log-prob [R], entropy [R] or an empty tensor), float32."""
-    logits = F.linear(hidden, weight).float() / temperature  # [R, K]
+    logits = head(hidden).float() / temperature  # [R, K]
     logz = torch.logsumexp(logits, dim=-1)
     logprob = logits.gather(-1, codes[:, None]).squeeze(-1) - logz
     if not with_entropy:
@@ -208,48 +229,9 @@ def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, codes: torch.Ten
     return logprob, entropy
 
 
-def _as_dtype(value: torch.dtype | str) -> torch.dtype:
+def as_dtype(value: torch.dtype | str) -> torch.dtype:
+    """torch.float32 / bfloat16 / float16 from a dtype or its name; anything else is a ValueError."""
     dtype = getattr(torch, value, None) if isinstance(value, str) else value
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"torch_dtype must be float32, bfloat16 or float16, got {value!r}")
     return dtype
-
-
-def _read_config(folder: str) -> XOmniConfig:
-    path = os.path.join(folder, CONFIG_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
-    with open(path) as f:
-        raw = json.load(f)
-    if raw.get("model_type") != XOmniConfig.model_type:
-        raise ValueError(f"{path}: model_type must be {XOmniConfig.model_type!r}, got {raw.get('model_type')!r}")
-    return XOmniConfig.from_dict(raw)
-
-
-def _read_weights(folder: str, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The tensors of model.safetensors, or of the shards named by model.safetensors.index.json, in
-    `dtype` on `device`, less the keys X-Omni's loader ignores."""
-    index_path = os.path.join(folder, WEIGHTS_INDEX_NAME)
-    if os.path.isfile(index_path):
-        with open(index_path) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
-        files = [WEIGHTS_NAME]
-    else:
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {folder}")
-    state = {}
-    for name in files:
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{WEIGHTS_INDEX_NAME} in {folder} names a missing shard: {name}")
-        with safe_open(path, framework="pt", device=str(device)) as f:
-            state.update({key: f.get_tensor(key).to(dtype) for key in f.keys()
-                          if not key.startswith(IGNORED_PREFIXES)})
-    return state
-
-
-def _preview(keys: list[str], limit: int = 10) -> str:
-    if not keys:
-        return "none"
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"{len(keys)} [{', '.join(keys[:limit])}{more}]"

@@ -1,1 +1,2 @@
-"""Training state on disk: atomic checkpoint directories and what a run resumes from."""
+"""Training state on disk: atomic checkpoint directories, the learner's sharded files, what a run resumes from,
+and file modes that follow the umask."""

@@ -1,11 +1,12 @@
 """What a training checkpoint holds besides the learner's files, and which checkpoint a run resumes from.
 
 A checkpoint directory (see rl/state/checkpoint.py for how it is written atomically):
-  policy/               the policy in X-Omni's format (config.json + safetensors): XOmniPolicy.from_pretrained
-  optimizer.pt          AdamW state (tensors and numbers only; loaded with weights_only=True)
-  learner_state.json    LR schedule and the learner's counters
-  trainer_state.json    step, run seed, group size, prompt-source position, reward normaliser state,
-                        reward-actor restart counts and failure history
+  learner/              torch.distributed.checkpoint files: each learner rank's shards of the trained
+                        parameters and their AdamW state (rl/state/learner_checkpoint.py); frozen weights are
+                        the starting policy's and are not stored. `python -m rl.export` makes an X-Omni folder.
+  learner_state.json    LR schedule, the learner's counters, what was trained (LoRA settings)
+  trainer_state.json    step, run seed, group size, what was trained, prompt-source position, reward
+                        normaliser state, reward-actor restart counts and failure history
   config.yaml           the resolved config of the run that wrote it
   versions.json         package versions
   COMPLETE              written last
@@ -13,6 +14,7 @@ A checkpoint directory (see rl/state/checkpoint.py for how it is written atomica
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import platform
@@ -33,8 +35,9 @@ PACKAGES = ("xomni-rl", "torch", "transformers", "diffusers", "ray", "open_clip_
 
 def find_resume_checkpoint(spec: TrainSpec, run_dir: Path) -> Path | None:
     """The checkpoint named by `resume` (null: none; "auto": the newest complete one in run_dir, or none
-    yet; a path: that one). A checkpoint written with another seed or group size is refused: the run could
-    not reproduce its own samples."""
+    yet; a path: that one). A checkpoint written with another seed or group size is refused (the run could
+    not reproduce its own samples), and one that trained other weights (LoRA or not, a frozen or trained text
+    embedding) too. Another learner.world_size is fine: the learner's files reshard."""
     if spec.resume is None:
         earlier = latest_checkpoint(run_dir) is not None or (run_dir / METRICS_FILE).exists()
         if earlier and not spec.run.overwrite:
@@ -51,8 +54,12 @@ def find_resume_checkpoint(spec: TrainSpec, run_dir: Path) -> Path | None:
         raise ConfigError([f"resume: {path} is not a complete checkpoint (no COMPLETE marker)"])
     state = read_trainer_state(path)
     problems = []
-    for key, was, now in (("run.seed", state["seed"], spec.run.seed),
-                          ("rollout.group_size", state["group_size"], spec.rollout.group_size)):
+    checks = [("run.seed", state["seed"], spec.run.seed),
+              ("rollout.group_size", state["group_size"], spec.rollout.group_size)]
+    if "trained" in state:
+        now = trained_settings(spec)
+        checks += [(f"trainer.{key}", state["trained"][key], now[key]) for key in now]
+    for key, was, now in checks:
         if was != now:
             problems.append(f"{key}: the checkpoint {path} was written with {was}, this run sets {now}; "
                             f"resuming would not reproduce the run (set it back, or start a new run.dir)")
@@ -73,7 +80,7 @@ def write_checkpoint(run_dir: Path, step: int, spec: TrainSpec, learner: Any, pr
     def write(directory: Path) -> None:
         learner.run("save", str(directory), stage="saving a checkpoint")
         state = {"step": step, "seed": spec.run.seed, "group_size": spec.rollout.group_size,
-                 "prompts": prompts.state_dict(), "ensemble": combiner.state_dict(),
+                 "trained": trained_settings(spec), "prompts": prompts.state_dict(), "ensemble": combiner.state_dict(),
                  "reward_pool": rewards.state_dict()}
         with open(directory / TRAINER_STATE, "w") as f:
             json.dump(state, f, indent=1)
@@ -82,6 +89,13 @@ def write_checkpoint(run_dir: Path, step: int, spec: TrainSpec, learner: Any, pr
             json.dump(package_versions(), f, indent=1)
 
     return save_checkpoint(run_dir, step, write, spec.checkpoint.keep)
+
+
+def trained_settings(spec: TrainSpec) -> dict[str, Any]:
+    """Which weights the run trains: a checkpoint only holds those, so a resume must train the same."""
+    lora = spec.trainer.lora
+    return {"lora": dataclasses.asdict(lora) if lora else None,
+            "freeze_text_embedding": spec.trainer.freeze_text_embedding}
 
 
 def package_versions() -> dict[str, str | None]:

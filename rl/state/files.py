@@ -1,0 +1,25 @@
+"""File modes for what the project writes: readable as the user's umask says, whatever the writer chose.
+
+safetensors' `save_file` writes through a temporary file created with mode 0600 and renames it, so without this
+a checkpoint or an exported model written under umask 022 could not be read by other users or their jobs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def umask() -> int:
+    """The process's umask (read by setting and restoring it: the only portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(paths: Iterable[str | os.PathLike]) -> None:
+    """chmod each file to 0666 and each folder to 0777, less the umask (what `open` and `mkdir` would give)."""
+    mask = umask()
+    for path in map(Path, paths):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)

@@ -1,0 +1,29 @@
+"""The training config's state keys (trainer.lora, learner dtypes, checkpoint.export_final): every problem is
+reported with its dotted key before Ray starts or a model loads (no Ray, no models here)."""
+
+import pytest
+from train_helpers import tiny_spec
+
+from rl.config import ConfigError
+from rl.model.lora import LoraSettings
+
+
+def problems_of(tmp_path, *overrides: str) -> list[str]:
+    with pytest.raises(ConfigError) as error:
+        tiny_spec(tmp_path, overrides=overrides)
+    return error.value.problems
+
+
+def test_lora_settings_build_and_bad_ones_are_listed(tmp_path):
+    spec = tiny_spec(tmp_path, overrides=("trainer.lora.r=4", "trainer.lora.target_modules=[q_proj,down_proj]"))
+    assert spec.trainer.lora == LoraSettings(r=4, alpha=32.0, dropout=0.0, target_modules=["q_proj", "down_proj"])
+    assert tiny_spec(tmp_path).trainer.lora is None  # full fine-tuning by default
+    problems = problems_of(tmp_path, "trainer.lora.r=0", "trainer.lora.alpha=-1", "trainer.lora.dropout=1.0",
+                           "trainer.lora.target_modules=[lm_head]", "learner.reference_dtype=fp8",
+                           "checkpoint.export_final=true")
+    assert [p.split(":")[0] for p in problems] == [
+        "learner.reference_dtype", "checkpoint.export_final", "trainer.lora.r", "trainer.lora.alpha",
+        "trainer.lora.dropout", "trainer.lora.target_modules"]
+    assert "needs model.policy to be rl.model.policy.XOmniPolicy.from_pretrained" in problems[1]
+    assert problems_of(tmp_path, "trainer.lora.rank=4")[0].startswith("trainer.lora.rank: unknown key")
+    assert problems_of(tmp_path, "learner.grad_sync=never")[0].startswith("learner.grad_sync: must be one of")
