@@ -30,7 +30,7 @@ from rl.distributed.placement import cluster_nodes, placement_groups, refuse_col
 from rl.distributed.reward_pool import RewardPool, RunAborted
 from rl.evaluation.alerts import DriftAlerts
 from rl.evaluation.evaluator import Evaluator
-from rl.evaluation.metrics import MetricsWriter, read_metrics
+from rl.evaluation.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from rl.evaluation.monitors import advantage_correlations, batch_monitors
 from rl.evaluation.sample_grid import rollout_grid
 from rl.export import export
@@ -235,6 +235,21 @@ class Trainer:
                 actors.shutdown()
 
 
+def where_outputs_are(run_dir: Path, config: str) -> str:
+    """Where a run's outputs are, and how to look at them or go on, for the last lines of the console."""
+    metrics = run_dir / METRICS_FILE
+    lines = [f"outputs in {run_dir}:",
+             f"  metrics      {metrics}  (plot: python scripts/plot_metrics.py {metrics} --out curves.png)"]
+    if (run_dir / "tensorboard").is_dir():
+        lines.append(f"  tensorboard  tensorboard --logdir {run_dir / 'tensorboard'}")
+    last = latest_checkpoint(run_dir)
+    lines.append(f"  checkpoint   {last}  (go on: python -m rl.train {config} run.dir={run_dir} resume=auto "
+                 "trainer.steps=N)" if last else "  checkpoint   none was written")
+    if (run_dir / "export").is_dir():
+        lines.append(f"  export       {run_dir / 'export'}")
+    return "\n".join(lines)
+
+
 class StageTimer:
     """Wall-clock seconds per named stage, reported as `time/<stage>_s` plus `time/step_s`."""
 
@@ -265,11 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(spec)
         trainer.fit()
+        print(where_outputs_are(trainer.run_dir, args.config), flush=True)
     except ConfigError as e:  # found before training started (e.g. an incompatible checkpoint)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunAborted as e:
         print(f"run stopped: {e}", file=sys.stderr)
+        if trainer is not None:
+            print(where_outputs_are(trainer.run_dir, args.config), file=sys.stderr)
         return 1
     finally:
         if trainer is not None:

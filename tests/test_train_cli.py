@@ -74,6 +74,11 @@ def test_resume_after_sigkill_with_two_or_one_learner_ranks_reproduces_the_run(t
     done = train(config, f"run.dir={straight}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"exported the final policy to {straight / 'export'}" in done.stdout
+    ending = done.stdout.splitlines()[-4:]  # where the outputs are, last (no TensorBoard in these tests)
+    assert ending[0] == f"outputs in {straight}:"
+    assert ending[1].startswith(f"  metrics      {straight / 'metrics.jsonl'}")
+    assert ending[2].startswith(f"  checkpoint   {list_checkpoints(straight)[-1][1]}  (go on: python -m rl.train")
+    assert ending[3] == f"  export       {straight / 'export'}"
 
     killed_at = kill_after_checkpoint(config, broken, 2)
     assert 2 <= killed_at < 4

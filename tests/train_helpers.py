@@ -42,6 +42,6 @@ def save_config(cfg: DictConfig, path: Path) -> Path:
 def local_ray():
     """One local Ray per test module. Workers import `tests.fault_components` from the repo root."""
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ray.init(address="local", num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()

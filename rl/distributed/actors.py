@@ -37,8 +37,9 @@ def init_ray(cfg: RayConfig) -> None:
     env = dict(ACTOR_ENV)
     if cfg.address is None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
-        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, namespace=cfg.namespace, include_dashboard=False,
-                 runtime_env={"env_vars": env}, log_to_driver=True)
+        # "local": a Ray of our own even when another one runs on this machine (ray.init() would join it).
+        ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, namespace=cfg.namespace,
+                 include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
         ray.init(address=cfg.address, namespace=cfg.namespace, runtime_env={"env_vars": env})
 
