@@ -146,14 +146,12 @@ class TrainerConfig:
     old_logprobs: the log-probs the ratio divides by. "recompute": the learner's own, computed before its
     update under the weights that sampled, with the training pass's function and micro-batch shapes (the first
     ratio is exactly 1); "sampler": the rollout's. "auto" (default) resolves to "recompute" when the rollout's
-    dtype or device differs from the learner's compute dtype or device, or tis_cap is set, else to "sampler"
-    (and always to "sampler" under async_steps: 1, whose ratio is against the behaviour policy). Both log
+    dtype or device differs from the learner's compute dtype or device, or tis_cap is set, else to "sampler". Both log
     `mismatch/kl` and `mismatch/abs_max` (learner against sampler). tis_cap: null, or truncated importance
     sampling: each token's policy-gradient term weighed by min(learner / sampler probability, tis_cap); needs
     "recompute". streaming: within a step, each rollout chunk (rollout.batch_size rows of one actor) goes to
     the reward actors and the learner's no-grad passes as soon as it is decoded (same samples as false, which
-    runs the stages one after the other). async_steps: 0, or 1 for one-step off-policy in split placement: the
-    rollout of step k+1 (with weights one update old) overlaps the learner's update on step k."""
+    runs the stages one after the other)."""
 
     steps: int = 200
     lr: float = 1e-6
@@ -176,7 +174,6 @@ class TrainerConfig:
     old_logprobs: Literal["auto", "recompute", "sampler"] = "auto"
     tis_cap: float | None = None
     streaming: bool = True
-    async_steps: int = 0
 
     def __post_init__(self):
         if isinstance(self.lora, dict):
@@ -351,8 +348,6 @@ def old_logprobs_mode(spec: TrainSpec) -> str:
     t, learner, r = spec.trainer, spec.learner, spec.rollout
     if t.old_logprobs != "auto":
         return t.old_logprobs
-    if t.async_steps:
-        return "sampler"
     compute_dtype = "bfloat16" if learner.mixed_precision else learner.dtype
     differs = r.dtype != compute_dtype or (r.num_gpus > 0) != (learner.num_gpus > 0)
     return "recompute" if differs or t.tis_cap is not None else "sampler"
@@ -360,20 +355,12 @@ def old_logprobs_mode(spec: TrainSpec) -> str:
 
 def _check_old_logprobs(spec: TrainSpec) -> list[str]:
     t, problems = spec.trainer, []
-    if t.async_steps not in (0, 1):
-        problems.append(f"trainer.async_steps: must be 0 or 1, got {t.async_steps}")
-    elif t.async_steps and spec.placement.mode != "split":
-        problems.append("trainer.async_steps: one-step off-policy needs placement.mode: split (the rollout and "
-                        "the learner on GPUs of their own)")
-    if t.async_steps and t.old_logprobs == "recompute":
-        problems.append("trainer.old_logprobs: under trainer.async_steps: 1 the ratio is against the behaviour "
-                        "policy (the sampler's log-probs); set it to auto or sampler")
     if t.tis_cap is not None:
         if not t.tis_cap > 0:
             problems.append(f"trainer.tis_cap: must be > 0, got {t.tis_cap}")
         if old_logprobs_mode(spec) != "recompute":
             problems.append("trainer.tis_cap: weighs tokens by learner / sampler probability, so it needs "
-                            "trainer.old_logprobs: recompute (and trainer.async_steps: 0)")
+                            "trainer.old_logprobs: recompute")
     return problems
 
 
