@@ -73,7 +73,7 @@ def sampler(args: argparse.Namespace, batch: int) -> dict:
     config = policy_config(args.smoke)
     grid = [4, 4] if args.smoke else [24, 24]
     result = run(SimpleNamespace(model_size="tiny" if args.smoke else "7b", device=args.device, dtype=args.dtype,
-                                 num_layers=2 if args.smoke else None, batch=batch, grid=grid, compile=args.compile,
+                                 num_layers=None, batch=batch, grid=grid, compile=args.compile,
                                  repeats=args.repeats))
     bandwidth = hbm_bandwidth(args.hbm_tb_s)
     if bandwidth:
