@@ -100,6 +100,7 @@ def grpo_loss(
     aggregation: Aggregation = "sequence",
     entropy: torch.Tensor | None = None,
     clip_eps_high: float | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped GRPO surrogate plus kl_coef * k3 KL to the reference policy.
 
@@ -108,6 +109,9 @@ def grpo_loss(
     or None. advantages: [B]. mask: [B, T], 1 on image tokens; masked positions must hold finite values.
     entropy: optional [B, T] per-token entropy, only logged.
     clip_eps_high: upper clip (DAPO's "clip higher"); None uses clip_eps on both sides.
+    is_weights: optional [B, T] per-token weights on the policy-gradient term, no gradient: truncated
+        importance sampling, min(pi_learner / pi_sampler, cap) when old_logprobs are the learner's own and the
+        tokens came from a sampler that differs from it (TRL's and verl's correction for vLLM rollouts).
 
     Per token, with r = exp(logp - old):  pg = -min(r * A, clip(r, 1 - eps, 1 + eps_high) * A)  and
     k3 = exp(ref - logp) - (ref - logp) - 1, an unbiased, always >= 0 estimator of KL(pi_theta || pi_ref) on
@@ -116,11 +120,12 @@ def grpo_loss(
 
     Returns the scalar loss and detached scalar stats: `loss/policy`, `loss/kl` (the kl_coef-weighted term,
     so loss = policy + kl), `kl/k3_mean` (when ref_logprobs is given), `clip/low_frac`, `clip/high_frac`
-    (fraction of tokens whose gradient the clip removes), `ratio/mean|min|max`, `entropy/mean` (when given).
+    (fraction of tokens whose gradient the clip removes), `ratio/mean|min|max`, `entropy/mean` (when given),
+    `tis/weight_mean` (when is_weights is given).
     """
     if aggregation not in ("sequence", "token"):
         raise ValueError(f"aggregation must be 'sequence' or 'token', got {aggregation!r}")
-    _check_shapes(logprobs, old_logprobs, ref_logprobs, advantages, mask, entropy)
+    _check_shapes(logprobs, old_logprobs, ref_logprobs, advantages, mask, entropy, is_weights)
     eps_low, eps_high = clip_eps, clip_eps if clip_eps_high is None else clip_eps_high
     # float32 whatever the model's dtype: in bf16, exp(logp - old) near 1 moves in steps of ~0.008, too
     # coarse for a 0.2 clip and for a KL of ~1e-3. The gradient still flows back to bf16 log-probs.
@@ -132,6 +137,8 @@ def grpo_loss(
     ratio = torch.exp(logprobs - old_logprobs)                                   # [B, T]
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)                      # [B, T]
     pg_per_token = -torch.min(ratio * adv, clipped * adv)                        # [B, T]
+    if is_weights is not None:
+        pg_per_token = pg_per_token * is_weights.detach().float()                # [B, T]
     pg_loss = _aggregate(pg_per_token, mask, aggregation)
     kl_loss = logprobs.new_zeros(())
 
@@ -156,6 +163,8 @@ def grpo_loss(
         })
         if entropy is not None:
             stats["entropy/mean"] = _masked_mean(entropy.float(), mask)
+        if is_weights is not None:
+            stats["tis/weight_mean"] = _masked_mean(is_weights.float(), mask)
     return pg_loss + kl_loss, stats
 
 
@@ -166,10 +175,12 @@ def _check_shapes(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     entropy: torch.Tensor | None,
+    is_weights: torch.Tensor | None = None,
 ) -> None:
     if logprobs.dim() != 2:
         raise ValueError(f"logprobs must be [B, T], got {tuple(logprobs.shape)}")
-    named = {"old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs, "mask": mask, "entropy": entropy}
+    named = {"old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs, "mask": mask, "entropy": entropy,
+             "is_weights": is_weights}
     for name, tensor in named.items():
         if tensor is not None and tensor.shape != logprobs.shape:
             raise ValueError(f"{name} must match logprobs {tuple(logprobs.shape)}, got {tuple(tensor.shape)}")

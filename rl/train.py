@@ -26,6 +26,7 @@ from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync, init_r
 from rl.distributed.learner import TrainBatch
 from rl.distributed.memory import GIB
 from rl.distributed.memory_plan import Plan
+from rl.distributed.pipeline import stream_rollout
 from rl.distributed.placement import cluster_nodes, placement_groups, refuse_colocated, run_units, wait_started
 from rl.distributed.reward_pool import RewardPool, RunAborted
 from rl.evaluation.alerts import DriftAlerts
@@ -152,14 +153,25 @@ class Trainer:
             metadata = [dict(rec.metadata) for rec in records for _ in range(r.group_size)]
         with timer("gate"):
             gates, reward_meta, applies = self.combiner.gate(prompts, metadata)
-        with timer("rollout"):
-            rollout, image_refs, locations = self.rollout.generate(
-                prompts, self._seeds(step, "policy"), self._seeds(step, "decoder"))
-            applies = {name: mask & rollout.valid for name, mask in applies.items()}  # invalid images: no reward
-        with timer("rewards"):
-            # Gold rewards (monitor.gold) score the eval prompts only: here they apply to no row.
-            idle = {name: torch.zeros(len(prompts), dtype=torch.bool) for name in self.spec.monitor.gold}
-            scored = self.rewards.score(image_refs, locations, prompts, reward_meta, applies | idle)
+        # Gold rewards (monitor.gold) score the eval prompts only: here they apply to no row.
+        idle = {name: torch.zeros(len(prompts), dtype=torch.bool) for name in self.spec.monitor.gold}
+        handed = None
+        if self.spec.trainer.streaming:
+            streamed = stream_rollout(self.rollout, self.rewards, self.learner, prompts, self._seeds(step, "policy"),
+                                      self._seeds(step, "decoder"), reward_meta, applies | idle)
+            rollout, image_refs, locations, scored = (streamed.rollout, streamed.image_refs, streamed.locations,
+                                                      streamed.scored)
+            timer.seconds |= {"time/rollout_s": streamed.rollout_s, "time/rewards_s": streamed.rewards_s}
+            handed = streamed.learner_calls
+            applies = {name: mask & rollout.valid for name, mask in applies.items()}
+        else:
+            with timer("rollout"):
+                rollout, image_refs, locations = self.rollout.generate(
+                    prompts, self._seeds(step, "policy"), self._seeds(step, "decoder"))
+                applies = {name: mask & rollout.valid for name, mask in applies.items()}  # invalid images: no reward
+            with timer("rewards"):
+                scored = self.rewards.score(image_refs, locations, prompts, reward_meta, applies | idle)
+        with timer("combine"):
             scores = {n: scored[n].scores for n in self.combiner.names}
             total, reward_stats = self.combiner.combine(scores, applies, {n: scored[n].failed for n in scores}, gates)
         if self.spec.logging.images_every and step % self.spec.logging.images_every == 0:
@@ -172,7 +184,10 @@ class Trainer:
             monitors = batch_monitors(rollout.image_stats, rollout.thumbnails, rollout.tokens, rollout.valid,
                                       r.group_size) | advantage_correlations(scores, advantages, r.group_size)
         with timer("learner"):
-            actor_stats = self.learner.update(TrainBatch(prompts, rollout.tokens, rollout.logprobs, advantages))
+            if handed is None:
+                actor_stats = self.learner.update(TrainBatch(prompts, rollout.tokens, rollout.logprobs, advantages))
+            else:  # the rows went to the learner chunk by chunk
+                actor_stats = self.learner.train(advantages, handed)
         self._check_nonfinite(actor_stats)
         with timer("weight_sync"):
             sync_bytes = self.sync_weights()

@@ -142,7 +142,16 @@ class TrainerConfig:
     target_modules} trains LoRA adapters only (rl.model.lora.LoraSettings), the base staying frozen in
     learner.reference_dtype and serving as the reference policy with the adapters off. freeze_text_embedding:
     keep the text embedding (`model.lm_embed_tokens`) at the starting policy's (image RL only reaches it through
-    prompts); the text head (`lm_head`) is always frozen: image generation never uses it."""
+    prompts); the text head (`lm_head`) is always frozen: image generation never uses it.
+    old_logprobs: the log-probs the ratio divides by. "recompute": the learner's own, computed before its
+    update under the weights that sampled, with the training pass's function and micro-batch shapes (the first
+    ratio is exactly 1); "sampler": the rollout's. "auto" (default) resolves to "recompute" when the rollout's
+    dtype or device differs from the learner's compute dtype or device, or tis_cap is set, else to "sampler". Both log
+    `mismatch/kl` and `mismatch/abs_max` (learner against sampler). tis_cap: null, or truncated importance
+    sampling: each token's policy-gradient term weighed by min(learner / sampler probability, tis_cap); needs
+    "recompute". streaming: within a step, each rollout chunk (rollout.batch_size rows of one actor) goes to
+    the reward actors and the learner's no-grad passes as soon as it is decoded (same samples as false, which
+    runs the stages one after the other)."""
 
     steps: int = 200
     lr: float = 1e-6
@@ -162,6 +171,9 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     lora: LoraSettings | None = None
     freeze_text_embedding: bool = True
+    old_logprobs: Literal["auto", "recompute", "sampler"] = "auto"
+    tis_cap: float | None = None
+    streaming: bool = True
 
     def __post_init__(self):
         if isinstance(self.lora, dict):
@@ -324,10 +336,32 @@ def validate_train_config(cfg: DictConfig, components: bool = True) -> TrainSpec
     except ValueError as e:  # a dataclass's own check, e.g. SamplingParams' ranges
         raise ConfigError([f"rollout.sampling: {e}"]) from e
     spec = TrainSpec(**sections, resume=resume, cfg=cfg)
-    problems = _check_values(spec)
+    problems = _check_values(spec) + _check_old_logprobs(spec)
     if problems:
         raise ConfigError(problems)
+    spec.trainer.old_logprobs = old_logprobs_mode(spec)
     return spec
+
+
+def old_logprobs_mode(spec: TrainSpec) -> str:
+    """`trainer.old_logprobs` resolved: "auto" recomputes when sampler and learner compute differently."""
+    t, learner, r = spec.trainer, spec.learner, spec.rollout
+    if t.old_logprobs != "auto":
+        return t.old_logprobs
+    compute_dtype = "bfloat16" if learner.mixed_precision else learner.dtype
+    differs = r.dtype != compute_dtype or (r.num_gpus > 0) != (learner.num_gpus > 0)
+    return "recompute" if differs or t.tis_cap is not None else "sampler"
+
+
+def _check_old_logprobs(spec: TrainSpec) -> list[str]:
+    t, problems = spec.trainer, []
+    if t.tis_cap is not None:
+        if not t.tis_cap > 0:
+            problems.append(f"trainer.tis_cap: must be > 0, got {t.tis_cap}")
+        if old_logprobs_mode(spec) != "recompute":
+            problems.append("trainer.tis_cap: weighs tokens by learner / sampler probability, so it needs "
+                            "trainer.old_logprobs: recompute")
+    return problems
 
 
 def trained_rewards(cfg: DictConfig) -> list[str]:

@@ -6,11 +6,13 @@ import pytest
 import torch
 from train_helpers import tiny_spec
 
+from rl.config import instantiate
 from rl.decoder import PatchDecoder, to_uint8_images
 from rl.distributed.learner import Learner, TrainBatch
 from rl.distributed.weight_sync import load_bucket
 from rl.grpo import group_advantages
 from rl.model.sampler import sample_image_tokens
+from rl.model.tokenizer import PromptFormat
 from rl.model.weights import build_policy
 from rl.seeding import sample_seed
 from rl.train_config import LearnerConfig
@@ -42,7 +44,7 @@ def sample(learner: Learner, spec, step: int, group: int = 4) -> TrainBatch:
 
 def current_logprobs(learner: Learner, batch: TrainBatch) -> torch.Tensor:
     with torch.no_grad():
-        sequences = learner._sequences(batch, range(len(batch.prompts)))
+        sequences = learner._sequences(batch.prompts, batch.tokens, range(len(batch.prompts)))
         return learner._token_logprobs(learner.policy, sequences, False).logprobs
 
 
@@ -119,3 +121,57 @@ def test_grpo_teaches_the_tiny_policy_to_write_the_requested_letters(spec):
         means.append(rewards.mean().item())
     first, last = sum(means[:4]) / 4, sum(means[-4:]) / 4
     assert last > first + 0.1, means
+
+
+def bf16_rollout_batch(spec, step: int = 1) -> TrainBatch:
+    """Samples from a bfloat16 replica of the starting policy (KV cache, 8 rows at once): the rollout's dtype."""
+    replica = build_policy(spec.cfg.model.policy, "model.policy", torch.bfloat16, "cpu")
+    prompts = [p for p in PROMPTS for _ in range(4)]
+    seeds = [sample_seed(0, step, i, g, "policy") for i in range(len(PROMPTS)) for g in range(4)]
+    encoded = PromptFormat(instantiate(spec.cfg.model.tokenizer, "model.tokenizer"), replica.config.vocab_size).encode(
+        prompts, tuple(spec.rollout.grid))
+    samples = sample_image_tokens(replica, encoded, spec.rollout.sampling, seeds)
+    return TrainBatch(prompts, samples.tokens, samples.logprobs, torch.linspace(-1.5, 1.5, len(prompts)))
+
+
+def test_sampler_log_probs_from_a_bf16_rollout_show_a_mismatch(spec):
+    """old_logprobs=sampler: the ratio divides by the bf16 sampler's log-probs, so the first ratio is not 1 and
+    mismatch/kl (k3 between sampler and fp32 learner) is above 0."""
+    learner = make_learner(spec, old_logprobs="sampler")
+    stats = learner.update(bf16_rollout_batch(spec))
+    assert stats["mismatch/kl"] > 0 and stats["mismatch/abs_max"] > 1e-3
+    assert stats["ratio/max"] > 1 > stats["ratio/min"]
+
+
+def test_recomputed_old_log_probs_make_the_first_ratio_exactly_one_in_bf16(spec):
+    """old_logprobs=recompute with a bf16 rollout and a bf16 (autocast) learner on other batch shapes (micro-batches
+    of 3 rows): the ratio at the first update is exactly 1 on every token, and the mismatch is still measured."""
+    learner = make_learner(spec, dataclasses.replace(spec.learner, mixed_precision=True), old_logprobs="recompute",
+                           micro_batch_size=3)
+    stats = learner.update(bf16_rollout_batch(spec))
+    assert stats["ratio/min"] == 1.0 and stats["ratio/max"] == 1.0 and stats["ratio/mean"] == 1.0
+    assert stats["mismatch/kl"] > 0
+    assert stats["clip/low_frac"] == 0 and stats["clip/high_frac"] == 0
+
+
+def test_truncated_importance_sampling_weighs_tokens_by_the_capped_ratio(spec):
+    """tis_cap: each token's policy-gradient term is weighed by min(learner / sampler, cap); with a cap far
+    below the ratios every weight is the cap, so the policy gradient scales by it (no KL term here)."""
+    batch = bf16_rollout_batch(spec)
+    plain = make_learner(spec, old_logprobs="recompute", kl_coef=0.0).update(batch)
+    capped = make_learner(spec, old_logprobs="recompute", kl_coef=0.0, tis_cap=1e-3).update(batch)
+    assert capped["tis/weight_mean"] == pytest.approx(1e-3)
+    assert capped["actor/grad_norm"] == pytest.approx(plain["actor/grad_norm"] * 1e-3, rel=1e-3)
+
+
+def test_rows_added_in_chunks_give_the_update_of_the_whole_batch(spec):
+    """Streaming: rows handed over in three uneven chunks (the no-grad passes run as micro-batches complete)
+    give exactly the update of the batch given at once."""
+    batch = sample(make_learner(spec), spec, step=1)
+    whole = make_learner(spec, old_logprobs="recompute", micro_batch_size=3)
+    chunked = make_learner(spec, old_logprobs="recompute", micro_batch_size=3)
+    chunked.begin(batch.prompts)
+    for start, stop in ((0, 2), (2, 7), (7, 8)):
+        chunked.add_rows(start, batch.tokens[start:stop], batch.old_logprobs[start:stop])
+    assert chunked._rows.done == 3  # every micro-batch's no-grad passes ran before train
+    assert chunked.train(batch.advantages) == whole.update(batch)

@@ -27,3 +27,21 @@ def test_lora_settings_build_and_bad_ones_are_listed(tmp_path):
     assert "needs model.policy to be rl.model.policy.XOmniPolicy.from_pretrained" in problems[1]
     assert problems_of(tmp_path, "trainer.lora.rank=4")[0].startswith("trainer.lora.rank: unknown key")
     assert problems_of(tmp_path, "learner.grad_sync=never")[0].startswith("learner.grad_sync: must be one of")
+
+
+@pytest.mark.parametrize(("overrides", "mode"), [
+    ((), "sampler"),                                                   # fp32 CPU rollout and learner
+    (("rollout.dtype=bfloat16",), "recompute"),                        # the dtypes differ
+    (("learner.mixed_precision=true",), "recompute"),                  # the learner computes in bf16
+    (("rollout.num_gpus=1", "ray.num_gpus=1"), "recompute"),           # the devices differ
+    (("trainer.tis_cap=2.0",), "recompute"),
+    (("rollout.dtype=bfloat16", "trainer.old_logprobs=sampler"), "sampler"),
+])
+def test_old_logprobs_auto_recomputes_when_sampler_and_learner_differ(tmp_path, overrides, mode):
+    assert tiny_spec(tmp_path, overrides=overrides).trainer.old_logprobs == mode
+
+
+def test_tis_cap_problems_are_listed(tmp_path):
+    assert problems_of(tmp_path, "trainer.tis_cap=0")[0].startswith("trainer.tis_cap: must be > 0")
+    assert problems_of(tmp_path, "trainer.old_logprobs=bogus")[0].startswith("trainer.old_logprobs: must be one of")
+    assert problems_of(tmp_path, "trainer.old_logprobs=sampler", "trainer.tis_cap=2")[0].startswith("trainer.tis_cap")

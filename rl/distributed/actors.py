@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -84,7 +85,7 @@ class RolloutGroup:
                  group: PlacementGroup | None = None):
         options, self.group = _placed(RolloutWorker, cfg.num_actors, cfg.num_cpus, cfg.num_gpus, group)
         self.actors = [o.remote(model, cfg) for o in options]  # models load in the background
-        self.timeout_s = timeout_s
+        self.timeout_s, self.batch_size = timeout_s, cfg.batch_size
 
     def ready(self) -> None:
         """Wait until every actor has built its policy and decoder."""
@@ -98,17 +99,53 @@ class RolloutGroup:
 
     def generate(self, prompts: Sequence[str], policy_seeds: Sequence[int], decoder_seeds: Sequence[int]
                  ) -> tuple[RolloutResult, list, list[tuple[int, int]]]:
-        """Sample and decode every row. Returns the merged result, the actors' image refs (left in the object
+        """Sample and decode every row. Returns the merged result, the chunks' image refs (left in the object
         store for the reward actors) and, per row, (chunk, index) locating its image among those refs."""
+        chunks = self.submit(prompts, policy_seeds, decoder_seeds)
+        results = self._call([chunk.result for chunk in chunks], "generate")
+        return merge_chunks(chunks, results), [chunk.images for chunk in chunks], chunk_locations(chunks)
+
+    def submit(self, prompts: Sequence[str], policy_seeds: Sequence[int], decoder_seeds: Sequence[int]
+               ) -> list[RolloutChunk]:
+        """Start sampling and decoding every row without waiting: each actor takes a contiguous share of the
+        rows, one call per `rollout.batch_size` of them (its batches), so each chunk is ready on its own."""
         size = -(-len(prompts) // len(self.actors))
-        chunks = [range(s, min(s + size, len(prompts))) for s in range(0, len(prompts), size)]
-        calls = [actor.generate.options(num_returns=2).remote(
-            [prompts[i] for i in rows], [policy_seeds[i] for i in rows], [decoder_seeds[i] for i in rows])
-            for actor, rows in zip(self.actors, chunks, strict=False)]
-        results = self._call([result for result, _ in calls], "generate")
-        merged = RolloutResult.merge(results)
-        locations = [(c, i) for c, rows in enumerate(chunks) for i in range(len(rows))]
-        return merged, [images for _, images in calls], locations
+        chunks = []
+        for actor_index, first in enumerate(range(0, len(prompts), size)):
+            last = min(first + size, len(prompts))
+            for start in range(first, last, self.batch_size):
+                rows = range(start, min(start + self.batch_size, last))
+                result, images = self.actors[actor_index].generate.options(num_returns=2).remote(
+                    [prompts[i] for i in rows], [policy_seeds[i] for i in rows], [decoder_seeds[i] for i in rows])
+                chunks.append(RolloutChunk(actor_index, rows, result, images))
+        return chunks
+
+
+@dataclass
+class RolloutChunk:
+    """One rollout call in flight: rows `rows` of the step on actor `actor`; refs to its RolloutResult and images."""
+
+    actor: int
+    rows: range
+    result: Any
+    images: Any
+
+
+def merge_chunks(chunks: Sequence[RolloutChunk], results: Sequence[RolloutResult]) -> RolloutResult:
+    """The chunks' results in row order, with each actor's seconds summed (its chunks ran one after another)."""
+    merged = RolloutResult.merge(results)
+    per_actor: dict[int, list[float]] = {}
+    for chunk, result in zip(chunks, results, strict=True):
+        sample_s, decode_s = per_actor.setdefault(chunk.actor, [0.0, 0.0])
+        per_actor[chunk.actor] = [sample_s + result.sample_s, decode_s + result.decode_s]
+    merged.sample_s = max(s for s, _ in per_actor.values())
+    merged.decode_s = max(d for _, d in per_actor.values())
+    return merged
+
+
+def chunk_locations(chunks: Sequence[RolloutChunk]) -> list[tuple[int, int]]:
+    """Per row of the step, (chunk, index within the chunk)."""
+    return [(c, i) for c, chunk in enumerate(chunks) for i in range(len(chunk.rows))]
 
 
 class LearnerGroup:
@@ -139,6 +176,19 @@ class LearnerGroup:
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
         return self.run("update", ray.put(batch), stage="update")
+
+    def begin(self, prompts: list[str]) -> list:
+        """Start a batch whose rows arrive by `add_rows` (see Learner.begin); returns the calls' refs."""
+        return [r.begin.remote(prompts) for r in self.ranks]
+
+    def add_rows(self, start: int, tokens: Any, logprobs: Any) -> list:
+        """Hand rows start.. to every rank without waiting (each runs their no-grad passes); the calls' refs."""
+        return [r.add_rows.remote(start, tokens, logprobs) for r in self.ranks]
+
+    def train(self, advantages: Any, handed: Sequence[Any] = ()) -> dict[str, float]:
+        """The update on the rows handed over (waiting for those calls first, so their errors surface here)."""
+        self._call(list(handed), "taking rollout rows")
+        return self.run("train", advantages, stage="update")
 
 
 class WeightSync:

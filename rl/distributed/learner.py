@@ -9,15 +9,26 @@ optimizer, the checkpoints and the weight sync. With `trainer.lora` only peft ad
 is the same model with its adapters switched off; otherwise the reference is a frozen copy in
 `learner.reference_dtype`.
 
-The update for a batch of N = prompts x G rows, each T image tokens:
+The update for a batch of N = prompts x G rows, each T image tokens. Rows may arrive in chunks
+(`begin`, then `add_rows` per chunk, then `train`): each micro-batch's no-grad passes run as soon as all its
+rows are there, so they overlap the rest of the rollout; `update` is the three calls at once.
 
+    for each micro-batch (on every rank at once), once its rows exist:     # before any optimizer step
+        ref_logp = reference.token_logprobs(micro)          # [n, T], no grad (KL anchor)
+        old_logp = policy.token_logprobs(micro)             # [n, T], no grad; only under old_logprobs=recompute
     for each of `mini_batches` slices of the rows:               # optimizer steps per batch
         for each micro-batch of this rank's share:               # gradient accumulation
-            ref_logp = reference.token_logprobs(micro)           # [n, T], no grad (KL anchor)
             logp = policy.token_logprobs(micro)                  # [n, T]
-            loss = grpo_loss(logp, old_logp, ref_logp, adv, mask) * n / rows_per_rank
+            loss = grpo_loss(logp, old_logp, ref_logp, adv, mask, tis) * n / rows_per_rank
             loss.backward()                                      # reduce-scattered after the last micro-batch
         clip grads; step unless the loss or the grad norm is non-finite (then skip, count)
+
+old_logp is the sampler's log-probs (`trainer.old_logprobs: sampler`) or the learner's own, recomputed with
+the same function and micro-batch shapes as the training pass under the weights that sampled
+(`recompute`): the first ratio is then exactly 1 whatever the rollout's dtype, kernels or batch shapes.
+`mismatch/kl` (k3 of the learner against the sampler on the sampler's tokens) and `mismatch/abs_max` measure
+that train-inference gap; `trainer.tis_cap` weighs each token's policy-gradient term by min(learner/sampler,
+cap) (truncated importance sampling).
 """
 
 from __future__ import annotations
@@ -57,12 +68,26 @@ from rl.train_config import LearnerConfig, TrainerConfig
 @dataclass
 class TrainBatch:
     """The rows of one GRPO step. prompts: N strings; tokens: long [N, T] image codes;
-    old_logprobs: float32 [N, T] (the sampler's); advantages: float32 [N]."""
+    old_logprobs: float32 [N, T], the sampler's (behaviour policy's) log-probs; advantages: float32 [N]."""
 
     prompts: list[str]
     tokens: torch.Tensor
     old_logprobs: torch.Tensor
     advantages: torch.Tensor
+
+
+@dataclass
+class _Rows:
+    """A batch being filled chunk by chunk: its prompts (N, known up front), tokens long [N, T] and sampler
+    log-probs float32 [N, T] as they arrive, and the no-grad log-probs of the micro-batches done so far."""
+
+    prompts: list[str]
+    tokens: torch.Tensor
+    sampler: torch.Tensor
+    present: torch.Tensor
+    ref: dict[int, torch.Tensor]
+    old: dict[int, torch.Tensor]
+    done: int = 0
 
 
 class Learner:
@@ -77,6 +102,9 @@ class Learner:
         self.world_size = learner.world_size
         self.device = pick_device(learner.num_gpus)
         self.nonfinite_in_row = 0
+        # "auto" is resolved by validate_train_config; a learner built without a spec takes the sampler's.
+        self.recompute = trainer.old_logprobs == "recompute"
+        self._rows: _Rows | None = None
         self._sync_group: CollectiveGroup | None = None
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -149,19 +177,73 @@ class Learner:
     # -- the update --------------------------------------------------------------------------------
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
-        """One GRPO step on `batch` (every rank gets the whole batch and takes its share of each
-        mini-batch). Returns averaged stats plus `actor/skipped_steps` (this step), `actor/nonfinite_in_row`
-        (consecutive skipped optimizer steps), `actor/grad_norm` (before clipping) and `actor/lr`."""
+        """One GRPO step on a whole batch: `begin`, `add_rows` and `train` at once."""
+        self.begin(batch.prompts)
+        self.add_rows(0, batch.tokens, batch.old_logprobs)
+        return self.train(batch.advantages)
+
+    def begin(self, prompts: list[str]) -> None:
+        """Start a batch of len(prompts) rows (every rank gets the same calls)."""
+        n, t = len(prompts), self.grid[0] * self.grid[1]
+        self._rows = _Rows(list(prompts), torch.zeros(n, t, dtype=torch.long), torch.zeros(n, t),
+                           torch.zeros(n, dtype=torch.bool), {}, {})
+
+    def add_rows(self, start: int, tokens: torch.Tensor, sampler_logprobs: torch.Tensor) -> None:
+        """Rows start .. start + n of the batch: tokens long [n, T], sampler log-probs float32 [n, T]. Runs the
+        no-grad passes of every micro-batch now complete on all ranks (in the same order on each, as FSDP's
+        collectives need)."""
+        rows = self._rows
+        index = slice(start, start + len(tokens))
+        rows.tokens[index], rows.sampler[index], rows.present[index] = tokens, sampler_logprobs.float(), True
+        plans = [self._micro_plan(len(rows.prompts), rank) for rank in range(self.world_size)]
+        ready = min(_complete_prefix(plan, rows.present) for plan in plans)
+        for k in range(rows.done, ready):
+            self._no_grad_passes(k, plans[self.rank][k])
+        rows.done = max(rows.done, ready)
+
+    def _micro_plan(self, n: int, rank: int) -> list[range]:
+        """Rank `rank`'s micro-batches of an n-row batch, in training order: its share of each mini-batch."""
         t = self.trainer
+        per_mini = n // t.mini_batches
+        share = per_mini // self.world_size
+        plan = []
+        for m in range(t.mini_batches):
+            first = m * per_mini + rank * share
+            plan += [range(s, min(s + t.micro_batch_size, first + share))
+                     for s in range(first, first + share, t.micro_batch_size)]
+        return plan
+
+    def _no_grad_passes(self, k: int, micro: range) -> None:
+        """Micro-batch k's reference log-probs and, under recompute, the policy's own: the same function and
+        shapes as its training pass, before any optimizer step, so the first ratio is exactly 1."""
+        sequences = self._sequences(self._rows.prompts, self._rows.tokens, micro)
+        if self.trainer.kl_coef > 0:
+            self._rows.ref[k] = self._reference_logprobs(sequences)
+        if self.recompute:
+            # LoRA dropout draws here too: seeded per micro-batch so a resumed run draws the same masks.
+            torch.manual_seed(sample_seed(self.seed, self.scheduler.last_epoch, self.rank, k, "old_logprobs"))
+            with torch.no_grad():
+                self._rows.old[k] = self._token_logprobs(self.policy, sequences, with_entropy=True).logprobs
+
+    def train(self, advantages: torch.Tensor) -> dict[str, float]:
+        """The optimizer steps on the batch that `begin`/`add_rows` filled (every row must be there).
+        advantages: float32 [N]. Returns averaged stats plus `actor/skipped_steps` (this step),
+        `actor/nonfinite_in_row` (consecutive skipped optimizer steps), `actor/grad_norm` (before clipping),
+        `actor/lr` and `mismatch/kl`, `mismatch/abs_max` (see the module docstring)."""
+        t, rows = self.trainer, self._rows
+        if not bool(rows.present.all()):
+            raise ValueError(f"train: {int((~rows.present).sum())} of {len(rows.prompts)} rows were never added")
         # LoRA's dropout draws from the global RNG: seeded per update (and rank), a resumed run draws the same.
         torch.manual_seed(sample_seed(self.seed, self.scheduler.last_epoch, self.rank, 0, "learner"))
-        per_mini = len(batch.prompts) // t.mini_batches
-        share = per_mini // self.world_size
+        plan = self._micro_plan(len(rows.prompts), self.rank)
+        per_mini = len(plan) // t.mini_batches
         means: dict[str, float] = {}
-        skipped, norms = 0, []
+        skipped, norms, first_pass = 0, [], {}
         for m in range(t.mini_batches):
-            start = m * per_mini + self.rank * share
-            stats, grad_norm = self._mini_batch(batch, range(start, start + share))
+            micros = list(range(m * per_mini, (m + 1) * per_mini))
+            # Before the first optimizer step the training pass runs under the sampling weights: it measures
+            # the mismatch when nothing was recomputed.
+            stats, grad_norm = self._mini_batch(advantages, plan, micros, first_pass if m == 0 else None)
             norms.append(grad_norm)
             if math.isfinite(grad_norm) and math.isfinite(stats["loss/total"]):
                 self.optimizer.step()
@@ -173,32 +255,48 @@ class Learner:
             for key, value in stats.items():
                 means[key] = means.get(key, 0.0) + value / t.mini_batches
         self.scheduler.step()
+        means.update(self._mismatch(plan, rows.old if self.recompute else first_pass))
         means.update({"actor/skipped_steps": float(skipped), "actor/nonfinite_in_row": float(self.nonfinite_in_row),
                       "actor/grad_norm": sum(norms) / len(norms), "actor/lr": self.scheduler.get_last_lr()[0]})
+        self._rows = None
         return means
 
-    def _mini_batch(self, batch: TrainBatch, rows: range) -> tuple[dict[str, float], float]:
-        """Forward/backward over this rank's rows in micro-batches; returns stats and the grad norm."""
-        t = self.trainer
+    def _mini_batch(self, advantages: torch.Tensor, plan: list[range], micros: list[int],
+                    first_pass: dict[int, torch.Tensor] | None) -> tuple[dict[str, float], float]:
+        """Forward/backward over micro-batches `micros` of this rank's `plan`; returns stats and the grad norm.
+        first_pass: filled with each micro-batch's detached log-probs when given."""
+        t, rows = self.trainer, self._rows
         totals: dict[str, torch.Tensor] = {}
-        starts = range(rows.start, rows.stop, t.micro_batch_size)
-        for start in starts:
-            micro = range(start, min(start + t.micro_batch_size, rows.stop))
-            index = list(micro)
-            self._gradient_sync(last=start == starts[-1])
-            sequences = self._sequences(batch, micro)  # tokenised once for the reference and the policy
-            ref = self._reference_logprobs(sequences) if t.kl_coef > 0 else None
+        count = sum(len(plan[k]) for k in micros)
+        for k in micros:
+            micro = plan[k]
+            self._gradient_sync(last=k == micros[-1])
+            sequences = self._sequences(rows.prompts, rows.tokens, micro)
             out = self._token_logprobs(self.policy, sequences, with_entropy=True)
+            sampler = rows.sampler[micro.start:micro.stop].to(self.device)
+            old = rows.old[k] if self.recompute else sampler
+            weights = None if t.tis_cap is None else torch.exp(old - sampler).clamp(max=t.tis_cap)
             loss, stats = grpo_loss(
-                out.logprobs, batch.old_logprobs[index].to(self.device), ref, batch.advantages[index].to(self.device),
+                out.logprobs, old, rows.ref.get(k), advantages[micro.start:micro.stop].to(self.device),
                 torch.ones_like(out.logprobs), clip_eps=t.clip_eps, kl_coef=t.kl_coef, aggregation=t.aggregation,
-                entropy=out.entropy, clip_eps_high=t.clip_eps_high)
-            weight = len(micro) / len(rows)  # images have T tokens each, so both aggregations weigh by rows
+                entropy=out.entropy, clip_eps_high=t.clip_eps_high, is_weights=weights)
+            if first_pass is not None:
+                first_pass[k] = out.logprobs.detach()
+            weight = len(micro) / count  # images have T tokens each, so both aggregations weigh by rows
             (loss * weight).backward()
             stats["loss/total"] = loss.detach()
             _accumulate(totals, stats, weight)
         grad_norm = self._clip_grad_norm()
         return self._reduce_stats(totals), grad_norm
+
+    def _mismatch(self, plan: list[range], learner: Mapping[int, torch.Tensor]) -> dict[str, float]:
+        """k3 estimate of KL(sampler || learner) on the sampler's tokens, and the largest |log-prob gap|, over
+        the micro-batches in `learner` (micro-batch index -> the learner's log-probs [n, T]) on every rank."""
+        sampler = self._rows.sampler
+        gaps = torch.cat([(learner[k].float().cpu() - sampler[plan[k].start:plan[k].stop]).flatten()
+                          for k in sorted(learner)])
+        k3 = torch.expm1(gaps) - gaps  # r - 1 - log r with r = learner / sampler
+        return self._reduce_stats({"mismatch/kl": k3.mean(), "mismatch/abs_max": gaps.abs().max()})
 
     def _gradient_sync(self, last: bool) -> None:
         """With grad_sync "last_micro_batch", FSDP2 keeps the gradients of earlier micro-batches unsharded and
@@ -230,11 +328,11 @@ class Learner:
                     value /= self.world_size
         return {key: float(value) for key, value in totals.items()}
 
-    def _sequences(self, batch: TrainBatch, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids, attention_mask), long [n, P + T]: the rows' prompts left-padded, then their image tokens."""
-        index = list(rows)
-        prompts = self.format.encode([batch.prompts[i] for i in index], self.grid).to(self.device)
-        return prompts.with_image_tokens(batch.tokens[index])
+    def _sequences(self, prompts: list[str], tokens: torch.Tensor, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), long [n, P + T]: the rows' prompts left-padded, then their image tokens
+        (tokens: long [N, T], the batch's)."""
+        encoded = self.format.encode(prompts[rows.start:rows.stop], self.grid).to(self.device)
+        return encoded.with_image_tokens(tokens[rows.start:rows.stop])
 
     def _token_logprobs(self, model: XOmniPolicy, sequences: tuple[torch.Tensor, torch.Tensor], with_entropy: bool):
         input_ids, attention_mask = sequences
@@ -346,6 +444,14 @@ def _accumulate(totals: dict[str, torch.Tensor], stats: Mapping[str, torch.Tenso
             totals[key] = torch.maximum(totals[key], value)
         else:
             totals[key] = totals[key] + value * weight
+
+
+def _complete_prefix(plan: list[range], present: torch.Tensor) -> int:
+    """How many of `plan`'s first micro-batches have all their rows present (present: bool [N])."""
+    for k, micro in enumerate(plan):
+        if not bool(present[micro.start:micro.stop].all()):
+            return k
+    return len(plan)
 
 
 def _reduce_op(key: str) -> dist.ReduceOp:

@@ -105,34 +105,27 @@ class RewardPool:
         image_refs: object refs of the rollout actors' image lists; rows: N (chunk, index) pairs locating
         each row's image; applies: name -> bool [N] from the gates.
         """
-        columns = {name: _Column(len(rows), applies[name]) for name in self.nodes}
-        queues = {}
-        for name in self.nodes:
-            index = applies[name].nonzero().flatten().tolist()
-            queues[name] = deque(index[s:s + self.batch_size] for s in range(0, len(index), self.batch_size))
-        scored = {name: [[0, 0] for _ in range(count)] for name, count in self.replicas.items()}  # [failed, rows]
-        pending: dict[Any, _Call] = {}
-        while True:
-            self._dispatch(queues, pending, image_refs, rows, prompts, metadata)
-            if not pending:
-                break
-            for call, values, error, details in self._collect(pending):
-                columns[call.name].fill(call.index, values, error, details)
-                scored[call.name][call.replica][0] += len(call.index) if error is not None else 0
-                scored[call.name][call.replica][1] += len(call.index)
-        self._check_failures(scored, columns)
-        return {name: columns[name].result() for name in self.nodes}
+        scoring = self.start(image_refs, rows, prompts, metadata)
+        scoring.add(range(len(rows)), applies)
+        return scoring.finish()
+
+    def start(self, image_refs: list[Any], rows: list[tuple[int, int]], prompts: Sequence[str],
+              metadata: Sequence[Mapping[str, Any]]) -> Scoring:
+        """A step's scoring whose rows arrive later (`Scoring.add`): the streaming step hands over each rollout
+        chunk as soon as it is decoded. image_refs and rows may grow until those rows are added."""
+        return Scoring(self, image_refs, rows, prompts, metadata)
 
     def _dispatch(self, queues: Mapping[str, deque], pending: dict[Any, _Call], image_refs: Sequence[Any],
                   rows: Sequence[tuple[int, int]], prompts: Sequence[str],
                   metadata: Sequence[Mapping[str, Any]]) -> None:
-        """Give the next chunk of each reward to each of its replicas that has no call in flight."""
+        """Give the next chunk of each reward (up to `batch_size` of its queued rows) to each of its replicas
+        that has no call in flight."""
         busy = {(call.name, call.replica) for call in pending.values()}
         for name, queue in queues.items():
             for replica in range(self.replicas[name]):
                 if not queue or (name, replica) in busy:
                     continue
-                index = queue.popleft()
+                index = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
                 # Pass only the rollout image lists this chunk reads, so an actor fetches no other images.
                 used = sorted({rows[i][0] for i in index})
                 where = [(used.index(rows[i][0]), rows[i][1]) for i in index]
@@ -141,12 +134,16 @@ class RewardPool:
                 deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
                 pending[ref] = _Call(name, replica, index, deadline)
 
-    def _collect(self, pending: dict[Any, _Call]) -> list[tuple[_Call, np.ndarray | None, str | None, dict]]:
-        """Wait for the first call to finish or time out; its outcome (restarting its actor if it hung or died)."""
+    def _collect(self, pending: dict[Any, _Call], wait_s: float | None = None
+                 ) -> list[tuple[_Call, np.ndarray | None, str | None, dict]]:
+        """Wait up to `wait_s` (None: as long as needed) for a call to finish or time out; the outcomes (restarting
+        an actor that hung or died). Nothing when no call finished in `wait_s`."""
         deadlines = [call.deadline for call in pending.values() if call.deadline is not None]
         timeout = max(min(deadlines) - time.monotonic(), 0) if deadlines else None
+        if wait_s is not None:
+            timeout = wait_s if timeout is None else min(timeout, wait_s)
         done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
-        if not done:  # the earliest deadline has passed: end every call past its own
+        if not done:  # end every call past its own deadline
             now = time.monotonic()
             expired = [ref for ref, call in pending.items() if call.deadline is not None and call.deadline <= now]
             outcomes = []
@@ -197,6 +194,52 @@ class RewardPool:
             if name in self.history:
                 for history, items in zip(self.history[name], histories, strict=False):
                     history.extend(tuple(x) for x in items)
+
+
+class Scoring:
+    """One step's reward calls, fed row by row: `add` queues rows (their images must be in the pool's
+    image_refs), `poll` dispatches and collects without blocking longer than asked, `finish` drains and
+    returns every reward's scores. `pending` lists the calls in flight (to wait on beside other refs)."""
+
+    def __init__(self, pool: RewardPool, image_refs: list[Any], rows: list[tuple[int, int]], prompts: Sequence[str],
+                 metadata: Sequence[Mapping[str, Any]]):
+        self.pool, self.image_refs, self.rows, self.prompts, self.metadata = pool, image_refs, rows, prompts, metadata
+        n = len(prompts)
+        self.columns = {name: _Column(n, torch.zeros(n, dtype=torch.bool)) for name in pool.nodes}
+        self.queues: dict[str, deque] = {name: deque() for name in pool.nodes}
+        self.scored = {name: [[0, 0] for _ in range(count)] for name, count in pool.replicas.items()}  # [failed, rows]
+        self.pending: dict[Any, _Call] = {}
+
+    def add(self, index: Sequence[int], applies: Mapping[str, torch.Tensor]) -> None:
+        """Rows `index` are ready; each reward scores those where applies[name] (bool [N]) is True."""
+        for name, queue in self.queues.items():
+            mask = applies[name]
+            chosen = [i for i in index if bool(mask[i])]
+            self.columns[name].applies[chosen] = True
+            queue.extend(chosen)
+        self.poll(0)
+
+    def poll(self, wait_s: float | None) -> None:
+        """Dispatch queued rows to free replicas, then take the outcome of calls that end within `wait_s`."""
+        pool = self.pool
+        pool._dispatch(self.queues, self.pending, self.image_refs, self.rows, self.prompts, self.metadata)
+        while self.pending:
+            outcomes = pool._collect(self.pending, wait_s)
+            if not outcomes:
+                return
+            for call, values, error, details in outcomes:
+                self.columns[call.name].fill(call.index, values, error, details)
+                self.scored[call.name][call.replica][0] += len(call.index) if error is not None else 0
+                self.scored[call.name][call.replica][1] += len(call.index)
+            pool._dispatch(self.queues, self.pending, self.image_refs, self.rows, self.prompts, self.metadata)
+            wait_s = 0 if wait_s is not None else None
+
+    def finish(self) -> dict[str, RewardScores]:
+        """Score every queued row, record failures (stopping the run if a reward fails too often), the scores."""
+        while self.pending or any(self.queues.values()):
+            self.poll(None)
+        self.pool._check_failures(self.scored, self.columns)
+        return {name: self.columns[name].result() for name in self.pool.nodes}
 
 
 class _Column:
