@@ -65,7 +65,7 @@ class Trainer:
             group.ready()
         self.sync_weights = WeightSync(self.learner, self.rollout, spec.learner.weight_sync,
                                        use_gpu=spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0)
-        self.step = 0
+        self.step = self.unscored_in_row = 0
         if self.resume_from is not None:
             self.restore(self.resume_from)
         self.metrics = MetricsWriter(self.run_dir, spec.trainer.steps, self.step, spec.logging.tensorboard,
@@ -92,6 +92,7 @@ class Trainer:
             rollout, image_refs, locations = self.rollout.generate(
                 prompts, self._seeds(step, "policy"), self._seeds(step, "decoder"))
             applies = {name: mask & rollout.valid for name, mask in applies.items()}  # invalid images: no reward
+        self._check_unscored(step, self.combiner.unscored_cause(gates, applies))
         with timer("rewards"):
             scored = self.rewards.score(image_refs, locations, prompts, reward_meta, applies)
             scores = {n: s.scores for n, s in scored.items()}
@@ -140,6 +141,18 @@ class Trainer:
             raise RunAborted(f"{int(stats['actor/nonfinite_in_row'])} optimizer steps in a row had a non-finite "
                              f"loss or gradient norm (trainer.max_nonfinite_steps={limit}); weights were not "
                              f"updated by them")
+
+    def _check_unscored(self, step: int, cause: str | None) -> None:
+        """Warn when no reward applies to any sample of the step (its advantages are all 0, so only the KL
+        term trains); `trainer.max_unscored_steps` such steps in a row stop the run."""
+        self.unscored_in_row = 0 if cause is None else self.unscored_in_row + 1
+        if cause is None:
+            return
+        limit = self.spec.trainer.max_unscored_steps
+        if self.unscored_in_row >= limit:
+            raise RunAborted(f"{self.unscored_in_row} steps in a row had no reward for any sample "
+                             f"(trainer.max_unscored_steps={limit}): {cause}")
+        print(f"warning: step {step}: no reward applies to any sample: {cause}", file=sys.stderr, flush=True)
 
     def save(self) -> Path:
         return write_checkpoint(self.run_dir, self.step, self.spec, self.learner, self.prompts, self.combiner,
