@@ -9,8 +9,9 @@ Top-level layout (see configs/xomni.yaml and configs/tiny.yaml):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Gt, Interval
 from omegaconf import DictConfig
 
 from rl.config import ConfigError, build_section, validate_component, validate_section
@@ -26,7 +27,7 @@ class RunConfig:
     forgotten `resume=auto` loses nothing."""
 
     dir: str
-    seed: int = 0
+    seed: Annotated[int, Ge(0)] = 0
     name: str = "xomni-rl"
     overwrite: bool = False
 
@@ -38,10 +39,10 @@ class RayConfig:
     call_timeout_s: the longest a rollout or learner call may take before the run stops as stuck."""
 
     address: str | None = None
-    num_cpus: int | None = None
-    num_gpus: int | None = None
+    num_cpus: Annotated[int, Ge(1)] | None = None
+    num_gpus: Annotated[int, Ge(0)] | None = None
     namespace: str = "xomni-rl"
-    call_timeout_s: float | None = 3600.0
+    call_timeout_s: Annotated[float, Gt(0)] | None = 3600.0
 
 
 @dataclass
@@ -53,13 +54,13 @@ class RolloutConfig:
     cfg_scale (see rl.model.sampler.SamplingParams; X-Omni samples with temperature 1.0, min_p 0.03, top_p 1.0,
     top_k 50 and no CFG)."""
 
-    num_actors: int = 1
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
-    prompts_per_step: int = 32
-    group_size: int = 16
+    num_actors: Annotated[int, Ge(1)] = 1
+    num_gpus: Annotated[float, Ge(0)] = 0.0
+    num_cpus: Annotated[float, Ge(0)] = 1.0
+    prompts_per_step: Annotated[int, Ge(1)] = 32
+    group_size: Annotated[int, Ge(2)] = 16
     grid: list = field(default_factory=lambda: [24, 24])
-    batch_size: int = 64
+    batch_size: Annotated[int, Ge(1)] = 64
     dtype: str = "float32"
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
@@ -74,13 +75,13 @@ class RewardWorkersConfig:
     naming it (a single bad step in a longer window does not). start_timeout_s: the longest a reward actor
     may take to load its model (at start and after a restart)."""
 
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    num_cpus: Annotated[float, Ge(0)] = 1.0
+    num_gpus: Annotated[float, Ge(0)] = 0.0
     resources: dict = field(default_factory=dict)
-    max_restarts: int = 3
-    max_failure_frac: float = 0.5
-    failure_window: int = 5
-    start_timeout_s: float = 600.0
+    max_restarts: Annotated[int, Ge(0)] = 3
+    max_failure_frac: Annotated[float, Interval(ge=0, le=1)] = 0.5
+    failure_window: Annotated[int, Ge(1)] = 5
+    start_timeout_s: Annotated[float, Gt(0)] = 600.0
 
 
 @dataclass
@@ -91,23 +92,26 @@ class TrainerConfig:
     (mean per sequence, then over sequences; GRPO / X-Omni) or "token". advantage_scale: "group" std,
     "batch" std, or "none". mini_batches: optimizer steps per rollout batch (1 = strictly on-policy).
     micro_batch_size: sequences per forward/backward (gradient accumulation). max_nonfinite_steps: this many
-    skipped (non-finite) steps in a row stop the run. gradient_checkpointing: recompute activations."""
+    skipped (non-finite) steps in a row stop the run. max_unscored_steps: this many steps in a row where no
+    reward applies to any sample (each warned about with its cause) stop the run. gradient_checkpointing:
+    recompute activations. Ranges: lr, eps, clip_eps > 0; weight_decay, grad_clip, kl_coef >= 0; counts >= 1."""
 
-    steps: int = 200
-    lr: float = 1e-6
-    weight_decay: float = 0.0
+    steps: Annotated[int, Ge(1)] = 200
+    lr: Annotated[float, Gt(0)] = 1e-6
+    weight_decay: Annotated[float, Ge(0)] = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None
-    kl_coef: float = 0.01
+    eps: Annotated[float, Gt(0)] = 1e-8
+    warmup_steps: Annotated[int, Ge(0)] = 0
+    grad_clip: Annotated[float, Ge(0)] = 1.0
+    clip_eps: Annotated[float, Gt(0)] = 0.2
+    clip_eps_high: Annotated[float, Gt(0)] | None = None
+    kl_coef: Annotated[float, Ge(0)] = 0.01
     aggregation: Literal["sequence", "token"] = "sequence"
     advantage_scale: Literal["group", "batch", "none"] = "group"
-    mini_batches: int = 1
-    micro_batch_size: int = 8
-    max_nonfinite_steps: int = 3
+    mini_batches: Annotated[int, Ge(1)] = 1
+    micro_batch_size: Annotated[int, Ge(1)] = 8
+    max_nonfinite_steps: Annotated[int, Ge(1)] = 3
+    max_unscored_steps: Annotated[int, Ge(1)] = 3
     gradient_checkpointing: bool = False
 
 
@@ -120,9 +124,9 @@ class LearnerConfig:
     (NCCL broadcast when the learner and rollout actors have GPUs, else the object store), "object_store" or
     "collective"."""
 
-    world_size: int = 1
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
+    world_size: Annotated[int, Ge(1)] = 1
+    num_gpus: Annotated[float, Ge(0)] = 0.0
+    num_cpus: Annotated[float, Ge(0)] = 1.0
     dtype: str = "float32"
     mixed_precision: bool = False
     weight_sync: Literal["auto", "object_store", "collective"] = "auto"
@@ -132,8 +136,8 @@ class LearnerConfig:
 class CheckpointConfig:
     """every: save every N steps (and at the end); 0 disables periodic saves. keep: complete checkpoints kept."""
 
-    every: int = 50
-    keep: int = 2
+    every: Annotated[int, Ge(0)] = 50
+    keep: Annotated[int, Ge(1)] = 2
 
 
 @dataclass
@@ -144,8 +148,8 @@ class LoggingConfig:
 
     tensorboard: bool = True
     wandb: dict | None = None
-    images_every: int = 10
-    images_prompts: int = 4
+    images_every: Annotated[int, Ge(0)] = 10
+    images_prompts: Annotated[int, Ge(1)] = 4
 
 
 PLAIN_SECTIONS: dict[str, type] = {
@@ -174,11 +178,13 @@ class TrainSpec:
 
 
 def validate_train_config(cfg: DictConfig) -> TrainSpec:
-    """Every problem in a training config at once (ConfigError), or the parsed plain sections."""
+    """Every problem in a training config at once (ConfigError), or the parsed plain sections.
+
+    Types, ranges and cross-field constraints are reported together, with the components' problems."""
     problems = [f"{k}: unknown top-level section (accepted: {', '.join(sorted(TOP_LEVEL))})"
                 for k in cfg if k not in TOP_LEVEL]
-    for name, schema in PLAIN_SECTIONS.items():
-        problems += validate_section(cfg.get(name), schema, name)
+    section_problems = [p for name, schema in PLAIN_SECTIONS.items()
+                        for p in validate_section(cfg.get(name), schema, name)]
     model = cfg.get("model") or {}
     for name in MODEL_COMPONENTS:
         problems += validate_component(model.get(name), f"model.{name}")
@@ -188,16 +194,16 @@ def validate_train_config(cfg: DictConfig) -> TrainSpec:
     resume = cfg.get("resume")
     if resume is not None and not isinstance(resume, str):
         problems.append(f"resume: expected null, 'auto' or a checkpoint path, got {resume!r}")
-    if problems:
-        raise ConfigError(problems)
-    try:
-        sections = {name: build_section(cfg.get(name), schema) for name, schema in PLAIN_SECTIONS.items()}
-    except ValueError as e:  # a dataclass's own check, e.g. SamplingParams' ranges
-        raise ConfigError([f"rollout.sampling: {e}"]) from e
-    spec = TrainSpec(**sections, resume=resume, cfg=cfg)
-    problems = _check_values(spec)
-    if problems:
-        raise ConfigError(problems)
+    spec = None
+    if not section_problems:
+        try:
+            sections = {name: build_section(cfg.get(name), schema) for name, schema in PLAIN_SECTIONS.items()}
+            spec = TrainSpec(**sections, resume=resume, cfg=cfg)
+            section_problems = _check_values(spec)
+        except ValueError as e:  # a dataclass's own check, e.g. SamplingParams' ranges
+            section_problems = [f"rollout.sampling: {e}"]
+    if problems or section_problems:
+        raise ConfigError(section_problems + problems)
     return spec
 
 
@@ -233,26 +239,18 @@ def _validate_rewards(cfg: DictConfig) -> list[str]:
 
 
 def _check_values(spec: TrainSpec) -> list[str]:
-    """Cross-field constraints that types alone do not express."""
+    """Constraints that one field's type and range do not express (the ranges are on the dataclasses)."""
     problems = []
     r, t = spec.rollout, spec.trainer
-    if len(r.grid) != 2 or any(not isinstance(v, int) or v < 1 for v in r.grid):
+    if len(r.grid) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in r.grid):
         problems.append(f"rollout.grid: expected [h, w] positive ints, got {r.grid}")
-    if r.group_size < 2:
-        problems.append("rollout.group_size: GRPO needs at least 2 samples per prompt")
-    positive = {"rollout.num_actors": r.num_actors, "rollout.prompts_per_step": r.prompts_per_step,
-                "rollout.batch_size": r.batch_size, "trainer.steps": t.steps, "trainer.mini_batches": t.mini_batches,
-                "trainer.micro_batch_size": t.micro_batch_size, "learner.world_size": spec.learner.world_size,
-                "checkpoint.keep": spec.checkpoint.keep}
-    for key, value in positive.items():
-        if value < 1:
-            problems.append(f"{key}: must be >= 1, got {value}")
+    if len(t.betas) != 2 or any(not isinstance(b, (int, float)) or isinstance(b, bool) or not 0 <= b < 1
+                                for b in t.betas):
+        problems.append(f"trainer.betas: expected [beta1, beta2], each in [0, 1), got {t.betas}")
     total = r.prompts_per_step * r.group_size
     if total % t.mini_batches:
         problems.append(f"trainer.mini_batches: {t.mini_batches} does not divide the {total} samples of a step")
     elif (total // t.mini_batches) % spec.learner.world_size:
         problems.append(f"learner.world_size: {spec.learner.world_size} does not divide a mini-batch of "
                         f"{total // t.mini_batches} samples")
-    if spec.reward_workers.failure_window < 1:
-        problems.append(f"reward_workers.failure_window: must be >= 1, got {spec.reward_workers.failure_window}")
     return problems

@@ -1,4 +1,5 @@
-"""Every YAML in configs/ loads and validates (torchtune's "test every recipe config" rule).
+"""Every YAML in configs/ loads and validates (torchtune's "test every recipe config" rule), from a working
+directory outside the repository: shipped files (prompt sets) are named relative to the config.
 
 Each config is dispatched on its top-level keys to the check for its kind (`KIND_CHECKS`); a config of
 a kind without a check fails, so a new kind of config comes with its check. Required weights paths
@@ -70,6 +71,7 @@ def test_configs_exist():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
-def test_config_loads_and_validates(path, tmp_path):
+def test_config_loads_and_validates(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     cfg = load_config(path)
     KIND_CHECKS[kind_of(cfg)][1](cfg, tmp_path)
