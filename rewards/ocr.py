@@ -4,8 +4,8 @@ X-Omni rewards text-rendering prompts with OCR accuracy from GOT-OCR2.0 and Padd
 two are joined is not published). Here any number of backends (`rewards.ocr_backends`) read each image;
 lines below `min_confidence` are dropped, the rest are joined and scored against `metadata[i]["text"]`
 with LongText-Bench's metric (`metric: recall`, the default: word or character recall, order-free) or
-the order-aware `metric: edit_distance` (1 - normalised edit distance, Flow-GRPO's OCR reward: 1 only
-for an exact spelling). Several backends are joined per image by
+the order-aware `metric: edit_distance` (1 - normalised edit distance, as ICDAR's NED; Flow-GRPO's OCR
+reward is of this kind: 1 only for an exact spelling). Several backends are joined per image by
 - "max" (default): the best single engine's accuracy. One engine's misreading does not punish a
   correct rendering, and every score is an accuracy some engine actually read.
 - "union": each target word counts as found if any engine read it (multiset union of their words);
@@ -66,7 +66,8 @@ class OCRReward:
 
     details: `ocr_text/<backend>` (the kept lines, joined by newlines), `accuracy/<backend>`, and the
     combined `matched` / `total` unit counts (LongText-Bench sums these over a set before dividing; for
-    edit_distance, total is the target's characters and matched = total - edit distance).
+    edit_distance, total is the longer of target and reading in characters and matched = total - edit
+    distance).
     """
 
     score_range = (0.0, 1.0)

@@ -11,9 +11,11 @@ A sample's targets are joined with spaces before normalising, like the official 
 samples the benchmark divides the summed matches by the summed totals: use `text_recall` for that.
 
 Recall ignores order and extra text ("NPEO OPEN OPEN" has every letter of "OPEN"). `edit_similarity` is
-the order-aware alternative of Flow-GRPO's OCR reward: 1 - Levenshtein distance / target length (capped at
-0), on the same kept characters with spaces dropped and case folded, so it is 1 only when the reading
-spells the targets exactly, in order, and nothing else.
+the order-aware alternative: 1 - normalised edit distance, the Levenshtein distance divided by the longer
+of target and reading (ICDAR's NED), on the same kept characters with spaces dropped and case folded. It
+is 1 only when the reading spells the targets exactly, in order, and nothing else. Flow-GRPO's OCR reward
+divides by the target length and clips at 0 instead, which scores every reading 2+ characters longer
+than a 2-letter target as 0; dividing by the longer string keeps partial credit for those.
 """
 
 from __future__ import annotations
@@ -85,12 +87,16 @@ def text_accuracy(targets: Sequence[str], ocr_text: str | Sequence[str], mode: s
 
 
 def edit_similarity(targets: Sequence[str], ocr_text: str, mode: str = "auto") -> tuple[int, int]:
-    """(matched, total) with total = the targets' kept characters and matched = total - min(edit distance,
-    total), so matched / total = 1 - normalised edit distance (Flow-GRPO). Spaces are dropped and case
-    folded on both sides; `mode` is accepted for symmetry with `text_recall` and does not change the result."""
+    """(matched, total) with total = the longer of the target and the reading (in kept characters) and
+    matched = total - Levenshtein distance, so matched / total = 1 - normalised edit distance (ICDAR's NED).
+    Spaces are dropped and case folded on both sides; `mode` is accepted for symmetry with `text_recall` and
+    does not change the result. Empty targets give (0, 0)."""
     if isinstance(targets, str):
         raise TypeError("targets must be a list of strings, got a single string")
     resolve_mode(targets, mode)
     wanted = normalize_text(" ".join(targets), "zh").lower()
+    if not wanted:
+        return 0, 0
     read = normalize_text(ocr_text, "zh").lower()
-    return len(wanted) - min(Levenshtein.distance(wanted, read), len(wanted)), len(wanted)
+    total = max(len(wanted), len(read))
+    return total - Levenshtein.distance(wanted, read), total

@@ -80,8 +80,9 @@ def test_edit_similarity_is_order_aware_and_exact_only_for_the_exact_spelling():
     assert text_recall(["OPEN"], "NEPO", "zh") == (4, 4)                # recall cannot see the order ...
     assert edit_similarity(["OPEN"], "NEPO") == (0, 4)                  # ... the edit distance can
     assert edit_similarity(["STOP"], "TSOP") == (2, 4)                  # one swap: 2 edits
-    assert edit_similarity(["OPEN"], "OPEN NOW") == (1, 4)              # extra text costs too
-    assert edit_similarity(["GO"], "something else entirely") == (0, 2)  # capped at 0, never negative
+    assert edit_similarity(["OPEN"], "OPEN NOW") == (4, 7)              # extra text costs too: 3 edits of 7
+    assert edit_similarity(["GO"], "something else entirely") == (1, 21)  # over the longer string: never < 0
+    assert edit_similarity(["CAT"], "") == (0, 3)
     assert edit_similarity(["欢迎光临"], "欢迎光") == (3, 4)
     assert edit_similarity([], "x") == (0, 0) and edit_similarity(["★"], "x") == (0, 0)
     with pytest.raises(TypeError, match="single string"):
