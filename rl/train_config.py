@@ -225,10 +225,12 @@ def _check_resources(cfg: DictConfig) -> list[str]:
     for name, amounts in resources.items():
         if name not in names:
             problems.append(f"reward_workers.resources.{name}: {name!r} is not a configured reward")
-        for key in amounts or {}:
+        for key, value in (amounts or {}).items():
             if key not in ("num_cpus", "num_gpus"):
                 problems.append(f"reward_workers.resources.{name}.{key}: unknown key "
                                 "(accepted: num_cpus, num_gpus)")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                problems.append(f"reward_workers.resources.{name}.{key}: must be a number >= 0, got {value!r}")
     return problems
 
 
