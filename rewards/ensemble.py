@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Ge, Gt, Interval
 
 from rewards.base import ImageLike, Reward
 from rewards.faults import score_safely
@@ -65,9 +67,9 @@ class EnsembleConfig:
     weights: dict = field(default_factory=dict)
     normalize: NormalizeMode = "none"
     nan_policy: NanPolicy = "propagate"
-    timeout_s: float | None = 300.0
-    batch_size: int = 32
-    momentum: float = 0.99
+    timeout_s: Annotated[float, Gt(0)] | None = 300.0
+    batch_size: Annotated[int, Ge(1)] = 32
+    momentum: Annotated[float, Interval(ge=0, lt=1)] = 0.99
 
 
 def combine(scores: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor],
@@ -205,11 +207,12 @@ class Combiner:
     """Everything the ensemble does besides calling the rewards: gating, normalising, combining, stats.
 
     The training driver uses it on scores gathered from reward actors; `RewardEnsemble` uses it
-    in-process. names: the rewards in use; score_ranges: name -> (lo, hi), needed by normalize "range".
+    in-process. names: the rewards in use; score_ranges: name -> (lo, hi), needed by normalize "range";
+    needs_text: the rewards whose class needs target text (`needs_text = True`), whatever the gating says.
     """
 
     def __init__(self, names: Sequence[str], config: EnsembleConfig, gating: GatingConfig | None = None,
-                 score_ranges: Mapping[str, tuple[float, float]] | None = None):
+                 score_ranges: Mapping[str, tuple[float, float]] | None = None, needs_text: Sequence[str] = ()):
         missing = [name for name in names if name not in config.weights]
         if missing:
             raise ValueError(f"no ensemble weight for reward(s) {missing}")
@@ -218,7 +221,7 @@ class Combiner:
             raise ValueError(f"normalize 'range' needs score_range on every reward; missing on "
                              f"{sorted(set(names) - set(ranges))}")
         self.names, self.config = list(names), config
-        self.gater = Gater(gating or GatingConfig(), {n: float(config.weights[n]) for n in names})
+        self.gater = Gater(gating or GatingConfig(), {n: float(config.weights[n]) for n in names}, needs_text)
         self.normalizer = Normalizer(config.normalize, ranges, config.momentum)
 
     @classmethod
@@ -226,13 +229,11 @@ class Combiner:
         """Validate the `rewards`, `ensemble` and `gating` sections (ConfigError listing every problem) and
         build the combiner without building any reward (score ranges are read from the reward classes)."""
         names, config, gating = _sections(cfg, only)
-        ranges = {}
-        for name in names:
-            score_range = getattr(resolve_component(str(cfg.rewards[name]["_component_"])), "score_range", None)
-            if score_range is not None:
-                ranges[name] = tuple(score_range)
+        classes = {name: resolve_component(str(cfg.rewards[name]["_component_"])) for name in names}
+        ranges = {n: tuple(c) for n, c in ((n, class_attribute(c, "score_range")) for n, c in classes.items()) if c}
+        needs_text = [name for name, c in classes.items() if class_attribute(c, "needs_text")]
         try:
-            return cls(names, config, gating, ranges)
+            return cls(names, config, gating, ranges, needs_text)
         except ValueError as e:
             raise ConfigError([f"ensemble: {e}"]) from e
 
@@ -245,6 +246,19 @@ class Combiner:
         reward_meta = [{**m, "text": g.text} for m, g in zip(metadata, gates, strict=True)]
         applies = {name: torch.tensor([name in g.weights for g in gates], dtype=torch.bool) for name in self.names}
         return gates, reward_meta, applies
+
+    def unscored_cause(self, gates: Sequence[Gate], applies: Mapping[str, torch.Tensor]) -> str | None:
+        """None when some reward applies to some row; else why none does, in words (for the driver's warning).
+
+        applies: name -> bool [N], the gates' masks after any masking by the caller (e.g. invalid images)."""
+        if any(bool(mask.any()) for mask in applies.values()):
+            return None
+        n = len(gates)
+        if any(g.weights for g in gates):
+            return f"the gates applied rewards, but every one of those {n} images was invalid (NaN, inf or constant)"
+        reasons = Counter(reason for g in gates for reason in g.reasons[-1:] or [f"task {g.task!r}: no reward "
+                                                                                  "in gating.default or its rule"])
+        return "; ".join(f"{reason} ({count} of {n} samples)" for reason, count in reasons.most_common(3))
 
     def combine(self, scores: Mapping[str, torch.Tensor], applies: Mapping[str, torch.Tensor],
                 failed: Mapping[str, torch.Tensor], gates: Sequence[Gate]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -277,9 +291,10 @@ class RewardEnsemble:
     def __init__(self, rewards: Mapping[str, Reward], config: EnsembleConfig,
                  gating: GatingConfig | None = None):
         ranges = {n: tuple(r.score_range) for n, r in rewards.items() if getattr(r, "score_range", None)}
+        needs_text = [n for n, r in rewards.items() if getattr(r, "needs_text", False)]
         self.rewards = dict(rewards)
         self.config = config
-        self.combiner = Combiner(list(rewards), config, gating, ranges)
+        self.combiner = Combiner(list(rewards), config, gating, ranges, needs_text)
 
     @classmethod
     def from_config(cls, cfg: Any, only: Sequence[str] | None = None) -> RewardEnsemble:
@@ -377,31 +392,48 @@ def validate_reward_sections(cfg: Any, only: Sequence[str] | None = None) -> lis
         problems += component
     ensemble = cfg.get("ensemble")
     section = validate_section(ensemble, EnsembleConfig, "ensemble")
-    problems += section or _check_ensemble(ensemble, names, selected)
-    return problems + validate_gating(cfg.get("gating"), names)
+    problems += section + (_check_ensemble(ensemble, names, selected) if hasattr(ensemble or {}, "items") else [])
+    gating = validate_gating(cfg.get("gating"), names)
+    return problems + (gating or ([] if section else _never_applied(cfg, selected)))
 
 
 def _range_problems(node: Any, key: str) -> list[str]:
     # Checked on the class, before any model loads: an instance attribute set in __init__ is not seen.
     target = node["_component_"]
-    if getattr(resolve_component(str(target)), "score_range", None) is None:
+    if class_attribute(resolve_component(str(target)), "score_range") is None:
         return [f"{key}: ensemble.normalize 'range' needs a class attribute score_range = (lo, hi) on {target}"]
     return []
+
+
+def class_attribute(target: Any, name: str) -> Any:
+    """A reward's class attribute (`score_range`, `needs_text`), read without building it: `target` is what a
+    `_component_` resolves to, a class or a class's constructor method (`Class.from_pretrained`)."""
+    owner = getattr(target, "__self__", None) if not isinstance(target, type) else target
+    return getattr(owner if isinstance(owner, type) else target, name, None)
+
+
+def _never_applied(cfg: Any, selected: list[str]) -> list[str]:
+    """Rewards with a weight > 0 that no gate can apply: not in `gating.default` and added by no rule."""
+    gating = to_container(cfg.get("gating")) or {}
+    default = gating.get("default")
+    weights = (to_container(cfg.get("ensemble")) or {}).get("weights") or {}
+    added = {name for rule in gating.get("rules") or [] for name in rule.get("add") or []
+             if (rule.get("scale") or {}).get(name, 1) > 0}
+    return [f"gating: reward {name!r} can never apply: it is not in gating.default and no rule adds it "
+            f"(to switch it off, set ensemble.weights.{name}: 0)"
+            for name in selected if weights.get(name, 0) > 0 and default is not None and name not in default
+            and name not in added]
 
 
 def _check_ensemble(node: Any, names: list[str], selected: list[str]) -> list[str]:
     node = to_container(node) or {}
     weights = node.get("weights") or {}
+    if not isinstance(weights, dict):
+        return []  # validate_section reported its type
     problems = [f"ensemble.weights.{n}: {n!r} is not a configured reward (configured: {', '.join(names)})"
                 for n in weights if n not in names]
     for name, value in weights.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             problems.append(f"ensemble.weights.{name}: must be a finite number >= 0, got {value!r}")
     problems += [f"ensemble.weights: no weight for reward {n!r}" for n in selected if n not in weights]
-    if node.get("batch_size", 1) < 1:
-        problems.append(f"ensemble.batch_size: must be >= 1, got {node['batch_size']}")
-    if node.get("timeout_s") is not None and node["timeout_s"] <= 0:
-        problems.append(f"ensemble.timeout_s: must be > 0 (or null for no limit), got {node['timeout_s']}")
-    if not 0 <= node.get("momentum", 0.99) < 1:
-        problems.append(f"ensemble.momentum: must be in [0, 1), got {node.get('momentum')}")
     return problems

@@ -3,14 +3,19 @@
 X-Omni's rewards are "task adaptive": text-rendering prompts emphasise OCR accuracy, detailed natural
 scenes emphasise aesthetics and quality. A `Gater` turns (prompt, metadata) into a `Gate`:
 
-1. targets: `metadata["text"]` when given (even `[]`), else the quoted spans of the prompt
-   ("..." “...” 「...」 『...』 ‘...’ '...'; an apostrophe inside a word never opens or closes a quote).
+1. targets: `metadata["text"]` when given (even `[]`), else the quoted spans of the prompt that are text to
+   draw (`rewards.quotes`: every common quote style; a referenced work or style, a name, scare quotes or
+   "no text" in the prompt rule a span out, with the reason in the gate). Quoted text is the primary
+   signal: a rule with `requires_text` and no keywords matches every prompt that has targets.
 2. task: `metadata["task"]` selects the rule of that name (a task without a rule keeps its name and
    gets the default rewards); otherwise the first rule whose test passes (keywords / patterns outside
    the quotes, prompt length, target text) names the task; no rule -> task "default".
 3. weights: the default rewards with their ensemble weights, plus / minus the rule's rewards, times
-   its multipliers. Rewards listed in `needs_text` are dropped when the prompt has no targets, so
-   OCR never scores a prompt without text to render, whatever the rules say.
+   its multipliers. Rewards that need target text (`gating.needs_text`, and every reward class with
+   `needs_text = True`, such as OCR) are dropped when the prompt has no target with a letter, digit or
+   CJK character that LongText-Bench's metric counts, so OCR never scores a prompt without text to
+   render, whatever the config says. Targets with nothing to count (only punctuation or emoji, or a
+   script the metric drops) are named in the reasons and counted in `gate/text_unscorable/rate`.
 """
 
 from __future__ import annotations
@@ -20,24 +25,20 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Ge
+
+from rewards.quotes import drawn_text, quoted_spans, unquoted
+from rewards.text_accuracy import has_units
 from rl.config import build_section, to_container, validate_section
+
+__all__ = ["Gate", "GateRule", "Gater", "GatingConfig", "build_gating", "count_words", "gate_rates",
+           "quoted_spans", "validate_gating"]
 
 DEFAULT_TASK = "default"
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 _WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
-# One pass, left to right: the earliest opening quote wins, so quotes nested inside another are part of
-# its span. ASCII single quotes open only after a non-word character and close only before one, so
-# "Joe's" or "don't" never delimit a span.
-_QUOTE = re.compile(
-    r'"([^"]+)"'
-    r"|“([^”]+)”"
-    r"|「([^」]+)」"
-    r"|『([^』]+)』"
-    r"|‘([^\n]+?)’(?!\w)"
-    r"|(?<![\w'])'(\S[^\n]*?)(?<=\S)'(?!\w)"
-)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class GateRule:
     name: str
     keywords: list = field(default_factory=list)
     patterns: list = field(default_factory=list)
-    min_words: int = 0
+    min_words: Annotated[int, Ge(0)] = 0
     requires_text: bool = False
     add: list = field(default_factory=list)
     remove: list = field(default_factory=list)
@@ -72,8 +73,9 @@ class GatingConfig:
 
     default: rewards that apply to every prompt (null: every configured reward), each with its weight
         from `ensemble.weights`.
-    needs_text: rewards that score rendered text (OCR): applied only to prompts with target strings,
-        whatever the rules say, and given those strings as `metadata["text"]`.
+    needs_text: rewards that score rendered text: applied only to prompts with target strings, whatever
+        the rules say, and given those strings as `metadata["text"]`. A reward class with the attribute
+        `needs_text = True` (OCR) is treated so whether or not it is listed here.
     rules: an ordered list of GateRule mappings; the first that matches sets the task.
     """
 
@@ -88,7 +90,7 @@ class Gate:
 
     task: the rule's name, or "default". weights: reward name -> weight, only the rewards that apply.
     text: target strings for text rewards. rule: the matched rule (None when none matched).
-    reasons: why, in words, for reports.
+    reasons: why, in words, for reports. unscorable: targets with nothing the OCR metric counts.
     """
 
     task: str
@@ -96,16 +98,11 @@ class Gate:
     text: list[str]
     rule: str | None = None
     reasons: list[str] = field(default_factory=list)
+    unscorable: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "rule": self.rule, "weights": dict(self.weights),
-                "text": list(self.text), "reasons": list(self.reasons)}
-
-
-def quoted_spans(prompt: str) -> list[str]:
-    """The quoted spans of `prompt`, in order, stripped; empty spans are dropped."""
-    spans = (next(g for g in m.groups() if g is not None).strip() for m in _QUOTE.finditer(prompt))
-    return [s for s in spans if s]
+                "text": list(self.text), "reasons": list(self.reasons), "unscorable": list(self.unscorable)}
 
 
 def count_words(text: str) -> int:
@@ -127,21 +124,23 @@ def _keyword_regex(keywords: Sequence[str], patterns: Sequence[str]) -> re.Patte
 
 class Gater:
     """Turns (prompt, metadata) into a Gate. `weights`: the rewards in use and their ensemble weights;
-    rewards named in the config but absent from `weights` (e.g. dropped with `--only`) are ignored."""
+    rewards named in the config but absent from `weights` (e.g. dropped with `--only`) are ignored.
+    `needs_text`: rewards that need target text besides `config.needs_text` (those whose class says so)."""
 
-    def __init__(self, config: GatingConfig, weights: Mapping[str, float]):
+    def __init__(self, config: GatingConfig, weights: Mapping[str, float], needs_text: Iterable[str] = ()):
         self.weights = {name: float(w) for name, w in weights.items() if w > 0}
         default = self.weights if config.default is None else config.default
         self.default = [name for name in default if name in self.weights]
-        self.needs_text = set(config.needs_text)
+        self.needs_text = set(config.needs_text) | set(needs_text)
         self.rules = [GateRule(**r) if isinstance(r, Mapping) else r for r in config.rules]
         self._by_name = {rule.name: rule for rule in self.rules}
         self._regex = {rule.name: _keyword_regex(rule.keywords, rule.patterns) for rule in self.rules}
 
     def __call__(self, prompt: str, metadata: Mapping[str, Any] | None = None) -> Gate:
         metadata = metadata or {}
-        text, explicit = _targets(prompt, metadata)
-        rule, reasons = self._select(prompt, metadata, text, explicit)
+        text, explicit, reasons = _targets(prompt, metadata)
+        rule, why = self._select(prompt, metadata, text, explicit)
+        reasons += why
         weights = {name: self.weights[name] for name in self.default}
         if rule is not None:
             weights.update({name: self.weights[name] for name in rule.add if name in self.weights})
@@ -150,12 +149,17 @@ class Gater:
             for name, factor in rule.scale.items():
                 if name in weights:
                     weights[name] *= float(factor)
-        dropped = sorted(n for n in weights if n in self.needs_text) if not text else []
+        unscorable = [t for t in text if not has_units(t)]
+        if unscorable:
+            reasons.append(f"target text {', '.join(map(repr, unscorable))} has no letter, digit or CJK character "
+                           "that the OCR metric counts")
+        dropped = sorted(n for n in weights if n in self.needs_text) if len(unscorable) == len(text) else []
         if dropped:
-            reasons.append(f"no target text: {', '.join(dropped)} not applied")
+            reasons.append(f"no target text to score: {', '.join(dropped)} not applied")
         weights = {name: w for name, w in weights.items() if w > 0 and name not in dropped}
         task = metadata.get("task") or (rule.name if rule else DEFAULT_TASK)
-        return Gate(task=task, weights=weights, text=text, rule=rule.name if rule else None, reasons=reasons)
+        return Gate(task=task, weights=weights, text=text, rule=rule.name if rule else None, reasons=reasons,
+                    unscorable=unscorable)
 
     def _select(self, prompt: str, metadata: Mapping[str, Any], text: list[str],
                 explicit: bool) -> tuple[GateRule | None, list[str]]:
@@ -164,38 +168,41 @@ class Gater:
             if task in self._by_name:
                 return self._by_name[task], [f"metadata task {task!r}"]
             return None, [f"metadata task {task!r} has no rule: default rewards"]
-        unquoted, words = _QUOTE.sub(" ", prompt), count_words(prompt)
+        outside, words = unquoted(prompt), count_words(prompt)
         for rule in self.rules:
             if rule.requires_text and not text:
                 continue
             if rule.requires_text and explicit:
                 return rule, [f"rule {rule.name!r}: target text from metadata"]
             regex = self._regex[rule.name]
-            hit = regex.search(unquoted) if regex is not None else None
+            hit = regex.search(outside) if regex is not None else None
             if (regex is not None and hit is None) or words < rule.min_words:
                 continue
             why = [f"keyword {hit.group(0)!r}"] if hit else []
             why += [f"{words} words"] if rule.min_words else []
-            why += [f"{len(text)} quoted span(s)"] if rule.requires_text else []
+            why += [f"{len(text)} quoted span(s) to draw"] if rule.requires_text else []
             return rule, [f"rule {rule.name!r}: {', '.join(why) or 'matches every prompt'}"]
         return None, []
 
 
-def _targets(prompt: str, metadata: Mapping[str, Any]) -> tuple[list[str], bool]:
-    """(target strings, whether they came from metadata)."""
+def _targets(prompt: str, metadata: Mapping[str, Any]) -> tuple[list[str], bool, list[str]]:
+    """(target strings, whether they came from metadata, reasons for quoted spans that are not targets)."""
     text = metadata.get("text")
     if text is None:
-        return quoted_spans(prompt), False
+        drawn, reasons = drawn_text(prompt)
+        return drawn, False, reasons
     text = [text] if isinstance(text, str) else list(text)
     if not all(isinstance(t, str) for t in text):
         raise TypeError(f"metadata['text'] must be a string or a list of strings, got {text!r}")
-    return [t for t in text if t.strip()], True
+    return [t for t in text if t.strip()], True, []
 
 
 def gate_rates(gates: Sequence[Gate], names: Iterable[str]) -> dict[str, float]:
-    """Share of prompts each reward applies to (`gate/<name>/rate`) and per task (`gate/task/<task>/rate`)."""
+    """Share of prompts each reward applies to (`gate/<name>/rate`), per task (`gate/task/<task>/rate`), and
+    with a target text that the OCR metric cannot count (`gate/text_unscorable/rate`)."""
     n = max(len(gates), 1)
     rates = {f"gate/{name}/rate": sum(name in g.weights for g in gates) / n for name in names}
+    rates["gate/text_unscorable/rate"] = sum(bool(g.unscorable) for g in gates) / n
     for task, count in sorted(Counter(g.task for g in gates).items()):
         rates[f"gate/task/{task}/rate"] = count / n
     return rates

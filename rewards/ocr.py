@@ -3,12 +3,16 @@
 X-Omni rewards text-rendering prompts with OCR accuracy from GOT-OCR2.0 and PaddleOCR jointly (how the
 two are joined is not published). Here any number of backends (`rewards.ocr_backends`) read each image;
 lines below `min_confidence` are dropped, the rest are joined and scored against `metadata[i]["text"]`
-with the official metric (`rewards.text_accuracy`). Several backends are joined per image by
+with LongText-Bench's metric (`metric: recall`, the default: word or character recall, order-free) or
+the order-aware `metric: edit_distance` (1 - normalised edit distance, as ICDAR's NED; Flow-GRPO's OCR
+reward is of this kind: 1 only for an exact spelling). Several backends are joined per image by
 - "max" (default): the best single engine's accuracy. One engine's misreading does not punish a
   correct rendering, and every score is an accuracy some engine actually read.
 - "union": each target word counts as found if any engine read it (multiset union of their words);
-  never below "max", and kinder to text that each engine reads only in part.
-An image without target text scores NaN (must not score) and is not read at all.
+  never below "max", and kinder to text that each engine reads only in part. Recall only.
+An image without target text scores NaN (must not score) and is not read at all. The class attribute
+`needs_text = True` tells the gating never to apply this reward to a prompt without target text, whatever
+the config's `gating.needs_text` says.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import numpy as np
 
 from rewards.base import ImageLike, RewardOutput, to_uint8
 from rewards.ocr_backends import build_backend
-from rewards.text_accuracy import MODES, text_recall
+from rewards.text_accuracy import MODES, edit_similarity, text_recall
 
 COMBINES = ("max", "union")
+METRICS = {"recall": text_recall, "edit_distance": edit_similarity}
 
 
 def target_texts(metadata: Mapping[str, Any]) -> list[str]:
@@ -52,21 +57,27 @@ class OCRReward:
         backends: OCR engines, each a name ("rapidocr", "paddleocr", or a class import path) or a
             mapping `{name: ..., **kwargs}` with the backend's options (see `rewards.ocr_backends`).
         combine: "max" or "union", how several backends' readings make one score (module docstring).
-        mode: "auto" (character recall when the target has CJK characters, else word recall), "en"
-            (words) or "zh" (characters), as in LongText-Bench.
+        metric: "recall" (LongText-Bench's, exact to the official scorer) or "edit_distance" (1 - normalised
+            edit distance of the kept characters, spaces dropped, case folded; order-aware).
+        mode: recall's units: "auto" (character recall when the target has CJK characters, else word
+            recall), "en" (words) or "zh" (characters), as in LongText-Bench.
         max_side: long-side limit for text detection, given to every backend that does not set its own.
         min_confidence: recognised lines below this confidence are ignored.
 
     details: `ocr_text/<backend>` (the kept lines, joined by newlines), `accuracy/<backend>`, and the
-    combined `matched` / `total` unit counts (LongText-Bench sums these over a set before dividing).
+    combined `matched` / `total` unit counts (LongText-Bench sums these over a set before dividing; for
+    edit_distance, total is the longer of target and reading in characters and matched = total - edit
+    distance).
     """
 
     score_range = (0.0, 1.0)
+    needs_text = True
 
     def __init__(
         self,
         backends: Sequence[str | Mapping[str, Any]] = ("rapidocr",),
         combine: str = "max",
+        metric: str = "recall",
         mode: str = "auto",
         max_side: int = 960,
         min_confidence: float = 0.5,
@@ -75,6 +86,10 @@ class OCRReward:
             raise ValueError(f"backends must be a non-empty list of names or mappings, got {backends!r}")
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {tuple(METRICS)}, got {metric!r}")
+        if metric != "recall" and combine == "union":
+            raise ValueError("combine 'union' merges word counts, so it needs metric 'recall'; use combine 'max'")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= min_confidence <= 1.0:
@@ -82,6 +97,7 @@ class OCRReward:
         built = [build_backend(spec, max_side) for spec in backends]
         self.backends = dict(zip(_labels(backends), built, strict=True))
         self.combine = combine
+        self.metric = METRICS[metric]
         self.mode = mode
         self.min_confidence = min_confidence
 
@@ -99,7 +115,7 @@ class OCRReward:
         The targets must hold at least one word or character to find.
         """
         texts = self.read(image)
-        recalls = {label: text_recall(targets, text, self.mode) for label, text in texts.items()}
+        recalls = {label: self.metric(targets, text, self.mode) for label, text in texts.items()}
         if self.combine == "union":
             matched, total = text_recall(targets, list(texts.values()), self.mode)
         else:

@@ -9,6 +9,13 @@ Normalisation keeps letters, digits, the CJK block U+4E00-U+9FA5 and the accente
 - "auto": "zh" when the targets contain a CJK character, else "en".
 A sample's targets are joined with spaces before normalising, like the official scorer. Over a set of
 samples the benchmark divides the summed matches by the summed totals: use `text_recall` for that.
+
+Recall ignores order and extra text ("NPEO OPEN OPEN" has every letter of "OPEN"). `edit_similarity` is
+the order-aware alternative: 1 - normalised edit distance, the Levenshtein distance divided by the longer
+of target and reading (ICDAR's NED), on the same kept characters with spaces dropped and case folded. It
+is 1 only when the reading spells the targets exactly, in order, and nothing else. Flow-GRPO's OCR reward
+divides by the target length and clips at 0 instead, which scores every reading 2+ characters longer
+than a 2-letter target as 0; dividing by the longer string keeps partial credit for those.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+
+from rapidfuzz.distance import Levenshtein
 
 MODES = ("auto", "en", "zh")
 _KEPT = "\u4e00-\u9fa5a-zA-Z0-9àâäéèêëîïôöùûüçÀÂÄÉÈÊËÎÏÔÖÙÛÜÇ"
@@ -41,6 +50,11 @@ def normalize_text(s: str, mode: str) -> str:
     if mode == "zh":
         return "".join(_KEPT_ZH.findall(s))
     raise ValueError(f"normalize_text mode must be 'en' or 'zh', got {mode!r}")
+
+
+def has_units(s: str) -> bool:
+    """Whether `s` holds anything the metric counts (a kept letter, digit or CJK character), in any mode."""
+    return _KEPT_ZH.search(s) is not None
 
 
 def tokens(s: str, mode: str) -> list[str]:
@@ -70,3 +84,19 @@ def text_accuracy(targets: Sequence[str], ocr_text: str | Sequence[str], mode: s
     """matched / total of `text_recall`; NaN when the targets hold no word or character to find."""
     matched, total = text_recall(targets, ocr_text, mode)
     return matched / total if total else math.nan
+
+
+def edit_similarity(targets: Sequence[str], ocr_text: str, mode: str = "auto") -> tuple[int, int]:
+    """(matched, total) with total = the longer of the target and the reading (in kept characters) and
+    matched = total - Levenshtein distance, so matched / total = 1 - normalised edit distance (ICDAR's NED).
+    Spaces are dropped and case folded on both sides; `mode` is accepted for symmetry with `text_recall` and
+    does not change the result. Empty targets give (0, 0)."""
+    if isinstance(targets, str):
+        raise TypeError("targets must be a list of strings, got a single string")
+    resolve_mode(targets, mode)
+    wanted = normalize_text(" ".join(targets), "zh").lower()
+    if not wanted:
+        return 0, 0
+    read = normalize_text(ocr_text, "zh").lower()
+    total = max(len(wanted), len(read))
+    return total - Levenshtein.distance(wanted, read), total

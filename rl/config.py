@@ -6,6 +6,14 @@ A component is a mapping with `_component_: package.module.Name` plus the keywor
 signature without building it, so a typo, a missing required argument or a missing weights file is
 found before any model loads. Parameters annotated `LocalPath` must name an existing local file or
 folder, or a file already in the user's Hugging Face cache (`hf://org/repo/path/in/repo`).
+
+Where things are looked up: a `_component_` module, and a relative `LocalPath` (a prompt file, a weights
+folder), are searched in the working directory first, then in the folder of the config file given to
+`load_config` and the folders of the `_base_` files it builds on (nearest first). So `my_rewards.py`
+next to `mine.yaml` imports from any working directory, and a shipped config names shipped files
+relative to itself. Config folders come after the installed packages on `sys.path`, so a user's module
+never hides one of this project's. Ray actors started by `rl.distributed.actors.init_ray` search the
+same folders (`XOMNI_RL_CONFIG_DIRS`).
 """
 
 from __future__ import annotations
@@ -13,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
 import os
 import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any, NewType
+from typing import Annotated, Any, NewType
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
@@ -27,18 +36,56 @@ COMPONENT_KEY = "_component_"
 BASE_KEY = "_base_"
 REMOVE_KEY = "_remove_"
 HF_PREFIX = "hf://"
+CONFIG_DIRS_ENV = "XOMNI_RL_CONFIG_DIRS"
+"""Environment variable (folders joined by os.pathsep) that hands the config folders to Ray actors."""
+
+# The folders of the config `load_config` read last (and of its bases), nearest first; a Ray actor
+# inherits its driver's through the environment.
+_config_dirs: list[str] = [d for d in os.environ.get(CONFIG_DIRS_ENV, "").split(os.pathsep) if d]
 
 LocalPath = NewType("LocalPath", str)
 """A string naming a local file or folder, or `hf://org/repo/file` already in the HF cache."""
 
 
 class ConfigError(ValueError):
-    """Every problem found in a config, one `dotted.key: message` per line."""
+    """Every problem found in a config, one `dotted.key: message` per line.
+
+    Keys that interpolate the same unset value (`${paths.xomni}` with `paths.xomni: ???`) make one line
+    for that value, naming them all."""
 
     def __init__(self, problems: Iterable[str]):
-        self.problems = list(problems)
+        self.problems = _merge_unset(list(problems))
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{len(self.problems)} problem(s) in the config:\n{lines}")
+
+
+class UnsetSource(str):
+    """A problem line for `key`, which interpolates `source`, a value that is `???`."""
+
+    key: str
+    source: str
+
+    def __new__(cls, key: str, source: str) -> UnsetSource:
+        line = super().__new__(cls, f"{source}: required value is missing (???); interpolated by {key}")
+        line.key, line.source = key, source
+        return line
+
+
+def _merge_unset(problems: list[str]) -> list[str]:
+    """One line per unset source, in place of its first mention, listing every key that interpolates it."""
+    keys: dict[str, list[str]] = {}
+    for p in problems:
+        if isinstance(p, UnsetSource):
+            keys.setdefault(p.source, []).append(p.key)
+    merged, seen = [], set()
+    for p in problems:
+        if not isinstance(p, UnsetSource):
+            merged.append(p)
+        elif p.source not in seen:
+            seen.add(p.source)
+            merged.append(f"{p.source}: required value is missing (???); interpolated by "
+                          f"{', '.join(dict.fromkeys(keys[p.source]))}")
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,19 +100,36 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> DictC
     config states only what it changes. Bases may have bases of their own. Merging cannot drop a key, so
     `_remove_: [rewards.clip_align, ...]` (dotted keys of the base) deletes those from the base first; a
     mapping removed and then given anew replaces the base's instead of merging with it.
+
+    The folders of the file and of its bases become `config_dirs()`, where modules and relative paths are
+    looked up after the working directory (module docstring).
     """
-    cfg = _load_yaml(os.path.abspath(path), chain=())
+    files: list[str] = []
+    cfg = _load_yaml(os.path.abspath(path), chain=(), files=files)
     overrides = list(overrides)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError([f"<override>: expected key=value, got {o!r}" for o in bad])
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    _config_dirs[:] = dict.fromkeys(os.path.dirname(f) for f in files)
     return cfg
 
 
-def _load_yaml(path: str, chain: tuple[str, ...]) -> DictConfig:
-    """One YAML file merged over its `_base_` chain; `chain` holds the files that led here (for cycles)."""
+def config_dirs() -> list[str]:
+    """The folders of the config file `load_config` read last and of its `_base_` files, nearest first."""
+    return list(_config_dirs)
+
+
+def _searched(value: str) -> str:
+    """Where a relative path or a module `value` was looked for, in words (for error messages)."""
+    folders = ", ".join(_config_dirs) or "none: no config file loaded"
+    return f"looked for {value} in the working directory {os.getcwd()} and the config folders ({folders})"
+
+
+def _load_yaml(path: str, chain: tuple[str, ...], files: list[str]) -> DictConfig:
+    """One YAML file merged over its `_base_` chain; `chain` holds the files that led here (for cycles);
+    `files` collects every file read, this one first."""
     if not os.path.isfile(path):
         where = f" (the {BASE_KEY} of {chain[-1]})" if chain else ""
         raise ConfigError([f"<config>: file not found: {path}{where}"])
@@ -75,6 +139,7 @@ def _load_yaml(path: str, chain: tuple[str, ...]) -> DictConfig:
         raise ConfigError([f"<config>: cannot parse {path}: {e}"]) from e
     if not isinstance(cfg, DictConfig):
         raise ConfigError([f"<config>: {path} must hold a mapping at the top level"])
+    files.append(path)
     base, remove = cfg.pop(BASE_KEY, None), cfg.pop(REMOVE_KEY, None)
     if base is None:
         if remove is not None:
@@ -85,7 +150,7 @@ def _load_yaml(path: str, chain: tuple[str, ...]) -> DictConfig:
     base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
     if base_path in chain or base_path == path:
         raise ConfigError([f"{BASE_KEY}: {path} builds on {base_path}, which builds on it again"])
-    base_cfg = _load_yaml(base_path, (*chain, path))
+    base_cfg = _load_yaml(base_path, (*chain, path), files)
     _remove_keys(base_cfg, remove, base_path)
     return OmegaConf.merge(base_cfg, cfg)
 
@@ -121,7 +186,7 @@ def is_missing(node: DictConfig | Mapping, key: str) -> bool:
 
 
 def missing_reason(node: DictConfig | Mapping, key: str) -> str | None:
-    """Why `key` has no value: "???", or "set X" when it interpolates `${X}` and X is `???`; else None."""
+    """Why `key` has no value: "???", or the key X when it interpolates `${X}` and X is `???`; else None."""
     if not isinstance(node, DictConfig) or key not in node.keys():
         return None
     if OmegaConf.is_missing(node, key):
@@ -131,7 +196,7 @@ def missing_reason(node: DictConfig | Mapping, key: str) -> str | None:
         try:
             node[key]
         except (MissingMandatoryValue, InterpolationToMissingValueError):
-            return f"set {raw.strip('${}')}, which it interpolates"
+            return raw.strip("${}")
     return None
 
 
@@ -142,10 +207,12 @@ def missing_reason(node: DictConfig | Mapping, key: str) -> str | None:
 def resolve_component(name: str) -> Any:
     """Import `package.module.Name` (or `package.module.Class.method`).
 
-    The working directory is importable, so a user's own module next to their YAML resolves.
+    Modules are found in the working directory, on the Python path, then in `config_dirs()`, so a user's
+    own module next to their YAML resolves from any working directory.
     """
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+    sys.path.extend(folder for folder in _config_dirs if folder not in sys.path)
     parts = name.split(".")
     if len(parts) < 2:
         raise ImportError(f"{name!r} is not a dotted import path (expected package.module.Name)")
@@ -163,7 +230,8 @@ def resolve_component(name: str) -> Any:
                 raise ImportError(f"{'.'.join(parts[:split])!r} has no attribute path {'.'.join(parts[split:])!r}")
             obj = getattr(obj, attr)
         return obj
-    raise ImportError(f"cannot import {name!r}: no module {parts[0]!r}")
+    raise ImportError(f"cannot import {name!r}: no module {parts[0]!r} ({_searched(parts[0] + '.py')}, "
+                      f"then PYTHONPATH and the installed packages)")
 
 
 def is_component(node: Any) -> bool:
@@ -225,7 +293,8 @@ def validate_component(node: Any, key: str, provided: Iterable[str] = ()) -> lis
             continue
         missing = missing_reason(node, name)
         if missing:
-            problems.append(f"{key}.{name}: required value is missing ({missing})")
+            problems.append(f"{key}.{name}: required value is missing (???)" if missing == "???"
+                            else UnsetSource(f"{key}.{name}", missing))
             continue
         if name not in node:
             if p.default is p.empty:
@@ -279,7 +348,8 @@ def _kind(node: Any) -> str:
 
 
 def resolve_local_path(value: str, key: str) -> str:
-    """A local path for `value`, or FileNotFoundError naming `key`. Never downloads.
+    """A local path for `value`, or FileNotFoundError naming `key` (and, for a relative path, the folders
+    searched: the working directory, then `config_dirs()`). Never downloads.
 
     `hf://org/repo/path/in/repo` is looked up in the user's Hugging Face cache only.
     """
@@ -295,9 +365,15 @@ def resolve_local_path(value: str, key: str) -> str:
             f"{key}: {value} is not in the local Hugging Face cache (nothing is downloaded at run time; "
             f"fetch it with `huggingface-cli download` or set a local path)")
     path = os.path.expanduser(value)
-    if not os.path.exists(path):
+    if os.path.exists(path):
+        return path
+    if os.path.isabs(path):
         raise FileNotFoundError(f"{key}: file or folder not found: {value}")
-    return path
+    for folder in _config_dirs:
+        candidate = os.path.join(folder, path)
+        if os.path.exists(candidate):
+            return os.path.normpath(candidate)
+    raise FileNotFoundError(f"{key}: file or folder not found: {value} ({_searched(value)})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,15 +383,17 @@ def resolve_local_path(value: str, key: str) -> str:
 def validate_section(node: Any, schema: type, key: str) -> list[str]:
     """Problems with a plain (non-component) section against a dataclass `schema`.
 
-    Reports unknown keys, required fields that are absent or `???`, and values of the wrong type.
-    Nested dataclass fields are checked recursively. Field docstrings live on the dataclass.
+    Reports unknown keys, required fields that are absent or `???`, values of the wrong type, and values
+    outside the range a field declares with `Annotated[int, Ge(1)]` (annotated_types' Gt, Ge, Lt, Le,
+    Interval; a bounded float must also be finite). Nested dataclass fields are checked recursively.
+    Field docstrings live on the dataclass.
     """
     if node is None:
         node = {}
     if not isinstance(node, (Mapping, DictConfig)):
         return [f"{key}: expected a mapping, got {_kind(node)}"]
     fields = {f.name: f for f in dataclasses.fields(schema)}
-    hints = typing.get_type_hints(schema)
+    hints = typing.get_type_hints(schema, include_extras=True)
     problems = [f"{key}.{k}: unknown key (accepted: {', '.join(fields)})" for k in node if k not in fields]
     for name, field in fields.items():
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
@@ -346,6 +424,9 @@ def _check_type(value: Any, hint: Any, key: str) -> list[str]:
     if hint is Any:
         return []
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *bounds = typing.get_args(hint)
+        return _check_type(value, base, key) or _check_bounds(to_container(value), bounds, key)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -369,3 +450,18 @@ def _check_type(value: Any, hint: Any, key: str) -> list[str]:
             expected is int and isinstance(plain, bool)):
         return []
     return [f"{key}: expected {getattr(expected, '__name__', expected)}, got {type(plain).__name__} {plain!r}"]
+
+
+_BOUNDS = (("gt", ">", lambda v, b: v > b), ("ge", ">=", lambda v, b: v >= b),
+           ("lt", "<", lambda v, b: v < b), ("le", "<=", lambda v, b: v <= b))
+
+
+def _check_bounds(value: Any, bounds: list[Any], key: str) -> list[str]:
+    """The range problems of a number that has the right type; `bounds` are annotated_types constraints."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{key}: must be a finite number, got {value}"]
+    limits = [(sign, test, getattr(bound, name)) for bound in bounds
+              for name, sign, test in _BOUNDS if getattr(bound, name, None) is not None]
+    if all(test(value, limit) for _, test, limit in limits):
+        return []
+    return [f"{key}: must be {' and '.join(f'{sign} {limit}' for sign, _, limit in limits)}, got {value}"]

@@ -88,7 +88,7 @@ class Trainer:
                                        dtype=spec.rollout.dtype)
         if spec.eval.every:
             self.evaluator = Evaluator(spec, self.rollout, self.rewards, self.run_dir)
-        self.step = 0
+        self.step = self.unscored_in_row = 0
         if self.resume_from is not None:
             self.restore(self.resume_from)
         # A fresh run keeps no row of an earlier one in run.dir, not even its step-0 evaluation.
@@ -171,6 +171,7 @@ class Trainer:
                 applies = {name: mask & rollout.valid for name, mask in applies.items()}  # invalid images: no reward
             with timer("rewards"):
                 scored = self.rewards.score(image_refs, locations, prompts, reward_meta, applies | idle)
+        self._check_unscored(step, self.combiner.unscored_cause(gates, applies))
         with timer("combine"):
             scores = {n: scored[n].scores for n in self.combiner.names}
             total, reward_stats = self.combiner.combine(scores, applies, {n: scored[n].failed for n in scores}, gates)
@@ -217,6 +218,18 @@ class Trainer:
             raise RunAborted(f"{int(stats['actor/nonfinite_in_row'])} optimizer steps in a row had a non-finite "
                              f"loss or gradient norm (trainer.max_nonfinite_steps={limit}); weights were not "
                              f"updated by them")
+
+    def _check_unscored(self, step: int, cause: str | None) -> None:
+        """Warn when no reward applies to any sample of the step (its advantages are all 0, so only the KL
+        term trains); `trainer.max_unscored_steps` such steps in a row stop the run."""
+        self.unscored_in_row = 0 if cause is None else self.unscored_in_row + 1
+        if cause is None:
+            return
+        limit = self.spec.trainer.max_unscored_steps
+        if self.unscored_in_row >= limit:
+            raise RunAborted(f"{self.unscored_in_row} steps in a row had no reward for any sample "
+                             f"(trainer.max_unscored_steps={limit}): {cause}")
+        print(f"warning: step {step}: no reward applies to any sample: {cause}", file=sys.stderr, flush=True)
 
     def save(self) -> Path:
         return write_checkpoint(self.run_dir, self.step, self.spec, self.learner, self.prompts, self.combiner,

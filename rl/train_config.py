@@ -10,8 +10,9 @@ Top-level layout (see configs/xomni.yaml and configs/tiny.yaml):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Gt, Interval
 from omegaconf import DictConfig, ListConfig
 
 from rl.config import ConfigError, build_section, resolve_local_path, validate_component, validate_section
@@ -32,7 +33,7 @@ class RunConfig:
     forgotten `resume=auto` loses nothing."""
 
     dir: str
-    seed: int = 0
+    seed: Annotated[int, Ge(0)] = 0
     name: str = "xomni-rl"
     overwrite: bool = False
 
@@ -49,12 +50,12 @@ class RayConfig:
     models loaded) before the run stops saying how many started."""
 
     address: str | None = None
-    num_cpus: int | None = None
-    num_gpus: int | None = None
+    num_cpus: Annotated[int, Ge(1)] | None = None
+    num_gpus: Annotated[int, Ge(0)] | None = None
     namespace: str = "xomni-rl"
-    call_timeout_s: float | None = 3600.0
-    placement_timeout_s: float = 60.0
-    start_timeout_s: float = 600.0
+    call_timeout_s: Annotated[float, Gt(0)] | None = 3600.0
+    placement_timeout_s: Annotated[float, Gt(0)] = 60.0
+    start_timeout_s: Annotated[float, Gt(0)] = 600.0
 
 
 @dataclass
@@ -72,8 +73,8 @@ class PlacementConfig:
     mode: Literal["colocated", "split"] = "split"
     separate_nodes: bool = False
     check: Literal["error", "warn"] = "error"
-    gpu_memory_gib: float | None = None
-    prompt_tokens: int = 256
+    gpu_memory_gib: Annotated[float, Gt(0)] | None = None
+    prompt_tokens: Annotated[int, Ge(1)] = 256
 
 
 @dataclass
@@ -88,13 +89,13 @@ class RolloutConfig:
     decoder's FLUX transformer; the first batch of each shape pays the compile time (minutes on a CPU), and
     the result equals eager up to float rounding (tested on the CPU; never run on a GPU)."""
 
-    num_actors: int = 1
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
-    prompts_per_step: int = 32
-    group_size: int = 16
+    num_actors: Annotated[int, Ge(1)] = 1
+    num_gpus: Annotated[float, Ge(0)] = 0.0
+    num_cpus: Annotated[float, Ge(0)] = 1.0
+    prompts_per_step: Annotated[int, Ge(1)] = 32
+    group_size: Annotated[int, Ge(2)] = 16
     grid: list = field(default_factory=lambda: [24, 24])
-    batch_size: int = 64
+    batch_size: Annotated[int, Ge(1)] = 64
     dtype: str = "float32"
     sampling: SamplingParams = field(default_factory=SamplingParams)
     compile: bool = False
@@ -113,14 +114,14 @@ class RewardWorkersConfig:
     message naming the reward (and the replica); a single bad step in a longer window does not.
     start_timeout_s: the longest a reward actor may take to load its model (at start and after a restart)."""
 
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    replicas: int = 1
+    num_cpus: Annotated[float, Ge(0)] = 1.0
+    num_gpus: Annotated[float, Ge(0)] = 0.0
+    replicas: Annotated[int, Ge(1)] = 1
     resources: dict = field(default_factory=dict)
-    max_restarts: int = 3
-    max_failure_frac: float = 0.5
-    failure_window: int = 5
-    start_timeout_s: float = 600.0
+    max_restarts: Annotated[int, Ge(0)] = 3
+    max_failure_frac: Annotated[float, Interval(ge=0, le=1)] = 0.5
+    failure_window: Annotated[int, Ge(1)] = 5
+    start_timeout_s: Annotated[float, Gt(0)] = 600.0
 
     def actors(self, name: str) -> tuple[dict[str, float], int]:
         """Ray resources of one actor of reward `name` ({num_cpus, num_gpus}) and how many replicas it has."""
@@ -137,7 +138,9 @@ class TrainerConfig:
     (mean per sequence, then over sequences; GRPO / X-Omni) or "token". advantage_scale: "group" std,
     "batch" std, or "none". mini_batches: optimizer steps per rollout batch (1 = strictly on-policy).
     micro_batch_size: sequences per forward/backward (gradient accumulation). max_nonfinite_steps: this many
-    skipped (non-finite) steps in a row stop the run. gradient_checkpointing: recompute activations.
+    skipped (non-finite) steps in a row stop the run. max_unscored_steps: this many steps in a row where no
+    reward applies to any sample (each warned about with its cause) stop the run. gradient_checkpointing:
+    recompute activations.
     lora: null trains every weight but the frozen ones below (full fine-tuning); {r, alpha, dropout,
     target_modules} trains LoRA adapters only (rl.model.lora.LoraSettings), the base staying frozen in
     learner.reference_dtype and serving as the reference policy with the adapters off. freeze_text_embedding:
@@ -151,23 +154,25 @@ class TrainerConfig:
     sampling: each token's policy-gradient term weighed by min(learner / sampler probability, tis_cap); needs
     "recompute". streaming: within a step, each rollout chunk (rollout.batch_size rows of one actor) goes to
     the reward actors and the learner's no-grad passes as soon as it is decoded (same samples as false, which
-    runs the stages one after the other)."""
+    runs the stages one after the other). Ranges: lr, eps, clip_eps > 0; weight_decay, grad_clip, kl_coef >= 0;
+    counts >= 1."""
 
-    steps: int = 200
-    lr: float = 1e-6
-    weight_decay: float = 0.0
+    steps: Annotated[int, Ge(1)] = 200
+    lr: Annotated[float, Gt(0)] = 1e-6
+    weight_decay: Annotated[float, Ge(0)] = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None
-    kl_coef: float = 0.01
+    eps: Annotated[float, Gt(0)] = 1e-8
+    warmup_steps: Annotated[int, Ge(0)] = 0
+    grad_clip: Annotated[float, Ge(0)] = 1.0
+    clip_eps: Annotated[float, Gt(0)] = 0.2
+    clip_eps_high: Annotated[float, Gt(0)] | None = None
+    kl_coef: Annotated[float, Ge(0)] = 0.01
     aggregation: Literal["sequence", "token"] = "sequence"
     advantage_scale: Literal["group", "batch", "none"] = "group"
-    mini_batches: int = 1
-    micro_batch_size: int = 8
-    max_nonfinite_steps: int = 3
+    mini_batches: Annotated[int, Ge(1)] = 1
+    micro_batch_size: Annotated[int, Ge(1)] = 8
+    max_nonfinite_steps: Annotated[int, Ge(1)] = 3
+    max_unscored_steps: Annotated[int, Ge(1)] = 3
     gradient_checkpointing: bool = False
     lora: LoraSettings | None = None
     freeze_text_embedding: bool = True
@@ -194,9 +199,9 @@ class LearnerConfig:
     after each micro-batch (sharded gradient memory, more communication). weight_sync: "auto" (NCCL broadcast
     when the learner and rollout actors have GPUs, else the object store), "object_store" or "collective"."""
 
-    world_size: int = 1
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
+    world_size: Annotated[int, Ge(1)] = 1
+    num_gpus: Annotated[float, Ge(0)] = 0.0
+    num_cpus: Annotated[float, Ge(0)] = 1.0
     dtype: str = "float32"
     reference_dtype: str = "bfloat16"
     mixed_precision: bool = False
@@ -210,8 +215,8 @@ class CheckpointConfig:
     export_final: after the last step, also write the final policy as a complete X-Omni folder in
     <run.dir>/export (what `python -m rl.export` writes, with model.policy's folder as the base)."""
 
-    every: int = 50
-    keep: int = 2
+    every: Annotated[int, Ge(0)] = 50
+    keep: Annotated[int, Ge(1)] = 2
     export_final: bool = False
 
 
@@ -223,8 +228,8 @@ class LoggingConfig:
 
     tensorboard: bool = True
     wandb: dict | None = None
-    images_every: int = 10
-    images_prompts: int = 4
+    images_every: Annotated[int, Ge(0)] = 10
+    images_prompts: Annotated[int, Ge(1)] = 4
 
 
 @dataclass
@@ -313,12 +318,13 @@ class TrainSpec:
 def validate_train_config(cfg: DictConfig, components: bool = True) -> TrainSpec:
     """Every problem in a training config at once (ConfigError), or the parsed plain sections.
 
+    Types, ranges and cross-field constraints are reported together, with the components' problems.
     components=False checks the plain sections only (the memory plan, which runs before any weights exist,
     sizes components itself and accepts weights paths left `???`)."""
     problems = [f"{k}: unknown top-level section (accepted: {', '.join(sorted(TOP_LEVEL))})"
                 for k in cfg if k not in TOP_LEVEL]
-    for name, schema in PLAIN_SECTIONS.items():
-        problems += validate_section(cfg.get(name), schema, name)
+    section_problems = [p for name, schema in PLAIN_SECTIONS.items()
+                        for p in validate_section(cfg.get(name), schema, name)]
     if components:
         model = cfg.get("model") or {}
         for name in MODEL_COMPONENTS:
@@ -329,16 +335,16 @@ def validate_train_config(cfg: DictConfig, components: bool = True) -> TrainSpec
     resume = cfg.get("resume")
     if resume is not None and not isinstance(resume, str):
         problems.append(f"resume: expected null, 'auto' or a checkpoint path, got {resume!r}")
-    if problems:
-        raise ConfigError(problems)
-    try:
-        sections = {name: build_section(cfg.get(name), schema) for name, schema in PLAIN_SECTIONS.items()}
-    except ValueError as e:  # a dataclass's own check, e.g. SamplingParams' ranges
-        raise ConfigError([f"rollout.sampling: {e}"]) from e
-    spec = TrainSpec(**sections, resume=resume, cfg=cfg)
-    problems = _check_values(spec) + _check_old_logprobs(spec)
-    if problems:
-        raise ConfigError(problems)
+    spec = None
+    if not section_problems:
+        try:
+            sections = {name: build_section(cfg.get(name), schema) for name, schema in PLAIN_SECTIONS.items()}
+            spec = TrainSpec(**sections, resume=resume, cfg=cfg)
+            section_problems = _check_values(spec) + _check_old_logprobs(spec)
+        except ValueError as e:  # a dataclass's own check, e.g. SamplingParams' ranges
+            section_problems = [f"rollout.sampling: {e}"]
+    if problems or section_problems:
+        raise ConfigError(section_problems + problems)
     spec.trainer.old_logprobs = old_logprobs_mode(spec)
     return spec
 
@@ -378,16 +384,17 @@ def _check_resources(cfg: DictConfig) -> list[str]:
     for name, amounts in resources.items():
         if name not in names:
             problems.append(f"reward_workers.resources.{name}: {name!r} is not a configured reward")
-        for key in amounts or {}:
+        for key, value in (amounts or {}).items():
             if key not in ("num_cpus", "num_gpus", "replicas"):
                 problems.append(f"reward_workers.resources.{name}.{key}: unknown key "
                                 "(accepted: num_cpus, num_gpus, replicas)")
-            elif key == "num_gpus" and not 0 <= amounts[key] <= 1:
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                problems.append(f"reward_workers.resources.{name}.{key}: must be a number >= 0, got {value!r}")
+            elif key == "num_gpus" and value > 1:
                 problems.append(f"reward_workers.resources.{name}.num_gpus: must be in [0, 1] (a GPU share), "
-                                f"got {amounts[key]}")
-        replicas = (amounts or {}).get("replicas", 1)
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-            problems.append(f"reward_workers.resources.{name}.replicas: must be an integer >= 1, got {replicas!r}")
+                                f"got {value}")
+            elif key == "replicas" and (not isinstance(value, int) or value < 1):
+                problems.append(f"reward_workers.resources.{name}.replicas: must be an integer >= 1, got {value!r}")
     return problems
 
 
@@ -407,30 +414,20 @@ def _validate_rewards(cfg: DictConfig) -> list[str]:
 
 
 def _check_values(spec: TrainSpec) -> list[str]:
-    """Cross-field constraints that types alone do not express."""
+    """Constraints that one field's type and range do not express (the ranges are on the dataclasses)."""
     problems = []
     r, t = spec.rollout, spec.trainer
-    if len(r.grid) != 2 or any(not isinstance(v, int) or v < 1 for v in r.grid):
+    if len(r.grid) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in r.grid):
         problems.append(f"rollout.grid: expected [h, w] positive ints, got {r.grid}")
-    if r.group_size < 2:
-        problems.append("rollout.group_size: GRPO needs at least 2 samples per prompt")
-    positive = {"rollout.num_actors": r.num_actors, "rollout.prompts_per_step": r.prompts_per_step,
-                "rollout.batch_size": r.batch_size, "trainer.steps": t.steps, "trainer.mini_batches": t.mini_batches,
-                "trainer.micro_batch_size": t.micro_batch_size, "learner.world_size": spec.learner.world_size,
-                "checkpoint.keep": spec.checkpoint.keep}
-    for key, value in positive.items():
-        if value < 1:
-            problems.append(f"{key}: must be >= 1, got {value}")
+    if len(t.betas) != 2 or any(not isinstance(b, (int, float)) or isinstance(b, bool) or not 0 <= b < 1
+                                for b in t.betas):
+        problems.append(f"trainer.betas: expected [beta1, beta2], each in [0, 1), got {t.betas}")
     total = r.prompts_per_step * r.group_size
     if total % t.mini_batches:
         problems.append(f"trainer.mini_batches: {t.mini_batches} does not divide the {total} samples of a step")
     elif (total // t.mini_batches) % spec.learner.world_size:
         problems.append(f"learner.world_size: {spec.learner.world_size} does not divide a mini-batch of "
                         f"{total // t.mini_batches} samples")
-    if spec.reward_workers.failure_window < 1:
-        problems.append(f"reward_workers.failure_window: must be >= 1, got {spec.reward_workers.failure_window}")
-    if spec.reward_workers.replicas < 1:
-        problems.append(f"reward_workers.replicas: must be >= 1, got {spec.reward_workers.replicas}")
     for key, value in (("rollout.dtype", r.dtype), ("learner.dtype", spec.learner.dtype),
                        ("learner.reference_dtype", spec.learner.reference_dtype)):
         if value not in DTYPES:
@@ -493,11 +490,6 @@ def _check_placement(spec: TrainSpec) -> list[str]:
                 f"to reward actors), got {value}"
                 for key, value in (("rollout.num_gpus", r.num_gpus), ("learner.num_gpus", learner.num_gpus),
                                    ("reward_workers.num_gpus", spec.reward_workers.num_gpus)) if not 0 <= value <= 1]
-    for key, value in (("ray.placement_timeout_s", spec.ray.placement_timeout_s),
-                       ("ray.start_timeout_s", spec.ray.start_timeout_s), ("placement.prompt_tokens", p.prompt_tokens),
-                       ("placement.gpu_memory_gib", p.gpu_memory_gib)):
-        if value is not None and value <= 0:
-            problems.append(f"{key}: must be > 0, got {value}")
     if p.mode == "colocated":
         if r.num_actors != learner.world_size:
             problems.append(f"rollout.num_actors: colocated placement holds one rollout replica per learner rank, "

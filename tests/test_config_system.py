@@ -1,15 +1,18 @@
 """The config system: overrides, component building, and a validator that reports every problem by key."""
 
 import dataclasses
+import sys
 import textwrap
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
+from annotated_types import Ge, Gt, Interval
 
 from rl.config import (
     ConfigError,
     LocalPath,
     build_section,
+    config_dirs,
     instantiate,
     load_config,
     resolve_local_path,
@@ -168,3 +171,80 @@ def test_hf_paths_come_only_from_the_local_cache(tmp_path, monkeypatch):
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     (repo / "snapshots" / "abc123" / "model.pt").write_bytes(b"w")
     assert resolve_local_path("hf://org/repo/model.pt", "k").endswith("snapshots/abc123/model.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where modules and relative paths are looked up; unset sources; value ranges
+
+
+def test_relative_paths_resolve_from_the_working_directory_then_the_config_folders(tmp_path, monkeypatch):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "base" / "data.txt").write_text("x")
+    (tmp_path / "base" / "base.yaml").write_text("a: 1\n")
+    (tmp_path / "exp" / "mine.yaml").write_text("_base_: ../base/base.yaml\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    load_config(tmp_path / "exp" / "mine.yaml")
+    assert config_dirs() == [str(tmp_path / "exp"), str(tmp_path / "base")]
+    assert resolve_local_path("data.txt", "k") == str(tmp_path / "base" / "data.txt")
+    (tmp_path / "elsewhere" / "data.txt").write_text("y")
+    assert resolve_local_path("data.txt", "k") == "data.txt"  # the working directory comes first
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_local_path("gone.txt", "prompts.paths[0]")
+    message = str(error.value)
+    assert message.startswith("prompts.paths[0]: file or folder not found: gone.txt")
+    assert all(str(folder) in message for folder in (tmp_path / "elsewhere", tmp_path / "exp", tmp_path / "base"))
+
+
+def test_components_resolve_from_the_config_folder_and_name_the_folders_searched(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "user_mod_beside_yaml.py").write_text("class Thing:\n    n = 7\n")
+    (tmp_path / "cfg" / "mine.yaml").write_text("thing: {_component_: user_mod_beside_yaml.Thing}\n")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    cfg = load_config(tmp_path / "cfg" / "mine.yaml")
+    assert validate_component(cfg.thing, "thing") == [] and instantiate(cfg.thing).n == 7
+    problems = validate_component({"_component_": "no_such_user_mod.Thing"}, "rewards.mine")
+    assert len(problems) == 1 and problems[0].startswith("rewards.mine._component_: cannot import")
+    assert str(tmp_path / "cwd") in problems[0] and str(tmp_path / "cfg") in problems[0]
+    assert "PYTHONPATH" in problems[0]
+
+
+def test_an_unset_value_is_reported_once_naming_the_keys_that_interpolate_it(tmp_path):
+    path = write(tmp_path, f"""
+        paths:
+          weights: ???
+          other: ???
+        a: {{_component_: test_config_system.Scorer, weights: "${{paths.weights}}"}}
+        b: {{_component_: test_config_system.Scorer, weights: "${{paths.weights}}"}}
+        c: {{_component_: test_config_system.Scorer, weights: "${{paths.other}}"}}
+        d: {{_component_: test_config_system.Scorer, weights: {tmp_path}/nope.pt}}
+    """)
+    cfg = load_config(path)
+    problems = [p for key in "abcd" for p in validate_component(cfg[key], key)]
+    error = ConfigError(problems)
+    assert error.problems == [
+        "paths.weights: required value is missing (???); interpolated by a.weights, b.weights",
+        "paths.other: required value is missing (???); interpolated by c.weights",
+        f"d.weights: file or folder not found: {tmp_path}/nope.pt"]
+    assert "3 problem(s)" in str(error)
+
+
+@dataclasses.dataclass
+class Ranged:
+    """count >= 1; rate in (0, 1]; limit > 0 or null."""
+
+    count: Annotated[int, Ge(1)] = 1
+    rate: Annotated[float, Interval(gt=0, le=1)] = 0.5
+    limit: Annotated[float, Gt(0)] | None = None
+
+
+def test_ranges_are_checked_with_the_types():
+    problems = validate_section({"count": 0, "rate": 1.5, "limit": -2}, Ranged, "r")
+    assert problems == ["r.count: must be >= 1, got 0", "r.rate: must be > 0 and <= 1, got 1.5",
+                        "r.limit: must be > 0, got -2"]
+    assert validate_section({"count": "x", "rate": float("nan"), "limit": None}, Ranged, "r") == [
+        "r.count: expected int, got str 'x'", "r.rate: must be a finite number, got nan"]
+    assert validate_section({"count": 3, "rate": 1, "limit": 0.1}, Ranged, "r") == []

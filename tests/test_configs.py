@@ -1,4 +1,5 @@
-"""Every YAML in configs/ loads and validates (torchtune's "test every recipe config" rule).
+"""Every YAML in configs/ loads and validates (torchtune's "test every recipe config" rule), from a working
+directory outside the repository: shipped files (prompt sets) are named relative to the config.
 
 Each config is dispatched on its top-level keys to the check for its kind (`KIND_CHECKS`); a config of
 a kind without a check fails, so a new kind of config comes with its check. Required weights paths
@@ -70,6 +71,32 @@ def test_configs_exist():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
-def test_config_loads_and_validates(path, tmp_path):
+def test_config_loads_and_validates(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     cfg = load_config(path)
     KIND_CHECKS[kind_of(cfg)][1](cfg, tmp_path)
+
+
+def test_types_ranges_and_components_are_reported_together():
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    cfg = load_config(tiny, ["trainer.lr=-1", "trainer.steps=ten", "checkpoint.keep=0", "ray.call_timeout_s=0",
+                             "reward_workers.resources={ocr: {num_cpus: -1}}",
+                             "model.decoder.patchh=3"])
+    with pytest.raises(ConfigError) as error:
+        validate_train_config(cfg)
+    assert sorted(error.value.problems) == sorted([
+        "trainer.lr: must be > 0, got -1", "trainer.steps: expected int, got str 'ten'",
+        "checkpoint.keep: must be >= 1, got 0", "ray.call_timeout_s: must be > 0, got 0",
+        "reward_workers.resources.ocr.num_cpus: must be a number >= 0, got -1",
+        "model.decoder.patchh: unknown argument of rl.decoder.PatchDecoder (accepted: patch, palette_size, seed, "
+        "noise, mode, codebook_size)"])
+    # with the types right, constraints across fields (and a dataclass's own checks) join the same report
+    cfg = load_config(tiny, ["trainer.betas=[0.9,1.5]", "trainer.mini_batches=7", "model.decoder.patchh=3"])
+    with pytest.raises(ConfigError) as error:
+        validate_train_config(cfg)
+    assert [p.split(":")[0] for p in error.value.problems] == ["trainer.betas", "trainer.mini_batches",
+                                                               "model.decoder.patchh"]
+    cfg = load_config(tiny, ["rollout.sampling.top_p=2", "model.decoder.patchh=3"])
+    with pytest.raises(ConfigError) as error:
+        validate_train_config(cfg)
+    assert [p.split(":")[0] for p in error.value.problems] == ["rollout.sampling", "model.decoder.patchh"]

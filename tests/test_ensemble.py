@@ -15,7 +15,14 @@ import torch
 from omegaconf import OmegaConf
 
 from rewards.base import RewardOutput
-from rewards.ensemble import EnsembleConfig, Normalizer, RewardEnsemble, combine, validate_reward_sections
+from rewards.ensemble import (
+    Combiner,
+    EnsembleConfig,
+    Normalizer,
+    RewardEnsemble,
+    combine,
+    validate_reward_sections,
+)
 from rewards.faults import score_safely
 from rewards.gating import GatingConfig
 from rl.config import ConfigError, LocalPath
@@ -294,3 +301,55 @@ def test_config_validation_reports_every_problem_at_once():
     # dropped by `only`: neither its ??? path nor its missing weight is asked for
     assert "rewards.heavy" not in text and "'heavy'" not in text
     assert "rewards: expected a mapping" in validate_reward_sections(OmegaConf.create({"rewards": {}}))[0]
+
+
+class TextReward(RecordingReward):
+    """A reward whose class needs target text, like OCR: no config says so."""
+
+    needs_text = True
+
+
+def test_a_reward_class_that_needs_text_never_scores_a_prompt_without_targets():
+    rewards = {"good": ConstReward(1.0), "text": TextReward()}
+    result = RewardEnsemble(rewards, EnsembleConfig(weights={"good": 1.0, "text": 1.0}))(images(4), PROMPTS)
+    assert rewards["text"].calls == [([PROMPTS[0], PROMPTS[2]], [["OPEN"], ["A", "B"]])]
+    assert result.applies["text"].tolist() == [True, False, True, False]
+    assert_same(result.total, [1.0, 1.0, 1.5, 1.0])  # no NaN for the prompts without text
+    # the same from a config without a gating section, read off the class before anything is built
+    rewards = {"good": component(ConstReward), "ocr": {"_component_": "rewards.ocr.OCRReward"}}
+    cfg = OmegaConf.create({"rewards": rewards, "ensemble": {"weights": {"good": 1.0, "ocr": 1.0}}})
+    _, _, applies = Combiner.from_config(cfg).gate(PROMPTS, [{}] * 4)
+    assert applies["ocr"].tolist() == [True, False, True, False] and applies["good"].all()
+
+
+def test_a_reward_no_gate_can_apply_is_a_config_error():
+    cfg = reward_config(rewards={"const": component(ConstReward), "other": component(ConstReward)},
+                        ensemble={"weights": {"const": 1.0, "other": 1.0}},
+                        gating={"default": ["const"],
+                                "rules": [{"name": "t", "keywords": ["x"], "scale": {"other": 2}}]})
+    assert validate_reward_sections(cfg) == [
+        "gating: reward 'other' can never apply: it is not in gating.default and no rule adds it "
+        "(to switch it off, set ensemble.weights.other: 0)"]
+    cfg.gating.rules[0].add = ["other"]
+    assert validate_reward_sections(cfg) == []
+    cfg.gating.rules[0].scale.other = 0  # added with weight 0: still never applies
+    assert "reward 'other' can never apply" in validate_reward_sections(cfg)[0]
+    cfg.ensemble.weights.other = 0  # switched off on purpose
+    assert validate_reward_sections(cfg) == []
+    assert validate_reward_sections(cfg, only=["const"]) == []
+
+
+def test_unscored_cause_names_why_no_reward_applies():
+    combiner = Combiner(["ocr"], EnsembleConfig(weights={"ocr": 1.0}), GatingConfig(default=[], rules=[
+        {"name": "text", "requires_text": True, "add": ["ocr"]}]), needs_text=["ocr"])
+    gates, _, applies = combiner.gate(["a dog", "a cat"], [{}, {}])
+    assert combiner.unscored_cause(gates, applies) == "task 'default': no reward in gating.default or its rule " \
+                                                      "(2 of 2 samples)"
+    gates, _, applies = combiner.gate(['a sign "★"', "a cat"], [{}, {}])
+    assert combiner.unscored_cause(gates, applies) == ("no target text to score: ocr not applied (1 of 2 samples); "
+                                                       "task 'default': no reward in gating.default or its rule "
+                                                       "(1 of 2 samples)")
+    gates, _, applies = combiner.gate(['a sign "OPEN"', "a cat"], [{}, {}])
+    assert combiner.unscored_cause(gates, applies) is None
+    invalid = {name: mask & torch.tensor([False, False]) for name, mask in applies.items()}
+    assert "every one of those 2 images was invalid" in combiner.unscored_cause(gates, invalid)

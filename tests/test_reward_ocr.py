@@ -57,6 +57,22 @@ def test_reads_rendered_text_scores_fractions_and_nan(reward, hello):
     assert out.details["ocr_text/rapidocr"][3] == ""  # never read: nothing to look for
 
 
+def test_edit_distance_metric_rewards_the_exact_spelling_in_order():
+    """The same readings under both metrics: recall (default, unchanged) forgives order and extra words,
+    the order-aware metric is 1 only for the exact text."""
+    recall, edit = OCRReward(), OCRReward(metric="edit_distance")
+    images = [render_text_image("WORLD HELLO"), render_text_image("HELLO WORLD"), render_text_image("HELLO")]
+    metadata = [{"text": ["HELLO WORLD"]}] * 3
+    assert recall(images, ["p"] * 3, metadata).scores.tolist() == [1.0, 1.0, 0.5]
+    out = edit(images, ["p"] * 3, metadata)
+    assert out.scores.tolist() == pytest.approx([0.2, 1.0, 0.5])  # "worldhello" is 8 edits from "helloworld"
+    assert out.details["matched"] == [2, 10, 5] and out.details["total"] == [10, 10, 10]
+
+
+def test_the_class_needs_target_text():
+    assert OCRReward.needs_text is True
+
+
 def test_min_confidence_drops_lines(hello):
     strict = OCRReward(min_confidence=1.0)  # RapidOCR reads HELLO at ~0.999
     out = strict([hello], ["p"], [{"text": HELLO}])
@@ -105,6 +121,7 @@ def test_config_errors_name_the_key(tmp_path):
     ({"backends": []}, "non-empty"), ({"backends": "rapidocr"}, "non-empty"),
     ({"backends": ["tesseract"]}, "unknown OCR backend"), ({"backends": [{"max_side": 640}]}, "needs a name"),
     ({"combine": "mean"}, "combine"), ({"mode": "fr"}, "mode"), ({"min_confidence": 1.5}, "min_confidence"),
+    ({"metric": "cer"}, "metric"), ({"metric": "edit_distance", "combine": "union"}, "needs metric 'recall'"),
 ])
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,10 +1,11 @@
-"""LongText-Bench's text accuracy: hand-computed cases and values from X-Omni's own scorer."""
+"""LongText-Bench's text accuracy (hand-computed cases and values from X-Omni's own scorer) and the
+order-aware edit-distance metric."""
 
 import math
 
 import pytest
 
-from rewards.text_accuracy import normalize_text, resolve_mode, text_accuracy, text_recall
+from rewards.text_accuracy import edit_similarity, has_units, normalize_text, resolve_mode, text_accuracy, text_recall
 
 
 def test_normalize_keeps_letters_digits_accents_and_cjk():
@@ -71,3 +72,23 @@ OFFICIAL_CASES = [
 def test_matches_the_official_scorer(mode, targets, ocr, expected):
     assert text_recall(targets, ocr, mode) == expected
     assert text_recall(targets, ocr, "auto") == expected  # these targets pick the same mode
+
+
+def test_edit_similarity_is_order_aware_and_exact_only_for_the_exact_spelling():
+    assert edit_similarity(["OPEN"], "OPEN") == (4, 4)
+    assert edit_similarity(["Open Cafe"], "OPEN\ncafe!") == (8, 8)      # spaces, case and punctuation ignored
+    assert text_recall(["OPEN"], "NEPO", "zh") == (4, 4)                # recall cannot see the order ...
+    assert edit_similarity(["OPEN"], "NEPO") == (0, 4)                  # ... the edit distance can
+    assert edit_similarity(["STOP"], "TSOP") == (2, 4)                  # one swap: 2 edits
+    assert edit_similarity(["OPEN"], "OPEN NOW") == (4, 7)              # extra text costs too: 3 edits of 7
+    assert edit_similarity(["GO"], "something else entirely") == (1, 21)  # over the longer string: never < 0
+    assert edit_similarity(["CAT"], "") == (0, 3)
+    assert edit_similarity(["欢迎光临"], "欢迎光") == (3, 4)
+    assert edit_similarity([], "x") == (0, 0) and edit_similarity(["★"], "x") == (0, 0)
+    with pytest.raises(TypeError, match="single string"):
+        edit_similarity("OPEN", "OPEN")
+
+
+def test_has_units_matches_what_the_metric_counts():
+    assert has_units("OPEN") and has_units("欢迎") and has_units("Café 2")
+    assert not has_units("★★★ !!") and not has_units("ПРИВЕТ") and not has_units("こんにちは") and not has_units("")

@@ -139,9 +139,13 @@ def test_a_changed_seed_or_group_size_is_refused_on_resume(tmp_path):
 def test_the_paper_config_lists_every_missing_weights_path_before_loading_anything():
     result = train(REPO / "configs" / "xomni.yaml")
     assert result.returncode == 2
-    for key, source in (("model.policy.path", "paths.xomni"), ("model.decoder.flux_path", "paths.flux"),
-                        ("rewards.hpsv2.checkpoint", "paths.hpsv2"), ("rewards.clip_align.weights", "paths.clip")):
-        assert f"{key}: required value is missing (set {source}" in result.stderr
+    # each unset path once, naming every key that interpolates it
+    assert "4 problem(s) in the config" in result.stderr and result.stderr.count("paths.xomni") == 1
+    assert ("paths.xomni: required value is missing (???); interpolated by model.policy.path, model.tokenizer.path, "
+            "model.decoder.xomni_path") in result.stderr
+    for key, source in (("model.decoder.flux_path", "paths.flux"), ("rewards.hpsv2.checkpoint", "paths.hpsv2"),
+                        ("rewards.clip_align.weights", "paths.clip")):
+        assert f"{source}: required value is missing (???); interpolated by {key}\n" in result.stderr
     paths = ["paths.xomni=/nonexistent/xomni", "paths.flux=/nonexistent/flux", "paths.hpsv2=/nonexistent/hps.pt",
              "paths.clip=/nonexistent/clip.bin"]
     result = train(REPO / "configs" / "xomni.yaml", *paths)

@@ -2,7 +2,8 @@
 
 No weights, deterministic, milliseconds per batch, and a reward can be climbed by choosing codes: the
 palette holds black, white and saturated colours (contrast, dynamic range, colourfulness) among seeded
-random ones. In glyph mode a code draws a black character on white, so an OCR reward can be demonstrated.
+random ones. In glyph mode a code draws a black character on white, or a blank white tile, so an OCR
+reward can be demonstrated on rows that spell a word exactly (a 3-letter word in 6 tiles: `" CAT  "`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rl.decoder.base import DecodedImages, check_decoder_inputs, image_validity
 
 FIXED_COLOURS = [(0, 0, 0), (1, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 1), (1, 0, 1), (1, 1, 0)]
-GLYPHS = string.ascii_uppercase + string.digits
+GLYPHS = string.ascii_uppercase + string.digits + " "  # the last tile is blank: words shorter than the row
 
 
 class PatchDecoder:
@@ -28,7 +29,8 @@ class PatchDecoder:
     palette_size: number of distinct colours (colour mode; at least the 8 fixed ones).
     seed: seeds the palette and the code -> tile assignment.
     noise: std of Gaussian pixel noise drawn from the per-sample generator (0 = none).
-    mode: "colour" (flat colour tiles) or "glyph" (black letters/digits on white).
+    mode: "colour" (flat colour tiles) or "glyph" (black letters/digits on white: one code per character,
+        all other codes blank white; needs codebook_size >= 37).
     codebook_size: number of image codes (X-Omni's 16384).
     """
 
@@ -44,13 +46,21 @@ class PatchDecoder:
             colours = torch.cat([torch.tensor(FIXED_COLOURS, dtype=torch.float32), random_colours])
             self.tiles = colours[:, :, None, None].expand(-1, -1, patch, patch)  # [K, 3, p, p]
         elif mode == "glyph":
+            if codebook_size < len(GLYPHS):
+                raise ValueError(f"glyph mode needs codebook_size >= {len(GLYPHS)} (36 characters and a blank)")
             self.tiles = _glyph_tiles(patch)
             generator = torch.Generator().manual_seed(seed)
         else:
             raise ValueError(f"mode must be 'colour' or 'glyph', got {mode!r}")
-        # A shuffled round-robin: every tile gets codebook_size / len(tiles) codes (+-1), so even a small
-        # codebook reaches every colour or glyph.
-        self.code_to_tile = torch.randperm(codebook_size, generator=generator) % len(self.tiles)
+        perm = torch.randperm(codebook_size, generator=generator)
+        if mode == "glyph":
+            # One code per character, chosen by the seed; every other code draws blank paper, as most codes of
+            # a real image tokenizer draw background. A random row then holds a few letters, like a short word.
+            self.code_to_tile = perm.clamp(max=len(GLYPHS) - 1)
+        else:
+            # A shuffled round-robin: every colour gets codebook_size / len(tiles) codes (+-1), so even a small
+            # codebook reaches every colour.
+            self.code_to_tile = perm % len(self.tiles)
         self.patch, self.noise, self.mode = patch, noise, mode
 
     def codes_for_tile(self, tile: int) -> torch.Tensor:
@@ -75,7 +85,7 @@ class PatchDecoder:
 
 
 def _glyph_tiles(patch: int) -> torch.Tensor:
-    """[len(GLYPHS), 3, patch, patch]: each character black, centred, on white."""
+    """[len(GLYPHS), 3, patch, patch]: each character black, centred, on white (the blank is all white)."""
     font = ImageFont.load_default(size=max(6, int(patch * 0.8)))
     tiles = []
     for char in GLYPHS:

@@ -16,6 +16,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rl.config import CONFIG_DIRS_ENV, config_dirs
 from rl.distributed.learner import Learner, TrainBatch
 from rl.distributed.placement import bundle
 from rl.distributed.reward_pool import RunAborted
@@ -29,8 +30,9 @@ ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
 def init_ray(cfg: RayConfig) -> None:
     """Join the cluster at `cfg.address`, or start a local Ray when it is null (the embedded default).
 
-    A local Ray puts the working directory on the workers' path, so users' reward modules next to their
-    YAML import in the reward actors as they do in the driver. On a cluster use
+    A local Ray puts the working directory on the workers' path and hands them the config's folders
+    (`rl.config.config_dirs()`), so users' reward modules and relative paths resolve in the actors as they
+    do in the driver: working directory first, then the config folders. On a cluster use
     `ray job submit --working-dir .` for the same effect.
     """
     if ray.is_initialized():
@@ -38,6 +40,7 @@ def init_ray(cfg: RayConfig) -> None:
     env = dict(ACTOR_ENV)
     if cfg.address is None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+        env[CONFIG_DIRS_ENV] = os.pathsep.join(config_dirs())
         # "local": a Ray of our own even when another one runs on this machine (ray.init() would join it).
         ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, namespace=cfg.namespace,
                  include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)

@@ -1,0 +1,69 @@
+"""The CPU demo's parts: the glyph decoder can write a word exactly (a blank tile fills the rest of the row), the
+real OCR reward reads it back as exact, and scripts/demo_table.py prints the before/after table."""
+
+import json
+import sys
+
+import pytest
+import torch
+from train_helpers import REPO
+
+from rewards.ocr import OCRReward
+from rl.config import instantiate, load_config
+from rl.decoder import PatchDecoder, to_uint8_images
+from rl.decoder.patch import GLYPHS
+from rl.state.checkpoint import save_checkpoint
+
+sys.path.insert(0, str(REPO / "scripts"))
+import demo_table  # noqa: E402
+
+
+def glyph_rows(decoder, rows):
+    """The images of rows of characters (" " is the blank tile) drawn by `decoder`."""
+    tokens = torch.stack([torch.stack([decoder.codes_for_tile(GLYPHS.index(c))[0] for c in row]) for row in rows])
+    return to_uint8_images(decoder(tokens, (1, len(rows[0])), ["x"] * len(rows), list(range(len(rows)))).images)
+
+
+def test_glyph_codes_draw_one_character_each_and_blank_paper_otherwise():
+    decoder = PatchDecoder(mode="glyph", patch=16, codebook_size=64, seed=0)
+    counts = torch.bincount(decoder.code_to_tile, minlength=len(GLYPHS))
+    assert counts[:-1].tolist() == [1] * 36 and counts[-1] == 64 - 36  # the last tile is the blank
+    with pytest.raises(ValueError, match="codebook_size >= 37"):
+        PatchDecoder(mode="glyph", codebook_size=36)
+
+
+def test_short_words_are_written_exactly_with_blank_tiles():
+    decoder = PatchDecoder(mode="glyph", patch=16, codebook_size=len(GLYPHS), seed=0)
+    assert decoder.tiles[GLYPHS.index(" ")].min() == 1.0  # blank: all white
+    rows = [" CAT  ", "CA T  ", "CATS  ", "  42  ", "ROOM 7"]
+    targets = ["CAT", "CAT", "CAT", "42", "ROOM 7"]
+    out = OCRReward(metric="edit_distance")(glyph_rows(decoder, rows), ["p"] * 5, [{"text": [t]} for t in targets])
+    # a blank inside the word is a space for OCR, which the metric ignores; an extra letter is not exact
+    assert out.scores.tolist() == pytest.approx([1.0, 1.0, 0.75, 1.0, 1.0])
+
+
+def test_demo_table_prints_each_prompt_before_and_after(tmp_path, capsys):
+    """A 'trained' checkpoint that holds the initial policy: both columns must then read the same."""
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    policy = instantiate(cfg.model.policy, "model.policy")
+    save_checkpoint(tmp_path, 3, lambda path: policy.save_pretrained(path / "policy"), keep=1)
+    assert demo_table.main([str(REPO / "configs" / "tiny.yaml"), str(tmp_path), "--samples", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    words = (REPO / "prompts" / "data" / "glyph_words.jsonl").read_text().splitlines()
+    prompts = [json.loads(line)["prompt"] for line in words]
+    assert lines[0] == "| prompt | step 0 writes | step 3 writes | exact, step 0 | exact, step 3 |"
+    rows = lines[2:2 + len(prompts)]
+    for prompt, row in zip(prompts, rows, strict=True):
+        cells = row.split(" | ")
+        assert cells[0] == f"| {prompt}" and cells[1] == cells[2] and cells[3] == cells[4].rstrip(" |")
+    summary = json.loads(lines[-1])
+    assert summary["samples"] == 2 * len(prompts) and summary["final_step"] == 3
+    assert summary["exact_step0"] == summary["exact_final"]
+
+
+def test_demo_script_ends_with_the_table():
+    """scripts/demo.sh's last command prints the before/after table of the run it trained."""
+    commands = [line for line in (REPO / "scripts" / "demo.sh").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert commands[-1] == '.venv/bin/python scripts/demo_table.py configs/tiny.yaml runs/demo "$@"'
+    assert 'rl.train configs/tiny.yaml run.dir=runs/demo' in "\n".join(commands)
