@@ -26,8 +26,8 @@ import torch
 from annotated_types import Ge, Gt, Interval
 
 from rewards.base import ImageLike, Reward
-from rewards.faults import score_safely
 from rewards.gating import Gate, Gater, GatingConfig, build_gating, gate_rates, validate_gating
+from rewards.runner import score_in_chunks
 from rl.config import (
     ConfigError,
     build_section,
@@ -42,7 +42,7 @@ NanPolicy = Literal["propagate", "renormalize"]
 NormalizeMode = Literal["none", "range", "batch", "running"]
 # Other columns of `python -m rewards.score`'s output: a reward may not take these names.
 RESERVED_NAMES = frozenset({"image", "prompt", "task", "total", "gates", "error", "reward_errors", "details",
-                            "meta", "text"})
+                            "meta", "text", "provenance"})
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EPS = 1e-6
 
@@ -316,32 +316,13 @@ class RewardEnsemble:
         gates, reward_meta, applies = self.combiner.gate(prompts, metadata)
         scores, failed, errors, details = {}, {}, {}, {}
         for name, reward in self.rewards.items():
-            scores[name], failed[name], errors[name], details[name] = self._score(
-                reward, images, prompts, reward_meta, applies[name])
+            index = applies[name].nonzero().flatten().tolist()
+            scored = score_in_chunks(reward, images, prompts, reward_meta, index, self.config.batch_size,
+                                     self.config.timeout_s)
+            scores[name], failed[name], errors[name], details[name] = (scored.scores, scored.failed, scored.error,
+                                                                       scored.details)
         total, stats = self.combiner.combine(scores, applies, failed, gates)
         return EnsembleResult(total, scores, applies, failed, gates, errors, details, stats)
-
-    def _score(self, reward: Reward, images: Sequence[ImageLike], prompts: Sequence[str],
-               metadata: Sequence[Mapping[str, Any]], applies: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, str | None, dict[str, list[Any]]]:
-        n = len(images)
-        scores, failed = torch.full((n,), float("nan")), torch.zeros(n, dtype=torch.bool)
-        errors: list[str] = []
-        details: dict[str, list[Any]] = {}
-        index = applies.nonzero().flatten().tolist()
-        for start in range(0, len(index), self.config.batch_size):
-            chunk = index[start:start + self.config.batch_size]
-            output, error = score_safely(reward, [images[i] for i in chunk], [prompts[i] for i in chunk],
-                                         [metadata[i] for i in chunk], self.config.timeout_s)
-            scores[chunk] = output.scores
-            if error is not None:
-                failed[chunk] = True
-                errors.append(error)
-            for key, values in output.details.items():
-                column = details.setdefault(key, [None] * n)
-                for i, value in zip(chunk, values, strict=True):
-                    column[i] = value
-        return scores, failed, "; ".join(dict.fromkeys(errors)) or None, details
 
     def state_dict(self) -> dict[str, Any]:
         """The normaliser's running statistics (empty for stateless modes)."""

@@ -23,8 +23,8 @@ from typing import Any
 # The validator's own rule for which kwargs are weights files, so both always agree.
 from rl.config import (
     COMPONENT_KEY,
-    _mentions_local_path,
-    _type_hints,
+    component_type_hints,
+    mentions_local_path,
     resolve_component,
     resolve_local_path,
     to_container,
@@ -65,11 +65,11 @@ def _folder_files(folder: Path) -> list[Path]:
 def _files(spec: Mapping[str, Any], found: dict[str, str]) -> None:
     """Identities of the files and folders named by the `LocalPath` kwargs of a component (and of the
     components nested in its kwargs): the same kwargs the config validator checks for existence."""
-    hints = _type_hints(resolve_component(str(spec[COMPONENT_KEY])))
+    hints = component_type_hints(resolve_component(str(spec[COMPONENT_KEY])))
     for name, value in spec.items():
         if isinstance(value, Mapping) and COMPONENT_KEY in value:
             _files(value, found)
-        elif _mentions_local_path(hints.get(name)):
+        elif mentions_local_path(hints.get(name)):
             for item in value if isinstance(value, list) else [value]:
                 if isinstance(item, str) and item not in found:
                     found[item] = file_identity(resolve_local_path(item, name))

@@ -59,7 +59,7 @@ def score_rows(rewards: Mapping[str, Reward], devices: Mapping[str, str], images
             groups.setdefault(devices[name], []).append(name)
 
     def run_group(names: list[str]) -> dict[str, Scored]:
-        return {name: _score_one(rewards[name], images, prompts, metadata, rows[name], batch_size, timeout_s)
+        return {name: score_in_chunks(rewards[name], images, prompts, metadata, rows[name], batch_size, timeout_s)
                 for name in names}
 
     if len(groups) <= 1:
@@ -71,9 +71,10 @@ def score_rows(rewards: Mapping[str, Reward], devices: Mapping[str, str], images
     return {name: merged[name] for name in rewards if name in merged}
 
 
-def _score_one(reward: Reward, images: Sequence[ImageLike], prompts: Sequence[str],
-               metadata: Sequence[Mapping[str, Any]], index: Sequence[int], batch_size: int,
-               timeout_s: float | None) -> Scored:
+def score_in_chunks(reward: Reward, images: Sequence[ImageLike], prompts: Sequence[str],
+                    metadata: Sequence[Mapping[str, Any]], index: Sequence[int], batch_size: int,
+                    timeout_s: float | None) -> Scored:
+    """`reward` on rows `index` of the N given, `batch_size` rows per call, each call through `score_safely`."""
     n = len(images)
     scores, failed = torch.full((n,), float("nan")), torch.zeros(n, dtype=torch.bool)
     errors: list[str] = []

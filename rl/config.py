@@ -279,7 +279,7 @@ def validate_component(node: Any, key: str, provided: Iterable[str] = ()) -> lis
         signature = inspect.signature(target)
     except (TypeError, ValueError):
         return []  # builtins without a signature: nothing to check
-    hints = _type_hints(target)
+    hints = component_type_hints(target)
     params = signature.parameters
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     problems: list[str] = []
@@ -303,14 +303,14 @@ def validate_component(node: Any, key: str, provided: Iterable[str] = ()) -> lis
         value = node[name]
         if is_component(value):
             problems += validate_component(value, f"{key}.{name}")
-        elif _mentions_local_path(hints.get(name)):
+        elif mentions_local_path(hints.get(name)):
             problems += _missing_paths(to_container(value), f"{key}.{name}")
     return problems
 
 
-def _mentions_local_path(hint: Any) -> bool:
+def mentions_local_path(hint: Any) -> bool:
     """True for LocalPath, LocalPath | None, list[LocalPath], str | list[LocalPath], ..."""
-    return hint is LocalPath or any(_mentions_local_path(arg) for arg in typing.get_args(hint))
+    return hint is LocalPath or any(mentions_local_path(arg) for arg in typing.get_args(hint))
 
 
 def _missing_paths(value: Any, key: str) -> list[str]:
@@ -330,7 +330,8 @@ def _named(params: Mapping[str, inspect.Parameter]) -> list[str]:
     return [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
 
-def _type_hints(target: Any) -> dict[str, Any]:
+def component_type_hints(target: Any) -> dict[str, Any]:
+    """The type hints of a component's arguments (a class's __init__ or a function); {} when unresolvable."""
     fn = target.__init__ if inspect.isclass(target) else target
     try:
         # LocalPath resolves even where a module imports it only under TYPE_CHECKING (to stay light).

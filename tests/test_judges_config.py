@@ -44,8 +44,8 @@ def test_the_judges_recipe_requires_its_judge_urls_and_replaces_clip_and_the_wei
     with pytest.raises(ConfigError) as error:
         validate_train_config(load_config(JUDGES, [f"{key}={tmp_path}" for key in WEIGHTS]))
     assert error.value.problems == [
-        "rewards.alignment.base_url: required value is missing (set paths.alignment_judge, which it interpolates)",
-        "rewards.quality.base_url: required value is missing (set paths.quality_judge, which it interpolates)"]
+        "paths.alignment_judge: required value is missing (???); interpolated by rewards.alignment.base_url",
+        "paths.quality_judge: required value is missing (???); interpolated by rewards.quality.base_url"]
 
     urls = ["paths.alignment_judge=http://judge-a:8000/v1", "paths.quality_judge=http://judge-q:8001/v1"]
     spec = validate_train_config(load_config(JUDGES, [f"{key}={tmp_path}" for key in WEIGHTS] + urls))
