@@ -94,6 +94,11 @@ class Plan:
     def fits(self) -> bool:
         return not self.problems
 
+    @property
+    def offload_decoder(self) -> bool:
+        """Colocated workers move the decoder and text encoders to the host while learning."""
+        return any(d.offload_decoder for d in self.devices)
+
 
 def learner_setup(spec: TrainSpec, sizes: ModelSizes, checkpointing: bool | None = None) -> LearnerSetup:
     t, learner = spec.trainer, spec.learner
@@ -154,10 +159,11 @@ def _device(spec: TrainSpec, sizes: ModelSizes, node: NodeInfo, gpu: int, units:
     per_unit = [_unit_parts(spec, sizes, unit) for unit in units]
     names = list(dict.fromkeys(n for phases in per_unit if len(phases) > 1 for n in phases)) or ["running"]
     phases = {name: _ordered(_merge([p.get(name) or _peak(p) for p in per_unit])) for name in names}
-    offload = False
-    if any(u.kind == "worker" for u in units) and node.gpu_memory is not None and \
-            max(_with_margin(phases[n], len(units)) for n in LEARNING) > node.gpu_memory:
-        offload = True  # the decoder and text encoders wait on the host while the learner works
+    offload = any(u.kind == "worker" for u in units) and spec.placement.offload_decoder
+    if offload is None:  # the plan decides: only when the learning phases would not fit with them
+        offload = node.gpu_memory is not None and \
+            max(_with_margin(phases[n], len(units)) for n in LEARNING) > node.gpu_memory
+    if offload:  # the decoder and text encoders wait on the host while the learner works
         phases = {n: {k: v for k, v in parts.items() if n not in LEARNING or k not in DECODER_PARTS}
                   for n, parts in phases.items()}
     parts = dict(_peak(phases))
