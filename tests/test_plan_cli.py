@@ -53,7 +53,7 @@ def test_four_24_gib_gpus_do_not_fit_and_the_plan_says_why():
     out = result.stdout
     assert "verdict: DOES NOT FIT" in out and "node 0 GPUs 1-3 (each): learner rank + rollout replica" in out
     assert "4 of 12 actors cannot be placed" in out and "24.0 GiB per GPU (largest: decoder transformer" in out
-    assert "no change of trainer.micro_batch_size, rollout.batch_size, placement.mode" in out
+    assert "no change of trainer.micro_batch_size, rollout.batch_size, learner.grad_sync, placement.mode" in out
 
 
 def test_split_placement_puts_rollout_replicas_and_learner_ranks_on_separate_nodes(capsys):
@@ -71,7 +71,8 @@ def test_advice_names_the_keys_that_make_it_fit(capsys):
     assert code == 2 and not plan["fits"]
     # learner.grad_sync last_micro_batch: 16 micro-batches per rank accumulate an unsharded fp32 gradient copy
     assert "80.0 GiB per GPU (largest: policy gradients 31.7, activations 27.2" in plan["problems"][0]
-    fixes = ("fits with any one of: trainer.micro_batch_size=2; trainer.gradient_checkpointing=true; trainer.lora="
+    fixes = ("fits with any one of: trainer.micro_batch_size=2; trainer.gradient_checkpointing=true; "
+             "learner.grad_sync=every_micro_batch; trainer.lora="
              "{r: 64, alpha: 128, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
              "down_proj]}")
     assert plan["problems"][-1] == fixes

@@ -328,6 +328,9 @@ def _knobs(plan: Plan) -> list[list[tuple[str, TrainSpec, ModelSizes]]]:
     if not t.gradient_checkpointing:
         knobs.append([("trainer.gradient_checkpointing=true", _with(spec, "trainer", gradient_checkpointing=True),
                        sizes)])
+    if learner.grad_sync == "last_micro_batch" and learner.world_size > 1:  # no unsharded gradient copy
+        knobs.append([("learner.grad_sync=every_micro_batch", _with(spec, "learner", grad_sync="every_micro_batch"),
+                       sizes)])
     if spec.placement.mode == "split":
         colocated = _with(_with(spec, "placement", mode="colocated", separate_nodes=False), "rollout",
                           num_actors=learner.world_size)
