@@ -12,6 +12,7 @@ import ray
 import torch
 from train_helpers import REPO, tiny_spec
 
+from rl.distributed.colocated import Offload
 from rl.evaluation.metrics import read_metrics
 from rl.train import Trainer
 
@@ -79,6 +80,22 @@ def split_rows(tmp_path_factory, four_gpus) -> list[dict]:
     run = tmp_path_factory.mktemp("split")
     train(tiny_spec(run, overrides=(*SPLIT, "trainer.steps=2")))
     return read_metrics(run / "metrics.jsonl")
+
+
+def test_offload_moves_storages_and_keeps_the_tensors():
+    a, b = torch.arange(6.0), torch.ones(3)
+    view = a[2:]  # shares a's storage: moved once
+    kept = Offload(keep=True)
+    assert kept.offload([a, view, b]) == (6 + 3) * 4 == kept.nbytes
+    assert a.untyped_storage().nbytes() == view.untyped_storage().nbytes() == b.untyped_storage().nbytes() == 0
+    assert kept.offload([a]) == 0  # already off
+    kept.restore()
+    assert torch.equal(a, torch.arange(6.0)) and torch.equal(view, torch.arange(2.0, 6.0)) and b.sum() == 3
+    dropped = Offload(keep=False)
+    dropped.offload([b])
+    assert b.untyped_storage().nbytes() == 0 and dropped.active
+    dropped.restore()  # room again, contents for the caller to write (the weight sync)
+    assert b.untyped_storage().nbytes() == 12 and not dropped.active
 
 
 def test_colocated_phases_resume_and_match_split(tmp_path, capsys, split_rows):

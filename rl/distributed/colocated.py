@@ -106,9 +106,9 @@ def tensors_in(obj: Any, device: torch.device) -> list[torch.Tensor]:
             return
         seen.add(id(x))
         if isinstance(x, torch.Tensor):
-            found.extend([x] if x.device == device else [])
+            found.extend([x] if _on(x, device) else [])
         elif isinstance(x, nn.Module):
-            found.extend(t for t in [*x.parameters(), *x.buffers()] if t.device == device)
+            found.extend(t for t in [*x.parameters(), *x.buffers()] if _on(t, device))
         elif isinstance(x, (list, tuple, dict)):
             for item in x.values() if isinstance(x, dict) else x:
                 visit(item, depth + 1)
@@ -118,6 +118,11 @@ def tensors_in(obj: Any, device: torch.device) -> list[torch.Tensor]:
 
     visit(obj, 0)
     return found
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> bool:
+    """On `device`; a device without an index ("cuda", as actors pick it) matches any of its type."""
+    return tensor.device.type == device.type and device.index in (None, tensor.device.index)
 
 
 class ColocatedWorker(Learner):
