@@ -21,7 +21,8 @@ from rl.train import Trainer
 COLOCATED = ("placement.mode=colocated", "learner.world_size=2", "learner.num_gpus=0.9", "rollout.num_actors=2",
              "placement.gpu_memory_gib=16", "reward_workers.num_gpus=0.1",
              "placement.offload_decoder=true", "learner.num_cpus=1", "rollout.num_cpus=0")
-SPLIT = ("learner.world_size=2", "learner.num_gpus=1", "rollout.num_actors=2", "rollout.num_gpus=1",
+# Split on the same 2 GPUs: both learner ranks on GPU 0, both rollout replicas on GPU 1, half a GPU each.
+SPLIT = ("learner.world_size=2", "learner.num_gpus=0.5", "rollout.num_actors=2", "rollout.num_gpus=0.5",
          "placement.gpu_memory_gib=16")
 # Wall-clock figures differ between any two runs; everything else must match.
 TIMED = ("time/", "rollout/tokens_per_s", "rollout/images_per_s")
@@ -57,10 +58,10 @@ def comparable(rows: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def four_gpus():
-    """One local Ray with 4 declared GPUs for every run here (the Trainer uses a Ray already started)."""
+def two_gpus():
+    """One local Ray with 2 declared GPUs for every run here (the Trainer uses a Ray already started)."""
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    ray.init(num_cpus=6, num_gpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ray.init(num_cpus=6, num_gpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
 
@@ -75,10 +76,12 @@ def train(spec) -> Trainer:
 
 
 @pytest.fixture(scope="module")
-def split_rows(tmp_path_factory, four_gpus) -> list[dict]:
+def split_rows(tmp_path_factory, two_gpus) -> list[dict]:
     """Two steps of the split run with the same seed: learner ranks and rollout replicas on GPUs of their own."""
     run = tmp_path_factory.mktemp("split")
-    train(tiny_spec(run, overrides=(*SPLIT, "trainer.steps=2")))
+    trainer = train(tiny_spec(run, overrides=(*SPLIT, "trainer.steps=2")))
+    assert [(u.kind, trainer.plan.placement.slots[u].gpu) for u in trainer.plan.placement.units[:4]] == \
+        [("learner", 0), ("learner", 0), ("rollout", 1), ("rollout", 1)]
     return read_metrics(run / "metrics.jsonl")
 
 
