@@ -23,11 +23,12 @@ import torch
 from rewards.ensemble import Combiner
 from rl.config import ConfigError, instantiate, load_config, to_container
 from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync, init_ray
+from rl.distributed.colocated import ColocatedSync, colocated_groups
 from rl.distributed.learner import TrainBatch
 from rl.distributed.memory import GIB
 from rl.distributed.memory_plan import Plan
 from rl.distributed.pipeline import stream_rollout
-from rl.distributed.placement import cluster_nodes, placement_groups, refuse_colocated, run_units, wait_started
+from rl.distributed.placement import cluster_nodes, placement_groups, run_units, wait_started
 from rl.distributed.reward_pool import RewardPool, RunAborted
 from rl.evaluation.alerts import DriftAlerts
 from rl.evaluation.evaluator import Evaluator
@@ -52,7 +53,6 @@ class Trainer:
         self.run_dir = Path(spec.run.dir).resolve()
         self.resume_from = find_resume_checkpoint(spec, self.run_dir)  # refuses an incompatible checkpoint
         self.learner = self.rollout = self.rewards = self.metrics = self.evaluator = None
-        refuse_colocated(spec)
         init_ray(spec.ray)
         try:
             self._start()
@@ -70,22 +70,29 @@ class Trainer:
         self.plan = self._check_plan(scoring)
         groups = placement_groups(self.plan, spec.ray.placement_timeout_s)
         # All actors start loading at once; only then do we wait for them.
-        self.learner = LearnerGroup(model, spec.trainer, spec.learner, spec.rollout.grid,
-                                    spec.rollout.sampling.temperature, timeout, spec.run.seed,
-                                    groups["learner"])
-        self.rollout = RolloutGroup(model, spec.rollout, timeout, groups["rollout"])
+        colocated = spec.placement.mode == "colocated"
+        if colocated:  # the same actors serve as learner ranks and rollout replicas
+            self.learner, self.rollout = colocated_groups(model, spec.trainer, spec.learner, spec.rollout, timeout,
+                                                          spec.run.seed, self.plan.offload_decoder, groups["worker"])
+            starting = {"colocated worker": [w.__ray_ready__.remote() for w in self.learner.ranks]}
+        else:
+            self.learner = LearnerGroup(model, spec.trainer, spec.learner, spec.rollout.grid,
+                                        spec.rollout.sampling.temperature, timeout, spec.run.seed,
+                                        groups["learner"])
+            self.rollout = RolloutGroup(model, spec.rollout, timeout, groups["rollout"])
+            starting = {"rollout": [a.__ray_ready__.remote() for a in self.rollout.actors],
+                        "learner": [r.__ray_ready__.remote() for r in self.learner.ranks]}
         self.rewards = RewardPool({n: to_container(cfg.rewards[n]) for n in scoring},
                                   spec.reward_workers, self.combiner.config.timeout_s, self.combiner.config.batch_size)
-        wait_started({"rollout": [a.__ray_ready__.remote() for a in self.rollout.actors],
-                      "learner": [r.__ray_ready__.remote() for r in self.learner.ranks]},
-                     spec.ray.start_timeout_s, local=spec.ray.address is None)
+        wait_started(starting, spec.ray.start_timeout_s, local=spec.ray.address is None)
         for group in (self.learner, self.rollout, self.rewards):
             group.ready()
         # Declared GPUs (ray.num_gpus on a machine without them) run on the CPU: no NCCL there.
         on_gpus = any(node.gpu_devices for node in self.plan.nodes)
-        self.sync_weights = WeightSync(self.learner, self.rollout, spec.learner.weight_sync,
-                                       use_gpu=on_gpus and spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0,
-                                       dtype=spec.rollout.dtype)
+        self.sync_weights = ColocatedSync(self.learner, spec.rollout.dtype) if colocated else \
+            WeightSync(self.learner, self.rollout, spec.learner.weight_sync,
+                       use_gpu=on_gpus and spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0,
+                       dtype=spec.rollout.dtype)
         if spec.eval.every:
             self.evaluator = Evaluator(spec, self.rollout, self.rewards, self.run_dir)
         self.step = self.unscored_in_row = 0
@@ -156,7 +163,8 @@ class Trainer:
         # Gold rewards (monitor.gold) score the eval prompts only: here they apply to no row.
         idle = {name: torch.zeros(len(prompts), dtype=torch.bool) for name in self.spec.monitor.gold}
         handed = None
-        if self.spec.trainer.streaming:
+        # A colocated worker rolls out or learns, one at a time: its stages cannot overlap within a step.
+        if self.spec.trainer.streaming and self.spec.placement.mode == "split":
             streamed = stream_rollout(self.rollout, self.rewards, self.learner, prompts, self._seeds(step, "policy"),
                                       self._seeds(step, "decoder"), reward_meta, applies | idle)
             rollout, image_refs, locations, scored = (streamed.rollout, streamed.image_refs, streamed.locations,

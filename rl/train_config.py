@@ -63,8 +63,11 @@ class PlacementConfig:
     """Where the actors go and the memory plan checked before any of them starts (`python -m rl.plan`).
 
     mode: "split" (learner ranks and rollout replicas on GPUs of their own) or "colocated" (one worker per GPU
-    holds a learner rank and a rollout replica, time-shared; planned by rl.plan, not yet run by rl.train).
+    holds a learner rank and a rollout replica, time-shared: rl/distributed/colocated.py).
     separate_nodes: split mode only: learner ranks and rollout replicas on disjoint nodes (learner first).
+    offload_decoder: colocated mode only: move the decoder and text encoders to host memory while the learner
+    works (and back for the rollout); null lets the memory plan decide (offloaded when a GPU's learning phases
+    would not fit with them; never when the GPUs' memory is unknown).
     check: "error" refuses to start a run the plan says does not fit (exit 2); "warn" prints the plan and starts.
     gpu_memory_gib: memory of one GPU to plan against; null reads it on each node with nvidia-smi (declared
     GPUs without devices then go unchecked). prompt_tokens: prompt length in tokens (with the image prefix)
@@ -72,6 +75,7 @@ class PlacementConfig:
 
     mode: Literal["colocated", "split"] = "split"
     separate_nodes: bool = False
+    offload_decoder: bool | None = None
     check: Literal["error", "warn"] = "error"
     gpu_memory_gib: Annotated[float, Gt(0)] | None = None
     prompt_tokens: Annotated[int, Ge(1)] = 256
@@ -154,8 +158,8 @@ class TrainerConfig:
     sampling: each token's policy-gradient term weighed by min(learner / sampler probability, tis_cap); needs
     "recompute". streaming: within a step, each rollout chunk (rollout.batch_size rows of one actor) goes to
     the reward actors and the learner's no-grad passes as soon as it is decoded (same samples as false, which
-    runs the stages one after the other). Ranges: lr, eps, clip_eps > 0; weight_decay, grad_clip, kl_coef >= 0;
-    counts >= 1."""
+    runs the stages one after the other; colocated placement always does, its workers holding one phase at a
+    time). Ranges: lr, eps, clip_eps > 0; weight_decay, grad_clip, kl_coef >= 0; counts >= 1."""
 
     steps: Annotated[int, Ge(1)] = 200
     lr: Annotated[float, Gt(0)] = 1e-6
@@ -197,7 +201,8 @@ class LearnerConfig:
     grad_sync: when sharded, "last_micro_batch" reduce-scatters gradients once per optimizer step (earlier
     micro-batches accumulate unsharded gradients: one full gradient copy per GPU, in fp32), "every_micro_batch"
     after each micro-batch (sharded gradient memory, more communication). weight_sync: "auto" (NCCL broadcast
-    when the learner and rollout actors have GPUs, else the object store), "object_store" or "collective"."""
+    when the learner and rollout actors have GPUs, else the object store), "object_store" or "collective"; in
+    colocated placement always an in-process copy ("auto")."""
 
     world_size: Annotated[int, Ge(1)] = 1
     num_gpus: Annotated[float, Ge(0)] = 0.0
@@ -499,4 +504,9 @@ def _check_placement(spec: TrainSpec) -> list[str]:
                             f"0.5, got {learner.num_gpus}")
         if p.separate_nodes:
             problems.append("placement.separate_nodes: applies to split placement only (placement.mode: split)")
+        if learner.weight_sync != "auto":
+            problems.append(f"learner.weight_sync: colocated workers copy the weights within their process; leave it "
+                            f"at auto, got {learner.weight_sync!r}")
+    elif p.offload_decoder:
+        problems.append("placement.offload_decoder: applies to colocated placement only (placement.mode: colocated)")
     return problems

@@ -85,3 +85,30 @@ def test_kv_cache_formula_equals_the_cache_the_sampler_fills(tmp_path):
         policy(torch.randint(0, 200, (rows, length)), None, cache)
     held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     assert held == kv_cache_bytes(shape, rows, length, 4)
+
+
+@pytest.mark.parametrize("trained", ["full", "full+text embedding", "lora"])
+def test_learner_terms_count_what_the_learner_builds(tmp_path, trained):
+    """The plan's trained parameters (gradients, AdamW state), reference copy and weight-sync bytes against a real
+    Learner: the text head is never trained, the text embedding only when unfrozen; the reference is a copy in
+    learner.reference_dtype (none with LoRA: the base is the reference); the sync moves the trained weights (with
+    LoRA the adapted layers' merged weights) in the rollout dtype."""
+    overrides = {"full": (), "full+text embedding": ("trainer.freeze_text_embedding=false",),
+                 "lora": ("trainer.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, down_proj]}",)}
+    spec = tiny_spec(tmp_path, overrides=(*overrides[trained], "learner.reference_dtype=bfloat16"))
+    learner = Learner(to_container(spec.cfg.model), spec.trainer, spec.learner, GRID, 1.0)
+    learner.setup()
+    sizes = model_sizes(spec)
+    setup = learner_setup(spec, sizes)
+    assert setup.trained == sum(p.numel() for _, p in learner.trained)
+    assert setup.sync_bytes == learner.sync_spec(spec.rollout.dtype).nbytes
+    if trained == "lora":
+        assert learner.reference is None and setup.reference_bytes == 0
+        assert setup.param_bytes == 2 and {p.dtype for n, p in learner.policy.named_parameters()
+                                           if not p.requires_grad} == {torch.bfloat16}
+    else:
+        assert {p.dtype for p in learner.reference.parameters()} == {torch.bfloat16} and setup.reference_bytes == 2
+        phases = learner_phases(sizes.policy.shape, setup)
+        assert phases["forward/backward"]["reference"] == sum(p.numel() * 2 for p in learner.reference.parameters())
+        frozen = {n for n, p in learner.policy.named_parameters() if not p.requires_grad}
+        assert "lm_head.weight" in frozen and ("model.lm_embed_tokens.weight" in frozen) == (trained == "full")

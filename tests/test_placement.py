@@ -7,7 +7,7 @@ import pytest
 from train_helpers import tiny_spec
 
 from rl.config import ConfigError
-from rl.distributed.placement import NodeInfo, Slot, Unit, assign, refuse_colocated, run_units
+from rl.distributed.placement import NodeInfo, Slot, Unit, assign, run_units
 
 
 def nodes(count: int, gpus: int, cpus: float | None = None) -> list[NodeInfo]:
@@ -57,16 +57,17 @@ def test_run_units_follow_the_config(tmp_path: Path):
     colocated = tiny_spec(tmp_path, overrides=("placement.mode=colocated", "learner.world_size=2", "learner.num_gpus=1",
                                                "rollout.num_actors=2"))
     assert [(u.kind, u.cpus, u.gpus) for u in run_units(colocated, [])] == [("worker", 2, 1), ("worker", 2, 1)]
-    with pytest.raises(ConfigError, match="colocated placement .* is not yet available in rl.train"):
-        refuse_colocated(colocated)
 
 
 def test_placement_keys_are_validated(tmp_path: Path):
     with pytest.raises(ConfigError) as error:
         tiny_spec(tmp_path, overrides=("placement.mode=colocated", "placement.separate_nodes=true",
-                                       "rollout.num_actors=2", "rollout.num_gpus=2", "ray.start_timeout_s=0"))
+                                       "rollout.num_actors=2", "rollout.num_gpus=2", "ray.start_timeout_s=0",
+                                       "learner.weight_sync=collective"))
     problems = "\n".join(error.value.problems)
     for key in ("rollout.num_actors: colocated placement", "learner.num_gpus: colocated workers",
                 "placement.separate_nodes: applies to split", "rollout.num_gpus: must be in [0, 1]",
-                "ray.start_timeout_s: must be > 0"):
+                "ray.start_timeout_s: must be > 0", "learner.weight_sync: colocated workers copy"):
         assert key in problems
+    with pytest.raises(ConfigError, match="placement.offload_decoder: applies to colocated placement only"):
+        tiny_spec(tmp_path, overrides=("placement.offload_decoder=true",))

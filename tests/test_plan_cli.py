@@ -53,7 +53,7 @@ def test_four_24_gib_gpus_do_not_fit_and_the_plan_says_why():
     out = result.stdout
     assert "verdict: DOES NOT FIT" in out and "node 0 GPUs 1-3 (each): learner rank + rollout replica" in out
     assert "4 of 12 actors cannot be placed" in out and "24.0 GiB per GPU (largest: decoder transformer" in out
-    assert "no change of trainer.micro_batch_size, rollout.batch_size, placement.mode" in out
+    assert "no change of trainer.micro_batch_size, rollout.batch_size, learner.grad_sync, placement.mode" in out
 
 
 def test_split_placement_puts_rollout_replicas_and_learner_ranks_on_separate_nodes(capsys):
@@ -69,8 +69,10 @@ def test_split_placement_puts_rollout_replicas_and_learner_ranks_on_separate_nod
 def test_advice_names_the_keys_that_make_it_fit(capsys):
     code, plan = plan_json(capsys, *ONE_NODE, "trainer.gradient_checkpointing=false")
     assert code == 2 and not plan["fits"]
-    assert "80.0 GiB per GPU (largest: activations" in plan["problems"][0]
-    fixes = ("fits with any one of: trainer.micro_batch_size=2; trainer.gradient_checkpointing=true; trainer.lora="
+    # learner.grad_sync last_micro_batch: 16 micro-batches per rank accumulate an unsharded fp32 gradient copy
+    assert "80.0 GiB per GPU (largest: policy gradients 31.7, activations 27.2" in plan["problems"][0]
+    fixes = ("fits with any one of: trainer.micro_batch_size=2; trainer.gradient_checkpointing=true; "
+             "learner.grad_sync=every_micro_batch; trainer.lora="
              "{r: 64, alpha: 128, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
              "down_proj]}")
     assert plan["problems"][-1] == fixes
@@ -88,7 +90,9 @@ def test_lora_is_planned_when_the_config_sets_it():
     full, adapters = make_plan(spec, nodes, model_sizes(spec)), make_plan(lora_spec, nodes, model_sizes(lora_spec))
     learning = {name: adapters.devices[1].phases["forward/backward"].get(name, 0)
                 for name in ("policy gradients", "optimizer state", "reference")}
-    assert learning == {"policy gradients": 6_488_064 * 4 // 8, "optimizer state": 2 * 6_488_064 * 4 // 8,
-                        "reference": 0}  # q and v adapters of r 16 on 36 layers; the base is the reference
+    # q and v adapters of r 16 on 36 layers; the base is the reference; the adapters' gradients accumulate
+    # unsharded in fp32 over the 16 micro-batches of a rank (learner.grad_sync: last_micro_batch)
+    assert learning == {"policy gradients": 6_488_064 * 4, "optimizer state": 2 * 6_488_064 * 4 // 8,
+                        "reference": 0}
     assert adapters.devices[1].bytes < full.devices[1].bytes
     assert OmegaConf.is_missing(spec.cfg.paths, "xomni")  # planned from configs/shapes/, nothing loaded

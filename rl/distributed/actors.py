@@ -59,7 +59,7 @@ def call(refs: Any, what: str, timeout_s: float | None = None) -> Any:
         raise RunAborted(f"{what} did not answer within {timeout_s}s (ray.call_timeout_s)") from e
 
 
-def _placed(cls: type, count: int, num_cpus: float, num_gpus: float, group: PlacementGroup | None = None
+def placed(cls: type, count: int, num_cpus: float, num_gpus: float, group: PlacementGroup | None = None
             ) -> tuple[list, Any]:
     """Options for `count` actors of `cls`, actor i in bundle i of `group` (the driver's, pinned to the nodes
     the plan chose; by default a PACK group of `count` bundles, so GPU actors land together), and the group
@@ -86,9 +86,20 @@ class RolloutGroup:
 
     def __init__(self, model: Mapping[str, Any], cfg: RolloutConfig, timeout_s: float | None,
                  group: PlacementGroup | None = None):
-        options, self.group = _placed(RolloutWorker, cfg.num_actors, cfg.num_cpus, cfg.num_gpus, group)
-        self.actors = [o.remote(model, cfg) for o in options]  # models load in the background
-        self.timeout_s, self.batch_size = timeout_s, cfg.batch_size
+        options, group = placed(RolloutWorker, cfg.num_actors, cfg.num_cpus, cfg.num_gpus, group)
+        # Models load in the background.
+        self._drive([o.remote(model, cfg) for o in options], timeout_s, cfg.batch_size, group)
+
+    @classmethod
+    def of(cls, actors: Sequence[Any], timeout_s: float | None, batch_size: int,
+           group: PlacementGroup | None = None) -> RolloutGroup:
+        """A facade over actors started elsewhere that answer `generate` and `ping` (colocated workers)."""
+        self = cls.__new__(cls)
+        self._drive(list(actors), timeout_s, batch_size, group)
+        return self
+
+    def _drive(self, actors: list, timeout_s: float | None, batch_size: int, group: PlacementGroup | None) -> None:
+        self.actors, self.timeout_s, self.batch_size, self.group = actors, timeout_s, batch_size, group
 
     def ready(self) -> None:
         """Wait until every actor has built its policy and decoder."""
@@ -157,10 +168,19 @@ class LearnerGroup:
     def __init__(self, model: Mapping[str, Any], trainer: TrainerConfig, cfg: LearnerConfig, grid: Sequence[int],
                  temperature: float, timeout_s: float | None, seed: int = 0,
                  group: PlacementGroup | None = None):
-        options, self.group = _placed(Learner, cfg.world_size, cfg.num_cpus, cfg.num_gpus, group)
-        self.ranks = [o.remote(model, trainer, cfg, tuple(grid), temperature, rank, seed)
-                      for rank, o in enumerate(options)]
-        self.timeout_s = timeout_s
+        options, group = placed(Learner, cfg.world_size, cfg.num_cpus, cfg.num_gpus, group)
+        self._drive([o.remote(model, trainer, cfg, tuple(grid), temperature, rank, seed)
+                     for rank, o in enumerate(options)], timeout_s, group)
+
+    @classmethod
+    def of(cls, ranks: Sequence[Any], timeout_s: float | None, group: PlacementGroup | None = None) -> LearnerGroup:
+        """A facade over actors started elsewhere that answer every `Learner` method (colocated workers)."""
+        self = cls.__new__(cls)
+        self._drive(list(ranks), timeout_s, group)
+        return self
+
+    def _drive(self, ranks: list, timeout_s: float | None, group: PlacementGroup | None) -> None:
+        self.ranks, self.timeout_s, self.group = ranks, timeout_s, group
 
     def ready(self) -> None:
         """Form the process group (rank 0 hosts it) and build the policy, reference and optimizer."""

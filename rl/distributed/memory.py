@@ -6,12 +6,18 @@ K image codes, B sequences per micro-batch, L = prompt + T image tokens per sequ
 element of the compute / parameter dtype, W learner ranks (FSDP world size).
 
 Learner rank (rl/distributed/learner.py), per phase of one update:
-  static       params P*pb/W, gradients P_t*pb/W, AdamW state 2*P_t*pb/W (P_t = trained parameters),
-               reference P*pb/W (the initial policy, built like the policy).
-  FSDP (W > 1) the root unit (everything outside the decoder layers) stays gathered through forward and
-               backward, the current and the prefetched layer are gathered, and the unsharded gradients of
-               the root and of one layer wait for their reduce-scatter in fp32:
-               (root + 2 * layer) * cb + (root_t + layer_t) * 4.
+  static       params P*pb/W, gradients P_t*pb/W, AdamW state 2*P_t*pb/W. P_t = trained parameters: all but the
+               text head (never trained) and, with trainer.freeze_text_embedding, the text embedding; with LoRA
+               the adapters (fp32), the base then held in rb_ref. Reference P*rb_ref/W: a frozen copy in
+               learner.reference_dtype (none with LoRA: the base with adapters off is the reference).
+  gradients    with learner.grad_sync "last_micro_batch" and several micro-batches per optimizer step, FSDP2
+  (W > 1)      accumulates unsharded gradients in fp32 until the last backward: P_t*4 per GPU during
+               forward/backward (instead of the sharded P_t*pb/W).
+  FSDP (W > 1) units: each layer, each embedding, each head, the norms at the root (kept gathered). The current
+               and the prefetched layer are gathered, and at the ends of the pass the embeddings or the image
+               head; the unsharded gradients of one layer and the image head wait for their reduce-scatter in
+               fp32 (unless they accumulate, above): (norms + 2 * layer + max(embeddings, image head)) * cb
+               + (layer_t + image_head_t) * 4. The text head's unit never runs, so it is never gathered.
   activations  per token of every layer (saved for backward):
                  2 RMSNorms x (4 + 2*cb) * h   fp32 input, normalised value and output in the compute dtype
                  + cb * 4 * q                  rotated q, k and v repeated to all heads (the learner's batches
@@ -25,6 +31,10 @@ Learner rank (rl/distributed/learner.py), per phase of one update:
                (h * cb per token) is saved, and one layer is rebuilt at a time (its activations plus as much
                again for their gradients).
   optimizer    AdamW's foreach step adds one temporary of the trained shard (sqrt of exp_avg_sq).
+  weight sync  gradients are freed; the trained weights travel in the rollout dtype, in buckets of BUCKET_BYTES
+               (a larger tensor alone): a bucket's shards all-gathered into full tensors while the next
+               bucket's all-gather is in flight, 2 * bucket * (1 + 1/W) (2 * bucket of cast copies unsharded),
+               plus 2 flat copies in flight for a collective broadcast.
 Rollout replica (rl/distributed/rollout.py): full weights P*rb; the KV cache
   2 * n_l * kv_heads * head_dim * (prompt + T) * rows * rb (rows doubled by CFG) plus one layer's copy while
   DynamicCache grows it; the prefill (one layer's MLP and residual tensors for every prompt token); the
@@ -40,6 +50,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from rl.distributed.weight_sync import BUCKET_BYTES
 from rl.model.policy import LOGPROB_CHUNK_ROWS
 
 GIB = 1024**3
@@ -68,7 +79,9 @@ DRIVER_HOST_BYTES = GIB
 @dataclass(frozen=True)
 class PolicyShape:
     """What the formulas need of an X-Omni policy. parameters: all of them; layer: the largest decoder layer's;
-    root: the parameters outside the decoder layers (embeddings, heads, final norms)."""
+    root: the parameters outside the decoder layers (embeddings, heads, final norms), of which text_head,
+    text_embedding, image_embedding and image_head are the four FSDP units; largest: the largest tensor other
+    than the text head and embedding (it bounds a weight-sync bucket)."""
 
     hidden: int
     intermediate: int
@@ -80,26 +93,39 @@ class PolicyShape:
     parameters: int
     layer: int
     root: int
+    text_head: int = 0
+    text_embedding: int = 0
+    image_embedding: int = 0
+    image_head: int = 0
+    largest: int = 0
 
 
 @dataclass(frozen=True)
 class LearnerSetup:
-    """One learner rank. trained: parameters that get gradients and AdamW state (all of them in full
-    fine-tuning, the adapters with LoRA); trained_bytes: their dtype's bytes; frozen_base: the base weights are
-    frozen (LoRA: no separate reference); lora_inputs: per token, the elements LoRA's dropout copies."""
+    """One learner rank. param_bytes: of the policy's (LoRA: the frozen base's) weights; trained: parameters that
+    get gradients and AdamW state (P_t above); trained_bytes: their dtype's bytes; reference_bytes: of the frozen
+    reference copy (0: none); frozen_base: LoRA (adapters on a frozen base); lora_inputs: per token, the elements
+    LoRA's dropout copies; accumulates: unsharded fp32 gradients accumulate over micro-batches (grad_sync
+    last_micro_batch, W > 1, several micro-batches per optimizer step); sync_bytes: what one weight sync moves
+    (trained weights, with LoRA the adapted layers' merged weights, in the rollout dtype); bucket_bytes: the
+    largest sync bucket; collective: the sync broadcasts (NCCL) rather than using the object store or a copy."""
 
     world_size: int
     param_bytes: int
     compute_bytes: int
-    reference: bool
     micro_batch: int
     prompt_tokens: int
     image_tokens: int
     checkpointing: bool
     trained: int
     trained_bytes: int
+    reference_bytes: int = 0
     frozen_base: bool = False
     lora_inputs: int = 0
+    accumulates: bool = False
+    sync_bytes: int = 0
+    bucket_bytes: int = 0
+    collective: bool = False
 
 
 def norm_bytes(shape: PolicyShape, cb: int) -> int:
@@ -135,26 +161,43 @@ def activation_bytes(shape: PolicyShape, s: LearnerSetup, checkpointing: bool) -
 
 
 def learner_phases(shape: PolicyShape, s: LearnerSetup) -> dict[str, dict[str, int]]:
-    """Parts of one learner rank during forward/backward and during the optimizer step."""
+    """Parts of one learner rank during forward/backward, the optimizer step and the weight sync."""
     w, pb, cb = s.world_size, s.param_bytes, s.compute_bytes
     static = {"policy parameters": shape.parameters * pb // w,
               "policy gradients": s.trained * s.trained_bytes // w,
               "optimizer state": 2 * s.trained * s.trained_bytes // w}
-    if s.frozen_base:
+    if s.frozen_base:  # the adapters, beside the base
         static["policy parameters"] += s.trained * s.trained_bytes // w
-    if s.reference and not s.frozen_base:
-        static["reference"] = shape.parameters * pb // w
+    if s.reference_bytes:
+        static["reference"] = shape.parameters * s.reference_bytes // w
     step = dict(static)
     step["optimizer step"] = s.trained * s.trained_bytes // w
     forward = dict(static)
+    if s.accumulates:
+        forward["policy gradients"] = s.trained * 4
     if w > 1:
-        gathered = (shape.root + 2 * shape.layer) * cb
-        root_t, layer_t = (0, 0) if s.frozen_base else (shape.root, shape.layer)
-        forward["FSDP buffers"] = gathered + (root_t + layer_t) * 4
+        norms = shape.root - shape.text_head - shape.text_embedding - shape.image_embedding - shape.image_head
+        ends = max(shape.text_embedding + shape.image_embedding, shape.image_head)
+        waiting = 0 if s.frozen_base or s.accumulates else (shape.layer + shape.image_head) * 4
+        forward["FSDP buffers"] = (norms + 2 * shape.layer + ends) * cb + waiting
     elif cb != pb:  # autocast keeps bf16 casts of the weights it used until backward frees them
         forward["autocast weight copies"] = (shape.layer if s.checkpointing else shape.parameters) * cb
     forward["activations"] = activation_bytes(shape, s, s.checkpointing)
-    return {"forward/backward": forward, "optimizer step": step}
+    sync = {k: v for k, v in static.items() if k != "policy gradients"}  # freed by zero_grad(set_to_none)
+    sync["weight-sync buckets"] = sync_buffer_bytes(s)
+    return {"forward/backward": forward, "optimizer step": step, "weight sync": sync}
+
+
+def sync_buffer_bytes(s: LearnerSetup) -> int:
+    """A learner rank's weight-sync buffers: two buckets in flight (see the module docstring)."""
+    bucket = s.bucket_bytes
+    gathered = 2 * bucket * (s.world_size + 1) // s.world_size if s.world_size > 1 else 2 * bucket
+    return gathered + (2 * bucket if s.collective else 0)
+
+
+def bucket_bytes(sync_bytes: int, largest_bytes: int) -> int:
+    """The largest bucket `weight_sync.plan_buckets` makes: BUCKET_BYTES, or one tensor larger than that."""
+    return min(sync_bytes, max(BUCKET_BYTES, largest_bytes))
 
 
 def kv_cache_bytes(shape: PolicyShape, rows: int, length: int, dtype_bytes: int) -> int:

@@ -1,13 +1,16 @@
 """The memory plan of a run: what every GPU and every host holds at its peak, given the config, the model
 sizes and the nodes. `python -m rl.plan` prints it; `rl.train` checks it before any actor starts.
 
-Per GPU the parts of every actor placed on it add up (each actor is a process that keeps its memory). A
-colocated worker time-shares its GPU, so its peak is the largest of three phases:
-  rolling out       learner parameters and reference stay (resharded); gradients and AdamW state are on the
-                    host; the rollout replica samples and the decoder decodes.
-  forward/backward  the learner's activations and FSDP buffers; the KV cache and the decoder's activations are
-                    released; the decoder and text encoders move to the host when they would not fit.
-  optimizer step    AdamW's step.
+Per GPU the parts of every actor placed on it add up (each actor is a process that keeps its memory). A learner
+rank peaks in one of three phases (forward/backward, optimizer step, weight sync). A colocated worker
+(rl/distributed/colocated.py) time-shares its GPU, so its peak is the largest of four:
+  rolling out       learner parameters (resharded) and reference stay; gradients are freed and AdamW state is
+                    on the host; the rollout replica samples and the decoder decodes.
+  forward/backward  the learner's activations, gradients and FSDP buffers; the replica's synced weights, KV
+  optimizer step    cache and decoder activations are released (its text head and embedding stay); the decoder
+                    and text encoders move to the host (placement.offload_decoder, or the plan's choice when
+                    they would not fit).
+  weight sync       AdamW state back on the host; the replica's weights refilled bucket by bucket.
 Per host: the driver, one Ray worker process per actor, and what each actor holds there (while loading today's
 loaders read a full copy of a model in its load dtype before moving it to the GPU; a CPU actor's parts; a
 colocated worker's offloaded state).
@@ -28,9 +31,10 @@ from rl.distributed.placement import NodeInfo, Placement, Unit, assign, run_unit
 from rl.model.lora import LINEAR_LAYERS, LoraSettings
 from rl.train_config import TrainSpec
 
-LEARNING = ("forward/backward", "optimizer step")
+LEARNING = ("forward/backward", "optimizer step", "weight sync")  # phases a colocated worker's decoder may skip
 PART_ORDER = ("policy parameters", "policy gradients", "optimizer state", "reference", "FSDP buffers",
-              "autocast weight copies", "activations", "optimizer step", "rollout weights", "KV cache",
+              "autocast weight copies", "activations", "optimizer step", "weight-sync buckets", "rollout weights",
+              "KV cache",
               "sampler activations", "VQ projector", "decoder transformer", "VAE", "CLIP text encoder",
               "T5 text encoder", "decoder activations")
 DECODER_PARTS = ("decoder transformer", "VAE", "CLIP text encoder", "T5 text encoder", "VQ projector")
@@ -94,19 +98,47 @@ class Plan:
     def fits(self) -> bool:
         return not self.problems
 
+    @property
+    def offload_decoder(self) -> bool:
+        """Colocated workers move the decoder and text encoders to the host while learning."""
+        return any(d.offload_decoder for d in self.devices)
+
 
 def learner_setup(spec: TrainSpec, sizes: ModelSizes, checkpointing: bool | None = None) -> LearnerSetup:
-    t, learner = spec.trainer, spec.learner
-    pb = DTYPE_BYTES[learner.dtype]
-    cb = 2 if learner.mixed_precision else pb
-    grid = spec.rollout.grid
-    ckpt = t.gradient_checkpointing if checkpointing is None else checkpointing
+    """One learner rank of `spec`, counted as rl/distributed/learner.py builds it."""
+    t, learner, r = spec.trainer, spec.learner, spec.rollout
     shape = sizes.policy.shape
-    if sizes.lora is not None:  # adapters in fp32 (peft's default), the base frozen in the learner's dtype
-        return LearnerSetup(learner.world_size, pb, cb, True, t.micro_batch_size, spec.placement.prompt_tokens,
-                            grid[0] * grid[1], ckpt, sizes.lora.parameters, 4, True, sizes.lora.dropout_inputs)
-    return LearnerSetup(learner.world_size, pb, cb, t.kl_coef > 0, t.micro_batch_size, spec.placement.prompt_tokens,
-                        grid[0] * grid[1], ckpt, shape.parameters, pb)
+    world = learner.world_size
+    rows_per_rank = r.prompts_per_step * r.group_size // t.mini_batches // world
+    common = {"world_size": world, "compute_bytes": 2 if learner.mixed_precision else DTYPE_BYTES[learner.dtype],
+              "micro_batch": t.micro_batch_size, "prompt_tokens": spec.placement.prompt_tokens,
+              "image_tokens": r.grid[0] * r.grid[1],
+              "checkpointing": t.gradient_checkpointing if checkpointing is None else checkpointing,
+              "accumulates": world > 1 and learner.grad_sync == "last_micro_batch" and
+              rows_per_rank > t.micro_batch_size,
+              "collective": spec.placement.mode == "split" and _collective_sync(spec)}
+    rb = DTYPE_BYTES[r.dtype]
+    if sizes.lora is not None:  # adapters in fp32 (peft's default), the base frozen in the reference dtype
+        synced = sizes.lora.adapted * rb
+        return LearnerSetup(param_bytes=DTYPE_BYTES[learner.reference_dtype], trained=sizes.lora.parameters,
+                            trained_bytes=4, frozen_base=True, lora_inputs=sizes.lora.dropout_inputs,
+                            sync_bytes=synced, bucket_bytes=memory.bucket_bytes(synced, shape.largest * rb),
+                            **common)
+    frozen = shape.text_head + (shape.text_embedding if t.freeze_text_embedding else 0)
+    trained = shape.parameters - frozen
+    largest = shape.largest if t.freeze_text_embedding else max(shape.largest, shape.text_embedding)
+    return LearnerSetup(param_bytes=DTYPE_BYTES[learner.dtype], trained=trained,
+                        trained_bytes=DTYPE_BYTES[learner.dtype],
+                        reference_bytes=DTYPE_BYTES[learner.reference_dtype] if t.kl_coef > 0 else 0,
+                        sync_bytes=trained * rb, bucket_bytes=memory.bucket_bytes(trained * rb, largest * rb),
+                        **common)
+
+
+def _collective_sync(spec: TrainSpec) -> bool:
+    """Whether a split run broadcasts the weights (NCCL on GPUs) rather than using the object store; planned as
+    on GPUs, since a plan is about GPUs."""
+    mode = spec.learner.weight_sync
+    return mode == "collective" or (mode == "auto" and spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0)
 
 
 def rollout_setup(spec: TrainSpec) -> RolloutSetup:
@@ -139,14 +171,19 @@ def _unit_parts(spec: TrainSpec, sizes: ModelSizes, unit: Unit) -> dict[str, dic
         return {"running": {unit.name: memory.reward_bytes(reward)} if reward.parameters else {}}
     if unit.kind == "rollout":
         return {"running": memory.rollout_parts(shape, sizes.decoder, rollout_setup(spec))}
-    learning = memory.learner_phases(shape, learner_setup(spec, sizes))
+    setup = learner_setup(spec, sizes)
+    learning = memory.learner_phases(shape, setup)
     if unit.kind == "learner":
         return learning
+    # A colocated worker (rl/distributed/colocated.py): see the module docstring.
     rollout = memory.rollout_parts(shape, sizes.decoder, rollout_setup(spec))
-    resident = {k: v for k, v in rollout.items() if k == "rollout weights" or k in DECODER_PARTS}
-    rolling = {k: v for k, v in learning["forward/backward"].items()
-               if k in ("policy parameters", "reference")} | rollout
-    return {"rolling out": rolling, **{phase: parts | resident for phase, parts in learning.items()}}
+    decoder = {k: v for k, v in rollout.items() if k in DECODER_PARTS}
+    kept = {"rollout weights": rollout["rollout weights"] - setup.sync_bytes}  # not synced, so never released
+    parked = {k: v for k, v in learning["forward/backward"].items() if k in ("policy parameters", "reference")}
+    sync = parked | {"weight-sync buckets": learning["weight sync"]["weight-sync buckets"],
+                     "rollout weights": rollout["rollout weights"]}
+    return {"rolling out": parked | rollout, "forward/backward": learning["forward/backward"] | kept | decoder,
+            "optimizer step": learning["optimizer step"] | kept | decoder, "weight sync": sync | decoder}
 
 
 def _device(spec: TrainSpec, sizes: ModelSizes, node: NodeInfo, gpu: int, units: list[Unit]) -> Device:
@@ -154,10 +191,11 @@ def _device(spec: TrainSpec, sizes: ModelSizes, node: NodeInfo, gpu: int, units:
     per_unit = [_unit_parts(spec, sizes, unit) for unit in units]
     names = list(dict.fromkeys(n for phases in per_unit if len(phases) > 1 for n in phases)) or ["running"]
     phases = {name: _ordered(_merge([p.get(name) or _peak(p) for p in per_unit])) for name in names}
-    offload = False
-    if any(u.kind == "worker" for u in units) and node.gpu_memory is not None and \
-            max(_with_margin(phases[n], len(units)) for n in LEARNING) > node.gpu_memory:
-        offload = True  # the decoder and text encoders wait on the host while the learner works
+    offload = any(u.kind == "worker" for u in units) and spec.placement.offload_decoder
+    if offload is None:  # the plan decides: only when the learning phases would not fit with them
+        offload = node.gpu_memory is not None and \
+            max(_with_margin(phases[n], len(units)) for n in LEARNING) > node.gpu_memory
+    if offload:  # the decoder and text encoders wait on the host while the learner works
         phases = {n: {k: v for k, v in parts.items() if n not in LEARNING or k not in DECODER_PARTS}
                   for n, parts in phases.items()}
     parts = dict(_peak(phases))
@@ -214,9 +252,8 @@ def _unit_host_bytes(spec: TrainSpec, sizes: ModelSizes, unit: Unit, on_cpu: boo
     if loading is None:  # a reward: its weights file is read in fp32
         loading = sizes.rewards[unit.reward][0].parameters * 4
     steady = 0
-    if unit.kind == "worker":  # gradients and AdamW state wait on the host while rolling out
-        learning = phases["optimizer step"]
-        steady = learning["policy gradients"] + learning["optimizer state"] + (decoder if offload_decoder else 0)
+    if unit.kind == "worker":  # AdamW state waits on the host while rolling out (gradients are freed)
+        steady = phases["optimizer step"]["optimizer state"] + (decoder if offload_decoder else 0)
     return max(loading, steady)
 
 
@@ -290,6 +327,9 @@ def _knobs(plan: Plan) -> list[list[tuple[str, TrainSpec, ModelSizes]]]:
               for b in _halvings(r.batch_size)]]
     if not t.gradient_checkpointing:
         knobs.append([("trainer.gradient_checkpointing=true", _with(spec, "trainer", gradient_checkpointing=True),
+                       sizes)])
+    if learner.grad_sync == "last_micro_batch" and learner.world_size > 1:  # no unsharded gradient copy
+        knobs.append([("learner.grad_sync=every_micro_batch", _with(spec, "learner", grad_sync="every_micro_batch"),
                        sizes)])
     if spec.placement.mode == "split":
         colocated = _with(_with(spec, "placement", mode="colocated", separate_nodes=False), "rollout",

@@ -61,9 +61,14 @@ def policy_shape(config: XOmniConfig) -> PolicyShape:
     layer = max(sum(p.numel() for p in layer.parameters()) for layer in policy.model.layers)
     layers = sum(p.numel() for p in policy.model.layers.parameters())
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    units = {name: sum(p.numel() for p in module.parameters()) for name, module in (
+        ("text_head", policy.lm_head), ("text_embedding", policy.model.lm_embed_tokens),
+        ("image_embedding", policy.model.mm_embed_tokens), ("image_head", policy.mm_head))}
+    text = {id(p) for p in [*policy.lm_head.parameters(), *policy.model.lm_embed_tokens.parameters()]}
+    largest = max(p.numel() for p in policy.parameters() if id(p) not in text)
     return PolicyShape(config.hidden_size, config.intermediate_size, config.num_hidden_layers,
                        config.num_attention_heads, config.num_key_value_heads, head_dim, config.image_vocab_size,
-                       total, layer, total - layers)
+                       total, layer, total - layers, **units, largest=largest)
 
 
 def policy_size(node: DictConfig) -> PolicySize:
@@ -187,11 +192,12 @@ def _arguments(target: Any, node: DictConfig | Mapping) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class LoraSize:
-    """LoRA adapters on the policy: their parameters, and per token the input elements their dropout copies
-    (0 without dropout)."""
+    """LoRA adapters on the policy: their parameters, per token the input elements their dropout copies (0 without
+    dropout), and the adapted layers' base weights (what the weight sync moves, merged)."""
 
     parameters: int
     dropout_inputs: int
+    adapted: int = 0
 
 
 def lora_size(config: XOmniConfig, lora: LoraSettings) -> LoraSize:
@@ -202,4 +208,4 @@ def lora_size(config: XOmniConfig, lora: LoraSettings) -> LoraSize:
     parameters = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
     layers = [layer for _, layer in lora_layers(model)]
     inputs = sum(m.in_features for m in layers) // max(config.num_hidden_layers, 1) if lora.dropout else 0
-    return LoraSize(parameters, inputs)
+    return LoraSize(parameters, inputs, sum(m.base_layer.weight.numel() for m in layers))

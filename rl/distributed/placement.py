@@ -4,8 +4,8 @@ by the memory plan (`python -m rl.plan`) and realised by the driver as Ray place
 Modes (`placement.mode`):
   split      learner ranks and rollout replicas on GPUs of their own; `placement.separate_nodes` puts them on
              disjoint nodes (learner first), e.g. rollout replicas on one node and learner ranks on another.
-  colocated  one worker per GPU holding a learner rank and a rollout replica, time-shared (planned here;
-             rl.train does not run it yet).
+  colocated  one worker per GPU holding a learner rank and a rollout replica, time-shared
+             (rl/distributed/colocated.py).
 Reward actors ask for their own CPUs and a GPU share (`reward_workers`); the plan puts each on the first GPU
 with that share free (Ray's fractional GPUs: a share fits only where a GPU has it left), or on the first node
 with the CPUs when it needs no GPU. Units are placed first-fit over the nodes in order, GPU by GPU.
@@ -29,7 +29,6 @@ import psutil
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 
-from rl.config import ConfigError
 from rl.distributed.reward_pool import RunAborted
 from rl.train_config import TrainSpec
 
@@ -91,14 +90,6 @@ class Placement:
 
     def on_node(self, node: int) -> list[Unit]:
         return [u for u in self.units if u in self.slots and self.slots[u].node == node]
-
-
-def refuse_colocated(spec: TrainSpec) -> None:
-    """rl.train runs split placement only, for now; the plan already models colocated placement."""
-    if spec.placement.mode == "colocated":
-        raise ConfigError(["placement.mode: colocated placement (a learner rank and a rollout replica time-sharing "
-                           "each GPU) is not yet available in rl.train; `python -m rl.plan` plans it. Set "
-                           "placement.mode=split (learner ranks and rollout replicas on GPUs of their own)"])
 
 
 def run_units(spec: TrainSpec, rewards: Sequence[str]) -> list[Unit]:
