@@ -360,7 +360,9 @@ def old_logprobs_mode(spec: TrainSpec) -> str:
     if t.old_logprobs != "auto":
         return t.old_logprobs
     compute_dtype = "bfloat16" if learner.mixed_precision else learner.dtype
-    differs = r.dtype != compute_dtype or (r.num_gpus > 0) != (learner.num_gpus > 0)
+    # A colocated replica runs in its learner rank's process, on its device, whatever rollout.num_gpus says.
+    rollout_on_gpu = learner.num_gpus > 0 if spec.placement.mode == "colocated" else r.num_gpus > 0
+    differs = r.dtype != compute_dtype or rollout_on_gpu != (learner.num_gpus > 0)
     return "recompute" if differs or t.tis_cap is not None else "sampler"
 
 

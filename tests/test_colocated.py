@@ -22,8 +22,9 @@ COLOCATED = ("placement.mode=colocated", "learner.world_size=2", "learner.num_gp
              "placement.gpu_memory_gib=16", "reward_workers.num_gpus=0.1",
              "placement.offload_decoder=true", "learner.num_cpus=1", "rollout.num_cpus=0")
 # Split on the same 2 GPUs: both learner ranks on GPU 0, both rollout replicas on GPU 1, half a GPU each.
+# Its stages one after the other, as colocated steps run (tests/test_train_pipeline.py compares streaming).
 SPLIT = ("learner.world_size=2", "learner.num_gpus=0.5", "rollout.num_actors=2", "rollout.num_gpus=0.5",
-         "placement.gpu_memory_gib=16")
+         "placement.gpu_memory_gib=16", "trainer.streaming=false")
 # Wall-clock figures differ between any two runs; everything else must match.
 TIMED = ("time/", "rollout/tokens_per_s", "rollout/images_per_s")
 

@@ -52,8 +52,9 @@ def peak_tensor_bytes(run, trace: Path) -> int:
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_learner_estimate_is_within_25_percent_of_the_measured_peak(tmp_path, checkpointing):
     """A learner rank built and updated twice (the second update holds AdamW state) by the real Learner."""
+    # A KL term (so the reference is held and run) and one optimizer step per update, whatever the demo tunes.
     overrides = (*SMALL_POLICY, f"rollout.grid=[{GRID[0]},{GRID[1]}]", "trainer.micro_batch_size=8",
-                 f"trainer.gradient_checkpointing={checkpointing}")
+                 f"trainer.gradient_checkpointing={checkpointing}", "trainer.kl_coef=0.01", "trainer.mini_batches=1")
     spec = tiny_spec(tmp_path, overrides=overrides)
     learner = Learner(to_container(spec.cfg.model), spec.trainer, spec.learner, GRID, 1.0)
     tokens = torch.randint(0, 2048, (len(PROMPTS), GRID[0] * GRID[1]), generator=torch.Generator().manual_seed(0))
@@ -95,7 +96,8 @@ def test_learner_terms_count_what_the_learner_builds(tmp_path, trained):
     LoRA the adapted layers' merged weights) in the rollout dtype."""
     overrides = {"full": (), "full+text embedding": ("trainer.freeze_text_embedding=false",),
                  "lora": ("trainer.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, down_proj]}",)}
-    spec = tiny_spec(tmp_path, overrides=(*overrides[trained], "learner.reference_dtype=bfloat16"))
+    spec = tiny_spec(tmp_path, overrides=(*overrides[trained], "learner.reference_dtype=bfloat16",
+                                          "trainer.kl_coef=0.01"))  # a KL term: the reference is built
     learner = Learner(to_container(spec.cfg.model), spec.trainer, spec.learner, GRID, 1.0)
     learner.setup()
     sizes = model_sizes(spec)

@@ -62,12 +62,15 @@ def test_run_units_follow_the_config(tmp_path: Path):
 def test_placement_keys_are_validated(tmp_path: Path):
     with pytest.raises(ConfigError) as error:
         tiny_spec(tmp_path, overrides=("placement.mode=colocated", "placement.separate_nodes=true",
-                                       "rollout.num_actors=2", "rollout.num_gpus=2", "ray.start_timeout_s=0",
+                                       "rollout.num_actors=2", "rollout.num_gpus=2",
                                        "learner.weight_sync=collective"))
     problems = "\n".join(error.value.problems)
     for key in ("rollout.num_actors: colocated placement", "learner.num_gpus: colocated workers",
                 "placement.separate_nodes: applies to split", "rollout.num_gpus: must be in [0, 1]",
-                "ray.start_timeout_s: must be > 0", "learner.weight_sync: colocated workers copy"):
+                "learner.weight_sync: colocated workers copy"):
         assert key in problems
+    # A value out of its type's range is reported with the other sections' such problems, before cross-field checks.
+    with pytest.raises(ConfigError, match="ray.start_timeout_s: must be > 0"):
+        tiny_spec(tmp_path, overrides=("ray.start_timeout_s=0",))
     with pytest.raises(ConfigError, match="placement.offload_decoder: applies to colocated placement only"):
         tiny_spec(tmp_path, overrides=("placement.offload_decoder=true",))

@@ -35,6 +35,7 @@ def test_lora_settings_build_and_bad_ones_are_listed(tmp_path):
     (("learner.mixed_precision=true",), "recompute"),                  # the learner computes in bf16
     (("rollout.num_gpus=1", "ray.num_gpus=1"), "recompute"),           # the devices differ
     (("trainer.tis_cap=2.0",), "recompute"),
+    (("placement.mode=colocated", "learner.num_gpus=1", "ray.num_gpus=1"), "sampler"),  # replica on the rank's GPU
     (("rollout.dtype=bfloat16", "trainer.old_logprobs=sampler"), "sampler"),
 ])
 def test_old_logprobs_auto_recomputes_when_sampler_and_learner_differ(tmp_path, overrides, mode):
