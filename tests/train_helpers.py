@@ -67,13 +67,13 @@ def train(config, *overrides, wait=True):
                             start_new_session=True)
 
 
-def assert_same_metrics(got, expected):
+def assert_same_metrics(got, expected, abs_tol: float = 1e-7):
     assert [r["step"] for r in got] == [r["step"] for r in expected]
     for a, b in zip(got, expected, strict=True):
         keys = {k for k in a if not k.startswith(TIMING)}
         assert keys == {k for k in b if not k.startswith(TIMING)}
         for key in keys:  # CPU float32 with the same seeds: equal up to rounding (bit-equal on the same ranks)
-            assert a[key] == (b[key] if b[key] is None else pytest.approx(b[key], rel=1e-5, abs=1e-7)), key
+            assert a[key] == (b[key] if b[key] is None else pytest.approx(b[key], rel=1e-5, abs=abs_tol)), key
 
 
 def kill_after_checkpoint(config, run_dir: Path, step: int) -> int:
