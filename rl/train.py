@@ -3,6 +3,8 @@
     prompts -> gates -> rollout (G samples per prompt) -> rewards -> advantages -> learner update
             -> weight sync -> (evaluation) -> metrics -> checkpoint
 
+With `trainer.async_steps: 1` the next step's rollout (through its advantages) runs while the learner updates,
+on weights one update old; a checkpoint then holds that rollout (README, "The step pipeline").
 `ray.address: null` starts a local Ray (the embedded default); "auto" joins a cluster, e.g. under
 `ray job submit --working-dir . -- python -m rl.train configs/xomni.yaml`. The whole config is validated
 before Ray starts or any model loads. `resume=auto` continues from the newest complete checkpoint.
@@ -24,10 +26,9 @@ from rewards.ensemble import Combiner
 from rl.config import ConfigError, instantiate, load_config, to_container
 from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync, init_ray
 from rl.distributed.colocated import ColocatedSync, colocated_groups
-from rl.distributed.learner import TrainBatch
 from rl.distributed.memory import GIB
 from rl.distributed.memory_plan import Plan
-from rl.distributed.pipeline import stream_rollout
+from rl.distributed.pipeline import StepRollout, UpdateInFlight, stream_rollout
 from rl.distributed.placement import cluster_nodes, placement_groups, run_units, wait_started
 from rl.distributed.reward_pool import RewardPool, RunAborted
 from rl.evaluation.alerts import DriftAlerts
@@ -41,7 +42,7 @@ from rl.model.weights import pretrained_arguments
 from rl.plan import DoesNotFit, plan_run, render
 from rl.seeding import sample_seed
 from rl.state.checkpoint import latest_checkpoint
-from rl.state.run_state import find_resume_checkpoint, read_trainer_state, write_checkpoint
+from rl.state.run_state import find_resume_checkpoint, read_pending_rollout, read_trainer_state, write_checkpoint
 from rl.train_config import TrainSpec, trained_rewards, validate_train_config
 
 
@@ -53,6 +54,10 @@ class Trainer:
         self.run_dir = Path(spec.run.dir).resolve()
         self.resume_from = find_resume_checkpoint(spec, self.run_dir)  # refuses an incompatible checkpoint
         self.learner = self.rollout = self.rewards = self.metrics = self.evaluator = None
+        # One step off-policy: the next step's rollout, sampled while the learner updates (see train_step), and
+        # how many updates the rollout actors' weights have had.
+        self.pending: StepRollout | None = None
+        self.weights_version = 0
         init_ray(spec.ray)
         try:
             self._start()
@@ -152,7 +157,31 @@ class Trainer:
             raise RunAborted(stop)
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One GRPO step; returns its metrics."""
+        """One GRPO step; returns its metrics. On-policy its rollout is sampled now, with the weights its update
+        starts from. With trainer.async_steps=1 it was sampled during the previous step (weights one update
+        older), and the rollout of step + 1 is sampled and scored while the learner updates."""
+        timer = StageTimer()
+        batch = self.pending or self.collect(step)
+        self.pending = None
+        update = UpdateInFlight(self.learner, batch)
+        if self.spec.trainer.async_steps and step < self.spec.trainer.steps:
+            # Sampled with the weights this update starts from: one update older than step + 1's update will.
+            self.pending = self.collect(step + 1)
+        with timer("learner"):  # under async: only the part of the update the next rollout did not hide
+            actor_stats = update.result()
+        self._check_nonfinite(actor_stats)
+        with timer("weight_sync"):
+            sync_bytes = self.sync_weights()
+        self.weights_version = step
+        if batch.grid is not None:
+            self.metrics.log_image(step, "samples", batch.grid)
+        # The rollout's own stage times come first: this step's time/step_s replaces the one measured with them.
+        return {**batch.metrics, **actor_stats, **timer.seconds, "weight_sync/bytes": sync_bytes,
+                "rollout/staleness": float(step - 1 - batch.sampled_with)}
+
+    def collect(self, step: int) -> StepRollout:
+        """Step `step`'s rollout with the weights the rollout actors hold now: prompts, gates, samples, rewards,
+        advantages and the metrics that need no update."""
         r, timer = self.spec.rollout, StageTimer()
         with timer("prompts"):
             records = self.prompts.next_batch(r.prompts_per_step)
@@ -183,37 +212,25 @@ class Trainer:
         with timer("combine"):
             scores = {n: scored[n].scores for n in self.combiner.names}
             total, reward_stats = self.combiner.combine(scores, applies, {n: scored[n].failed for n in scores}, gates)
+        grid = None
         if self.spec.logging.images_every and step % self.spec.logging.images_every == 0:
-            with timer("log_images"):
-                self._log_samples(step, prompts, image_refs, locations, {"total": total, **scores})
+            with timer("log_images"):  # logged with the step's row (metrics loggers want steps in order)
+                grid = rollout_grid(prompts, image_refs, locations, {"total": total, **scores}, r.group_size,
+                                    self.spec.logging.images_prompts)
         with timer("advantages"):
             advantages = group_advantages(total.view(r.prompts_per_step, r.group_size),
                                           scale=self.spec.trainer.advantage_scale).view(-1)  # [P, G] -> [N]
         with timer("monitors"):
             monitors = batch_monitors(rollout.image_stats, rollout.thumbnails, rollout.tokens, rollout.valid,
                                       r.group_size) | advantage_correlations(scores, advantages, r.group_size)
-        with timer("learner"):
-            if handed is None:
-                actor_stats = self.learner.update(TrainBatch(prompts, rollout.tokens, rollout.logprobs, advantages))
-            else:  # the rows went to the learner chunk by chunk
-                actor_stats = self.learner.train(advantages, handed)
-        self._check_nonfinite(actor_stats)
-        with timer("weight_sync"):
-            sync_bytes = self.sync_weights()
-        num_tokens = rollout.tokens.numel()
-        return {**reward_stats, **monitors, **actor_stats, **timer.seconds,
-                "advantage/mean": advantages.mean().item(), "advantage/abs_mean": advantages.abs().mean().item(),
-                "advantage/zero_frac": (advantages == 0).float().mean().item(), "weight_sync/bytes": sync_bytes,
-                "rollout/invalid_frac": 1 - rollout.valid.float().mean().item(),
-                "rollout/tokens_per_s": num_tokens / max(rollout.sample_s, 1e-9),
-                "rollout/images_per_s": len(prompts) / max(timer.seconds["time/rollout_s"], 1e-9)}
-
-    def _log_samples(self, step: int, prompts: list[str], image_refs: list, locations: list[tuple[int, int]],
-                     scores: dict[str, torch.Tensor]) -> None:
-        """A grid of the first `logging.images_prompts` prompts' samples, rewards under each image."""
-        grid = rollout_grid(prompts, image_refs, locations, scores, self.spec.rollout.group_size,
-                            self.spec.logging.images_prompts)
-        self.metrics.log_image(step, "samples", grid)
+        metrics = {**reward_stats, **monitors, **timer.seconds,
+                   "advantage/mean": advantages.mean().item(), "advantage/abs_mean": advantages.abs().mean().item(),
+                   "advantage/zero_frac": (advantages == 0).float().mean().item(),
+                   "rollout/invalid_frac": 1 - rollout.valid.float().mean().item(),
+                   "rollout/tokens_per_s": rollout.tokens.numel() / max(rollout.sample_s, 1e-9),
+                   "rollout/images_per_s": len(prompts) / max(timer.seconds["time/rollout_s"], 1e-9)}
+        return StepRollout(step, prompts, rollout.tokens, rollout.logprobs, advantages, metrics, grid,
+                           self.weights_version, handed)
 
     def _seeds(self, step: int, stream: str) -> list[int]:
         r = self.spec.rollout
@@ -241,7 +258,7 @@ class Trainer:
 
     def save(self) -> Path:
         return write_checkpoint(self.run_dir, self.step, self.spec, self.learner, self.prompts, self.combiner,
-                                self.rewards)
+                                self.rewards, self.pending)
 
     def export_final(self, checkpoint: Path) -> Path:
         """The final checkpoint as a complete X-Omni folder in <run.dir>/export (model.policy's folder as base)."""
@@ -251,15 +268,18 @@ class Trainer:
         return out
 
     def restore(self, path: Path) -> None:
-        """Learner weights/optimizer/schedule, prompt position, normaliser, reward-fault history and step;
-        then the restored weights go to the rollout actors before the first rollout."""
+        """Learner weights/optimizer/schedule, prompt position, normaliser, reward-fault history, step and (one
+        step off-policy) the next step's rollout; then the restored weights go to the rollout actors before the
+        first rollout."""
         state = read_trainer_state(path)
         self.learner.run("load", str(path), stage="loading a checkpoint")
         self.prompts.load_state_dict(state["prompts"])
         self.combiner.load_state_dict(state["ensemble"])
         self.rewards.load_state_dict(state["reward_pool"])
         self.step = state["step"]
+        self.pending = read_pending_rollout(path, self.step)
         self.sync_weights()
+        self.weights_version = self.step
         print(f"resumed from {path} at step {self.step}", flush=True)
 
     def close(self) -> None:

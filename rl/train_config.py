@@ -159,7 +159,12 @@ class TrainerConfig:
     "recompute". streaming: within a step, each rollout chunk (rollout.batch_size rows of one actor) goes to
     the reward actors and the learner's no-grad passes as soon as it is decoded (same samples as false, which
     runs the stages one after the other; colocated placement always does, its workers holding one phase at a
-    time). Ranges: lr, eps, clip_eps > 0; weight_decay, grad_clip, kl_coef >= 0; counts >= 1."""
+    time). async_steps: 0 samples each step's rollout with the weights its update
+    starts from (on-policy); 1 (one-step off-policy, split placement only) samples the rollout of step k+1 while
+    the learner updates on step k, with the weights of step k-1 (one update old; `rollout/staleness` logs 0 or
+    1 per step). The ratio then divides by the behaviour policy's log-probs, the sampler's: "auto" resolves to
+    "sampler", and "recompute" (which would need the older weights on the learner) and tis_cap are refused.
+    Ranges: lr, eps, clip_eps > 0; weight_decay, grad_clip, kl_coef >= 0; counts >= 1."""
 
     steps: Annotated[int, Ge(1)] = 200
     lr: Annotated[float, Gt(0)] = 1e-6
@@ -183,6 +188,7 @@ class TrainerConfig:
     old_logprobs: Literal["auto", "recompute", "sampler"] = "auto"
     tis_cap: float | None = None
     streaming: bool = True
+    async_steps: int = 0
 
     def __post_init__(self):
         if isinstance(self.lora, dict):
@@ -355,10 +361,13 @@ def validate_train_config(cfg: DictConfig, components: bool = True) -> TrainSpec
 
 
 def old_logprobs_mode(spec: TrainSpec) -> str:
-    """`trainer.old_logprobs` resolved: "auto" recomputes when sampler and learner compute differently."""
+    """`trainer.old_logprobs` resolved: "auto" recomputes when sampler and learner compute differently, except
+    one step off-policy, where only the sampler's log-probs are the behaviour policy's."""
     t, learner, r = spec.trainer, spec.learner, spec.rollout
     if t.old_logprobs != "auto":
         return t.old_logprobs
+    if t.async_steps:
+        return "sampler"
     compute_dtype = "bfloat16" if learner.mixed_precision else learner.dtype
     # A colocated replica runs in its learner rank's process, on its device, whatever rollout.num_gpus says.
     rollout_on_gpu = learner.num_gpus > 0 if spec.placement.mode == "colocated" else r.num_gpus > 0
@@ -368,12 +377,32 @@ def old_logprobs_mode(spec: TrainSpec) -> str:
 
 def _check_old_logprobs(spec: TrainSpec) -> list[str]:
     t, problems = spec.trainer, []
+    if t.async_steps:
+        return _check_async(spec)
     if t.tis_cap is not None:
         if not t.tis_cap > 0:
             problems.append(f"trainer.tis_cap: must be > 0, got {t.tis_cap}")
         if old_logprobs_mode(spec) != "recompute":
             problems.append("trainer.tis_cap: weighs tokens by learner / sampler probability, so it needs "
                             "trainer.old_logprobs: recompute")
+    return problems
+
+
+def _check_async(spec: TrainSpec) -> list[str]:
+    """One step off-policy: the rollout runs beside the learner's update, on the older weights."""
+    t, problems = spec.trainer, []
+    if t.async_steps != 1:
+        return [f"trainer.async_steps: must be 0 (on-policy) or 1 (one step off-policy), got {t.async_steps}"]
+    if spec.placement.mode == "colocated":
+        problems.append("trainer.async_steps: 1 overlaps the rollout with the learner's update, so they need GPUs "
+                        "of their own; placement.mode: colocated shares them (set placement.mode=split or "
+                        "trainer.async_steps=0)")
+    if t.old_logprobs == "recompute":
+        problems.append("trainer.old_logprobs: recompute would need the weights one update old on the learner; under "
+                        "trainer.async_steps=1 the ratio divides by the sampler's log-probs (set sampler or auto)")
+    if t.tis_cap is not None:
+        problems.append("trainer.tis_cap: needs trainer.old_logprobs: recompute, which trainer.async_steps=1 does "
+                        "not allow (the ratio already divides by the behaviour policy's log-probs)")
     return problems
 
 

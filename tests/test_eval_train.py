@@ -14,8 +14,14 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from test_train_cli import assert_same_metrics, train
-from train_helpers import REPO, local_ray, save_config, tiny_config  # noqa: F401  (module-scoped Ray fixture)
+from train_helpers import (  # noqa: F401  (local_ray: the module-scoped Ray fixture)
+    REPO,
+    assert_same_metrics,
+    local_ray,
+    save_config,
+    tiny_config,
+    train,
+)
 
 from rl.distributed.reward_pool import RunAborted
 from rl.evaluation.alerts import DriftAlerts

@@ -2,58 +2,17 @@
 a SIGKILL, and the errors a user sees before anything loads."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pytest
 import torch
-from train_helpers import REPO, save_config, tiny_config
+from train_helpers import REPO, assert_same_metrics, kill_after_checkpoint, save_config, tiny_config, train
 
 from rl.evaluation.metrics import read_metrics
 from rl.model.policy import XOmniPolicy
 from rl.model.tiny import tiny_policy
 from rl.state.checkpoint import list_checkpoints, save_checkpoint
 from rl.state.run_state import TRAINER_STATE
-
-# Wall-clock figures differ between runs; everything else must not.
-TIMING = ("time/", "rollout/tokens_per_s", "rollout/images_per_s")
-
-
-def train(config, *overrides, wait=True):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    command = [sys.executable, "-m", "rl.train", str(config), *overrides]
-    if wait:
-        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    # A session of its own, so the kill takes the local Ray the driver started with it.
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-
-
-def assert_same_metrics(got, expected):
-    assert [r["step"] for r in got] == [r["step"] for r in expected]
-    for a, b in zip(got, expected, strict=True):
-        keys = {k for k in a if not k.startswith(TIMING)}
-        assert keys == {k for k in b if not k.startswith(TIMING)}
-        for key in keys:  # CPU float32 with the same seeds: equal up to rounding (bit-equal on the same ranks)
-            assert a[key] == (b[key] if b[key] is None else pytest.approx(b[key], rel=1e-5, abs=1e-7)), key
-
-
-def kill_after_checkpoint(config, run_dir: Path, step: int) -> int:
-    """Start a run, SIGKILL it (driver, actors and its local Ray) once checkpoint `step` is complete; the newest
-    complete checkpoint's step."""
-    process = train(config, f"run.dir={run_dir}", wait=False)
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(s >= step for s, _ in list_checkpoints(run_dir)):
-        assert process.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    return list_checkpoints(run_dir)[-1][0]
 
 
 def exported(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -90,7 +49,9 @@ def test_resume_after_sigkill_with_two_or_one_learner_ranks_reproduces_the_run(t
         assert f"at step {killed_at}" in resumed.stdout
         got = read_metrics(run_dir / "metrics.jsonl")
         assert [r["step"] for r in got] == [1, 2, 3, 4]
-        assert_same_metrics(got, expected)
+        # On one rank the log-probs round differently: mismatch/abs_max, itself a float32 rounding gap, moved by
+        # one ulp (4.8e-7 -> 7.2e-7 measured); on two ranks the resumed run is bit-equal.
+        assert_same_metrics(got, expected, abs_tol=1e-6 if ranks == 1 else 1e-7)
         assert [s for s, _ in list_checkpoints(run_dir)] == [3, 4]  # keep=2 rotated the older ones away
         final, want = exported(run_dir), exported(straight)
         gap = max((final[k] - want[k]).abs().max().item() for k in want)

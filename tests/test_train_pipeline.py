@@ -2,8 +2,7 @@
 chunk handed to the reward actors and the learner as soon as it is decoded) against the sequential step."""
 
 import pytest
-from test_train_cli import TIMING
-from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
+from train_helpers import TIMING, local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
 
 from rl.evaluation.metrics import read_metrics
 from rl.train import Trainer

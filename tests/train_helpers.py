@@ -1,8 +1,13 @@
-"""Small training configs for the tests: configs/tiny.yaml scaled down, rewards swapped in by name."""
+"""Small training configs for the tests (configs/tiny.yaml scaled down, rewards swapped in by name), and
+`python -m rl.train` in a subprocess: run, SIGKILL mid-run, compare per-step metrics."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,7 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 
 from rl.config import load_config
+from rl.state.checkpoint import list_checkpoints
 from rl.train_config import TrainSpec, validate_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,3 +55,39 @@ def local_ray():
     ray.init(address="local", num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
+
+
+# Wall-clock figures differ between runs; everything else must not.
+TIMING = ("time/", "rollout/tokens_per_s", "rollout/images_per_s")
+
+
+def train(config, *overrides, wait=True):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    command = [sys.executable, "-m", "rl.train", str(config), *overrides]
+    if wait:
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # A session of its own, so the kill takes the local Ray the driver started with it.
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def assert_same_metrics(got, expected, abs_tol: float = 1e-7):
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    for a, b in zip(got, expected, strict=True):
+        keys = {k for k in a if not k.startswith(TIMING)}
+        assert keys == {k for k in b if not k.startswith(TIMING)}
+        for key in keys:  # CPU float32 with the same seeds: equal up to rounding (bit-equal on the same ranks)
+            assert a[key] == (b[key] if b[key] is None else pytest.approx(b[key], rel=1e-5, abs=abs_tol)), key
+
+
+def kill_after_checkpoint(config, run_dir: Path, step: int) -> int:
+    """Start a run, SIGKILL it (driver, actors and its local Ray) once checkpoint `step` is complete; the newest
+    complete checkpoint's step."""
+    process = train(config, f"run.dir={run_dir}", wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(s >= step for s, _ in list_checkpoints(run_dir)):
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return list_checkpoints(run_dir)[-1][0]

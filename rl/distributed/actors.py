@@ -195,7 +195,15 @@ class LearnerGroup:
 
     def run(self, method: str, *args: Any, stage: str | None = None) -> Any:
         """Call `method` on every rank; rank 0's answer."""
-        return self._call([getattr(r, method).remote(*args) for r in self.ranks], stage or method)[0]
+        return self.result(self.submit(method, *args), stage or method)
+
+    def submit(self, method: str, *args: Any) -> list:
+        """Call `method` on every rank without waiting (one step off-policy samples meanwhile); the calls' refs."""
+        return [getattr(r, method).remote(*args) for r in self.ranks]
+
+    def result(self, refs: list, stage: str) -> Any:
+        """Rank 0's answer to calls made by `submit` (a dead or stuck rank raises RunAborted naming `stage`)."""
+        return self._call(refs, stage)[0]
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
         return self.run("update", ray.put(batch), stage="update")
@@ -207,11 +215,6 @@ class LearnerGroup:
     def add_rows(self, start: int, tokens: Any, logprobs: Any) -> list:
         """Hand rows start.. to every rank without waiting (each runs their no-grad passes); the calls' refs."""
         return [r.add_rows.remote(start, tokens, logprobs) for r in self.ranks]
-
-    def train(self, advantages: Any, handed: Sequence[Any] = ()) -> dict[str, float]:
-        """The update on the rows handed over (waiting for those calls first, so their errors surface here)."""
-        self._call(list(handed), "taking rollout rows")
-        return self.run("train", advantages, stage="update")
 
 
 class WeightSync:

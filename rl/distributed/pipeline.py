@@ -1,4 +1,7 @@
-"""The streaming rollout stage: each rollout chunk goes on as soon as it is decoded.
+"""The step pipeline: the streaming rollout stage, and the rollout a step trains on, handed to an update that
+runs without blocking the driver (so one step off-policy can sample the next rollout meanwhile).
+
+The streaming rollout stage: each rollout chunk goes on as soon as it is decoded.
 
     rollout actors --chunk--> reward actors (CPU OCR overlaps the GPU decoding of the next chunks)
                    --chunk--> learner ranks (reference and recomputed log-probs of every micro-batch it completes)
@@ -16,10 +19,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 
 from rl.distributed.actors import LearnerGroup, RolloutGroup, call, chunk_locations, merge_chunks
+from rl.distributed.learner import TrainBatch
 from rl.distributed.reward_pool import RewardPool, RewardScores, RunAborted
 from rl.distributed.rollout import RolloutResult
 
@@ -74,3 +79,43 @@ def stream_rollout(rollout: RolloutGroup, rewards: RewardPool, learner: LearnerG
     scored = scoring.finish()
     return Streamed(merge_chunks(chunks, results), [c.images for c in chunks], chunk_locations(chunks), scored,
                     learner_calls, decoded - began, time.perf_counter() - decoded)
+
+
+@dataclass
+class StepRollout:
+    """The rollout a step trains on, scored and with its advantages: everything its update and its metrics row
+    need, so a checkpoint can hold it (one step off-policy saves the next step's rollout with each step).
+
+    step: the step it is for. prompts: N strings. tokens: long [N, T]. logprobs: float32 [N, T], the sampler's.
+    advantages: float32 [N]. metrics: the row's entries known before the update (rewards, monitors, rollout and
+    scoring times). grid: uint8 [H, W, 3] samples to log with the row, or None. sampled_with: how many updates
+    the weights that sampled it had had. handed: the learner calls that took its rows chunk by chunk (streaming),
+    or None when its rows still have to go to the learner (the sequential step, a restored rollout)."""
+
+    step: int
+    prompts: list[str]
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    advantages: torch.Tensor
+    metrics: dict[str, float]
+    grid: np.ndarray | None
+    sampled_with: int
+    handed: list | None = None
+
+
+class UpdateInFlight:
+    """The learner's update on a StepRollout, started without waiting; `result` waits for its stats."""
+
+    def __init__(self, learner: LearnerGroup, batch: StepRollout):
+        self.learner, self.handed = learner, batch.handed or []
+        if batch.handed is None:
+            rows = TrainBatch(batch.prompts, batch.tokens, batch.logprobs, batch.advantages)
+            self.refs = learner.submit("update", ray.put(rows))
+        else:  # the rows went to the learner chunk by chunk; the actors run calls in order, so train comes after
+            self.refs = learner.submit("train", batch.advantages)
+
+    def result(self) -> dict[str, float]:
+        """Rank 0's stats (the handed calls are waited on first, so their errors surface as theirs)."""
+        if self.handed:
+            self.learner.result(self.handed, "taking rollout rows")
+        return self.learner.result(self.refs, "update")

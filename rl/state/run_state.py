@@ -7,6 +7,9 @@ A checkpoint directory (see rl/state/checkpoint.py for how it is written atomica
   learner_state.json    LR schedule, the learner's counters, what was trained (LoRA settings)
   trainer_state.json    step, run seed, group size, what was trained, prompt-source position, reward
                         normaliser state, reward-actor restart counts and failure history
+  pending_rollout.pt    one step off-policy only: the next step's rollout, sampled during this step with the
+                        weights one update old (tokens, sampler log-probs, advantages, the metrics and sample grid
+                        of its row), so a resumed run trains on it without those older weights
   config.yaml           the resolved config of the run that wrote it
   versions.json         package versions
   COMPLETE              written last
@@ -22,14 +25,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from rl.config import ConfigError
+from rl.distributed.pipeline import StepRollout
 from rl.evaluation.metrics import METRICS_FILE
 from rl.state.checkpoint import checkpoint_root, is_complete, latest_checkpoint, save_checkpoint
 from rl.train_config import TrainSpec
 
 TRAINER_STATE = "trainer_state.json"
+PENDING_ROLLOUT = "pending_rollout.pt"
 PACKAGES = ("xomni-rl", "torch", "transformers", "diffusers", "ray", "open_clip_torch", "trl", "rapidocr")
 
 
@@ -74,8 +80,9 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
 
 
 def write_checkpoint(run_dir: Path, step: int, spec: TrainSpec, learner: Any, prompts: Any, combiner: Any,
-                     rewards: Any) -> Path:
-    """Everything needed to resume exactly at `step` (learner files are written by the learner actors)."""
+                     rewards: Any, pending: StepRollout | None = None) -> Path:
+    """Everything needed to resume exactly at `step` (learner files are written by the learner actors), with
+    the next step's rollout when one step off-policy already sampled it."""
 
     def write(directory: Path) -> None:
         learner.run("save", str(directory), stage="saving a checkpoint")
@@ -84,11 +91,35 @@ def write_checkpoint(run_dir: Path, step: int, spec: TrainSpec, learner: Any, pr
                  "reward_pool": rewards.state_dict()}
         with open(directory / TRAINER_STATE, "w") as f:
             json.dump(state, f, indent=1)
+        if pending is not None:
+            write_pending_rollout(directory / PENDING_ROLLOUT, pending)
         OmegaConf.save(spec.cfg, directory / "config.yaml", resolve=True)
         with open(directory / "versions.json", "w") as f:
             json.dump(package_versions(), f, indent=1)
 
     return save_checkpoint(run_dir, step, write, spec.checkpoint.keep)
+
+
+def write_pending_rollout(path: Path, rollout: StepRollout) -> None:
+    """Tensors, strings and numbers only, so `read_pending_rollout` loads it with weights_only=True."""
+    grid = None if rollout.grid is None else torch.from_numpy(rollout.grid)
+    torch.save({"step": rollout.step, "prompts": rollout.prompts, "tokens": rollout.tokens,
+                "logprobs": rollout.logprobs, "advantages": rollout.advantages, "metrics": rollout.metrics,
+                "grid": grid, "sampled_with": rollout.sampled_with}, path)
+
+
+def read_pending_rollout(checkpoint: Path, step: int) -> StepRollout | None:
+    """The rollout of step + 1 saved with checkpoint `step`, or None when it holds none (an on-policy run, or
+    the last step of an off-policy one: the next rollout is then sampled with the checkpoint's weights)."""
+    path = Path(checkpoint) / PENDING_ROLLOUT
+    if not path.exists():
+        return None
+    saved = torch.load(path, weights_only=True)
+    if saved["step"] != step + 1:
+        raise ConfigError([f"resume: {path} holds the rollout of step {saved['step']}, not of step {step + 1}"])
+    grid = None if saved["grid"] is None else saved["grid"].numpy()
+    return StepRollout(saved["step"], saved["prompts"], saved["tokens"], saved["logprobs"], saved["advantages"],
+                       saved["metrics"], grid, saved["sampled_with"])
 
 
 def trained_settings(spec: TrainSpec) -> dict[str, Any]:
