@@ -230,7 +230,7 @@ def simulate_one(costs: Mapping[str, float], placement: str, mode: str, rollout_
         f"rollout.prompts_per_step={samples // group_size}", f"rollout.group_size={group_size}",
         "rollout.batch_size=16", "ensemble.batch_size=16", f"reward_workers.replicas={replicas}", *QUIET,
         *MODES[mode]])
-    cfg.prompts.paths = [str(REPO / p) for p in cfg.prompts.paths]
+    cfg.prompts.paths = [str((REPO / "configs" / p).resolve()) for p in cfg.prompts.paths]
     cfg.rewards = {"sleep": {"_component_": "scripts.bench_step.SleepReward", "log_dir": str(log),
                              "seconds_per_row": scaled["rewards_s"] * replicas / samples}}
     cfg.ensemble.weights, cfg.gating = {"sleep": 1.0}, {"default": ["sleep"]}

@@ -5,7 +5,7 @@ and a run killed with SIGKILL mid-run and resumed repeats the uninterrupted run'
 import numpy as np
 import pytest
 import torch
-from train_helpers import REPO, assert_same_metrics, kill_after_checkpoint, save_config, train
+from train_helpers import REPO, assert_same_metrics, kill_after_checkpoint, portable, save_config, train
 
 from rl.config import ConfigError, load_config
 from rl.distributed.pipeline import StepRollout
@@ -57,7 +57,8 @@ def test_async_tiny_learns_and_resumes_exactly_after_sigkill(tmp_path):
     last 5 steps exceeds that of the first 5 by at least two standard deviations of the first 5 steps' means;
     every rollout but the first was sampled one update old; a checkpoint holds the next step's rollout; killed
     with SIGKILL after a checkpoint and resumed, the run repeats the same per-step metrics."""
-    config = save_config(load_config(REPO / "configs" / "tiny.yaml", list(ASYNC)), tmp_path / "tiny_async.yaml")
+    cfg = portable(load_config(REPO / "configs" / "tiny.yaml", list(ASYNC)))
+    config = save_config(cfg, tmp_path / "tiny_async.yaml")
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     done = train(config, f"run.dir={straight}")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -29,13 +29,19 @@ def tiny_config(run_dir: Path, rewards: dict | None = None, overrides: tuple[str
     """configs/tiny.yaml with 2 prompts x 4 samples per step; `rewards` (name -> component) replaces its
     OCR reward, each with weight 1 and applied to every prompt."""
     cfg = load_config(REPO / "configs" / "tiny.yaml", [f"run.dir={run_dir}", *SMALL, *overrides])
-    # Relative paths resolve from the config's folder; these configs are saved elsewhere.
-    cfg.prompts.paths = [str((REPO / "configs" / p).resolve()) for p in cfg.prompts.paths]
-    cfg.eval.prompts = [str((REPO / "configs" / p).resolve()) for p in cfg.eval.prompts]
+    portable(cfg)
     if rewards is not None:
         cfg.rewards = rewards
         cfg.ensemble.weights = dict.fromkeys(rewards, 1.0)
         cfg.gating = {"default": list(rewards)}
+    return cfg
+
+
+def portable(cfg: DictConfig) -> DictConfig:
+    """A config loaded from configs/ with its prompt files made absolute: relative paths resolve from the config's
+    folder, and these configs are saved elsewhere."""
+    cfg.prompts.paths = [str((REPO / "configs" / p).resolve()) for p in cfg.prompts.paths]
+    cfg.eval.prompts = [str((REPO / "configs" / p).resolve()) for p in cfg.eval.prompts]
     return cfg
 
 
