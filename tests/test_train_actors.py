@@ -31,7 +31,7 @@ def spec(tmp_path_factory, local_ray):  # noqa: F811
 def base(tmp_path_factory):
     """The starting policy as an X-Omni folder in shards, so learners and rollout actors stream it."""
     folder = tmp_path_factory.mktemp("base")
-    tiny_policy(seed=0, image_vocab_size=64, mm_vocab_size=128).save_pretrained(folder, max_shard_size="500KB")
+    tiny_policy(seed=0, image_vocab_size=40, mm_vocab_size=128).save_pretrained(folder, max_shard_size="500KB")
     return folder
 
 

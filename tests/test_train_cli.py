@@ -65,7 +65,7 @@ def test_resume_after_sigkill_with_two_or_one_learner_ranks_reproduces_the_run(t
     with two ranks and, from a copy, with one, the per-step metrics and the final exported policy match the
     uninterrupted run."""
     base = tmp_path / "base"
-    tiny_policy(seed=0, image_vocab_size=64, mm_vocab_size=128).save_pretrained(base)
+    tiny_policy(seed=0, image_vocab_size=40, mm_vocab_size=128).save_pretrained(base)  # tiny.yaml's
     cfg = tiny_config(tmp_path, overrides=("trainer.steps=4", "checkpoint.every=1", "checkpoint.keep=2",
                                            "learner.world_size=2", "checkpoint.export_final=true"))
     cfg.model.policy = {"_component_": "rl.model.policy.XOmniPolicy.from_pretrained", "path": str(base)}
