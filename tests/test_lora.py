@@ -75,7 +75,7 @@ def test_merged_rows_equal_peft_merge_and_init_depends_on_the_seed_only():
 def spec(tmp_path_factory):
     return tiny_spec(tmp_path_factory.mktemp("run"), overrides=(
         "trainer.lora.r=4", "trainer.lora.alpha=8", "trainer.lora.dropout=0.1", "trainer.lr=3e-2",
-        "trainer.lora.target_modules=[q_proj,v_proj,down_proj]"))
+        "trainer.lora.target_modules=[q_proj,v_proj,down_proj]", "trainer.mini_batches=1"))
 
 
 def batch_for(spec, policy, step: int) -> TrainBatch:

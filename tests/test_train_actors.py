@@ -187,7 +187,7 @@ def test_gradients_are_reduce_scattered_once_per_optimizer_step(spec, model, rol
     batch = train_batch(rollout, 8, 1)
     stats, seen = {}, {}
     for mode in ("last_micro_batch", "every_micro_batch"):
-        group = started(LearnerGroup(model, dataclasses.replace(spec.trainer, micro_batch_size=2),
+        group = started(LearnerGroup(model, dataclasses.replace(spec.trainer, micro_batch_size=2, mini_batches=1),
                                      dataclasses.replace(spec.learner, world_size=2, grad_sync=mode),
                                      spec.rollout.grid, 1.0, 600))
         try:

@@ -22,6 +22,7 @@ def tiny_config(run_dir: Path, rewards: dict | None = None, overrides: tuple[str
     OCR reward, each with weight 1 and applied to every prompt."""
     cfg = load_config(REPO / "configs" / "tiny.yaml", [f"run.dir={run_dir}", *SMALL, *overrides])
     cfg.prompts.paths = [str((REPO / "configs" / p).resolve()) for p in cfg.prompts.paths]  # saved elsewhere
+    cfg.eval.prompts = [str((REPO / "configs" / p).resolve()) for p in cfg.eval.prompts]
     if rewards is not None:
         cfg.rewards = rewards
         cfg.ensemble.weights = dict.fromkeys(rewards, 1.0)
