@@ -16,19 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from rl.config import instantiate, load_config, to_container
 from rl.decoder import to_uint8_images
-from rl.distributed.learner import POLICY_DIR
 from rl.model.policy import XOmniPolicy
 from rl.model.sampler import sample_image_tokens
 from rl.model.tokenizer import PromptFormat
 from rl.seeding import sample_seed
 from rl.state.checkpoint import list_checkpoints
+from rl.state.learner_checkpoint import trained_policy
 from rl.train_config import validate_train_config
 
 
@@ -70,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     records = source.read(np.arange(len(source)))
     prompts, targets = [r.prompt for r in records], [list(r.metadata["text"]) for r in records]
     torch.set_num_threads(2)
-    before = read_samples(instantiate(to_container(spec.cfg.model.policy), "model.policy"), spec, prompts, targets,
-                          args.samples, args.seed)
-    after = read_samples(XOmniPolicy.from_pretrained(Path(path) / POLICY_DIR), spec, prompts, targets,
-                         args.samples, args.seed)
+    initial = [instantiate(to_container(spec.cfg.model.policy), "model.policy") for _ in range(2)]
+    before = read_samples(initial[0], spec, prompts, targets, args.samples, args.seed)
+    # as `rl.generate --checkpoint`: the checkpoint's trained weights over the policy the run started from
+    after = read_samples(trained_policy(path, initial[1]), spec, prompts, targets, args.samples, args.seed)
     print(f"| prompt | step 0 writes | step {step} writes | exact, step 0 | exact, step {step} |")
     print("|---|---|---|---|---|")
     for prompt, (read0, exact0), (read1, exact1) in zip(prompts, before, after, strict=True):

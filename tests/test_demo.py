@@ -13,6 +13,7 @@ from rl.config import instantiate, load_config
 from rl.decoder import PatchDecoder, to_uint8_images
 from rl.decoder.patch import GLYPHS
 from rl.state.checkpoint import save_checkpoint
+from rl.state.learner_checkpoint import save_learner
 
 sys.path.insert(0, str(REPO / "scripts"))
 import demo_table  # noqa: E402
@@ -46,7 +47,8 @@ def test_demo_table_prints_each_prompt_before_and_after(tmp_path, capsys):
     """A 'trained' checkpoint that holds the initial policy: both columns must then read the same."""
     cfg = load_config(REPO / "configs" / "tiny.yaml")
     policy = instantiate(cfg.model.policy, "model.policy")
-    save_checkpoint(tmp_path, 3, lambda path: policy.save_pretrained(path / "policy"), keep=1)
+    save_checkpoint(tmp_path, 3, lambda path: save_learner(path, policy, torch.optim.AdamW(policy.parameters()),
+                                                           {"trained": {"lora": None}}), keep=1)
     assert demo_table.main([str(REPO / "configs" / "tiny.yaml"), str(tmp_path), "--samples", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     words = (REPO / "prompts" / "data" / "glyph_words.jsonl").read_text().splitlines()

@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rl.decoder import PatchDecoder, to_uint8_images
+from rl.config import instantiate, load_config
+from rl.decoder import to_uint8_images
 from rl.generate import main
 from rl.model.sampler import SamplingParams, sample_image_tokens
 from rl.model.tiny import tiny_policy, tiny_tokenizer
@@ -74,12 +75,13 @@ def test_writes_images_and_a_manifest(generated):
     assert "text" not in plain and "task" not in plain and plain["prompt"] == PROMPTS[2]["prompt"]
     assert all(line["valid"] is True for line in lines)
     # Each PNG is the tiny config's decoder applied to the saved codes, with the documented decoder seed.
-    decoder = PatchDecoder(mode="glyph", patch=16, codebook_size=64, seed=0)
+    cfg = load_config(TINY)
+    decoder, grid = instantiate(cfg.model.decoder, "model.decoder"), tuple(cfg.rollout.grid)
     for line in lines:
         codes = np.load(generated / line["tokens"])
-        assert codes.shape == (1, 6) and codes.dtype == np.int32
+        assert codes.shape == grid and codes.dtype == np.int32
         seed = sample_seed(0, 0, line["prompt_index"], line["sample"], "decoder")
-        decoded = decoder(torch.from_numpy(codes).reshape(1, 6).long(), (1, 6), [line["prompt"]], [seed])
+        decoded = decoder(torch.from_numpy(codes).reshape(1, -1).long(), grid, [line["prompt"]], [seed])
         assert np.array_equal(pixels(generated / line["image"]), to_uint8_images(decoded.images)[0])
     assert len({np.load(generated / line["tokens"]).tobytes() for line in lines}) == 6  # every sample differs
 

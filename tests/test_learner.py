@@ -7,7 +7,7 @@ import torch
 from train_helpers import tiny_spec
 
 from rl.config import instantiate
-from rl.decoder import PatchDecoder, to_uint8_images
+from rl.decoder import to_uint8_images
 from rl.distributed.learner import Learner, TrainBatch
 from rl.distributed.weight_sync import load_bucket
 from rl.grpo import group_advantages
@@ -104,16 +104,16 @@ def test_grpo_teaches_the_tiny_policy_to_write_the_requested_letters(spec):
     from rewards.ocr import OCRReward
 
     learner = make_learner(spec)
-    decoder = PatchDecoder(mode="glyph", patch=16, codebook_size=64, seed=0)
+    decoder, grid = instantiate(spec.cfg.model.decoder, "model.decoder"), tuple(spec.rollout.grid)
     ocr = OCRReward(mode="zh")
-    prompts = [f"A sign that says \"{word}\"." for word in ("OPEN", "STOP", "TAXI", "SEA")]
+    prompts = [f"A sign that says \"{word}\"." for word in ("SEA", "JAM", "DRY", "PUT")]
     group, means = 6, []
     for step in range(1, 15):
         rows = [p for p in prompts for _ in range(group)]
         seeds = [sample_seed(0, step, i, g, "policy") for i in range(len(prompts)) for g in range(group)]
-        samples = sample_image_tokens(learner.policy, learner.format.encode(rows, (1, 6)), spec.rollout.sampling,
+        samples = sample_image_tokens(learner.policy, learner.format.encode(rows, grid), spec.rollout.sampling,
                                       seeds)
-        images = to_uint8_images(decoder(samples.tokens, (1, 6), rows, seeds).images)
+        images = to_uint8_images(decoder(samples.tokens, grid, rows, seeds).images)
         targets = [{"text": [p.split('"')[1]]} for p in rows]
         rewards = ocr(images, rows, targets).scores
         learner.update(TrainBatch(rows, samples.tokens, samples.logprobs,

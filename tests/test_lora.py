@@ -75,7 +75,7 @@ def test_merged_rows_equal_peft_merge_and_init_depends_on_the_seed_only():
 def spec(tmp_path_factory):
     return tiny_spec(tmp_path_factory.mktemp("run"), overrides=(
         "trainer.lora.r=4", "trainer.lora.alpha=8", "trainer.lora.dropout=0.1", "trainer.lr=3e-2",
-        "trainer.lora.target_modules=[q_proj,v_proj,down_proj]"))
+        "trainer.lora.target_modules=[q_proj,v_proj,down_proj]", "trainer.mini_batches=1"))
 
 
 def batch_for(spec, policy, step: int) -> TrainBatch:
@@ -102,14 +102,14 @@ def test_lora_learner_resumes_exactly_with_dropout(spec, tmp_path):
 
     original = learner()
     assert original.reference is None  # the base with adapters off is the reference
-    first = original.update(batch_for(spec, tiny_policy(seed=0, image_vocab_size=64, mm_vocab_size=128), 1))
+    first = original.update(batch_for(spec, tiny_policy(seed=0, image_vocab_size=40, mm_vocab_size=128), 1))
     assert first["kl/k3_mean"] == 0.0  # B starts at zero: policy and reference agree exactly
     save_checkpoint(tmp_path, 1, lambda d: original.save(str(d)), keep=1)
     checkpoint = tmp_path / "checkpoints" / "step_00000001"
     assert trained_shapes(checkpoint) and all(lora.base_name(k) is None for k in trained_shapes(checkpoint))
     restored = learner()
     restored.load(str(checkpoint))
-    batch = batch_for(spec, tiny_policy(seed=0, image_vocab_size=64, mm_vocab_size=128), 2)
+    batch = batch_for(spec, tiny_policy(seed=0, image_vocab_size=40, mm_vocab_size=128), 2)
     assert original.update(batch) == restored.update(batch)
     a, b = original.trained_weights(), restored.trained_weights()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -118,7 +118,7 @@ def test_lora_learner_resumes_exactly_with_dropout(spec, tmp_path):
 def test_two_rank_lora_matches_one_rank_and_syncs_and_exports_merged_weights(spec, local_ray,  # noqa: F811
                                                                              tmp_path):
     base = tmp_path / "base"
-    tiny_policy(seed=0, image_vocab_size=64, mm_vocab_size=128).save_pretrained(base)
+    tiny_policy(seed=0, image_vocab_size=40, mm_vocab_size=128).save_pretrained(base)
     model = to_container(spec.cfg.model)
     model["policy"] = {"_component_": "rl.model.policy.XOmniPolicy.from_pretrained", "path": str(base)}
     trainer = dataclasses.replace(spec.trainer, lora=dataclasses.replace(spec.trainer.lora, dropout=0.0))

@@ -31,7 +31,7 @@ def spec(tmp_path_factory, local_ray):  # noqa: F811
 def base(tmp_path_factory):
     """The starting policy as an X-Omni folder in shards, so learners and rollout actors stream it."""
     folder = tmp_path_factory.mktemp("base")
-    tiny_policy(seed=0, image_vocab_size=64, mm_vocab_size=128).save_pretrained(folder, max_shard_size="500KB")
+    tiny_policy(seed=0, image_vocab_size=40, mm_vocab_size=128).save_pretrained(folder, max_shard_size="500KB")
     return folder
 
 
@@ -187,7 +187,7 @@ def test_gradients_are_reduce_scattered_once_per_optimizer_step(spec, model, rol
     batch = train_batch(rollout, 8, 1)
     stats, seen = {}, {}
     for mode in ("last_micro_batch", "every_micro_batch"):
-        group = started(LearnerGroup(model, dataclasses.replace(spec.trainer, micro_batch_size=2),
+        group = started(LearnerGroup(model, dataclasses.replace(spec.trainer, micro_batch_size=2, mini_batches=1),
                                      dataclasses.replace(spec.learner, world_size=2, grad_sync=mode),
                                      spec.rollout.grid, 1.0, 600))
         try:
