@@ -15,9 +15,9 @@
    (characters for Chinese), overall, by length and by category, then each reward's mean.
 
 `longtext-en` / `longtext-zh` name the shipped LongText-Bench prompt files (prompts/data/README.md); with them
-every OCR reward (rewards.ocr.OCRReward) scores in the benchmark's mode, word recall for English and character
-recall for Chinese, whatever CONFIG says. The official benchmark reads images with Qwen2.5-VL-7B; the figures
-here come from the configured OCR reward (summary.json's `note`).
+every OCR reward (rewards.ocr.OCRReward) scores with the benchmark's metric and mode, word recall for English
+and character recall for Chinese, whatever CONFIG says. The official benchmark reads images with Qwen2.5-VL-7B;
+the figures here come from the configured OCR reward (summary.json's `note`).
 A rerun into DIR draws and scores only what is missing (more prompts with a larger --limit, more samples);
 other prompts, seed or sampling settings are refused. Exit status: 0 when done, 2 for a bad config or
 command line (every problem listed before any model loads).
@@ -148,7 +148,8 @@ def _prompt_ids(records: Sequence[Any]) -> list[str]:
 
 
 def _mode_overrides(cfg: Any, mode: str | None) -> list[str]:
-    """`rewards.<name>.mode=<mode>` for every OCR reward, when a LongText-Bench file sets the mode."""
+    """`rewards.<name>.mode=<mode>` and the benchmark's metric (recall) for every OCR reward, when a LongText-Bench
+    file sets the mode (a config may train with another metric, e.g. the demo's edit distance)."""
     if mode is None:
         return []
     out = []
@@ -158,7 +159,7 @@ def _mode_overrides(cfg: Any, mode: str | None) -> list[str]:
         except ImportError:
             continue  # reported by the config's validation
         if isinstance(target, type) and issubclass(target, OCRReward):
-            out.append(f"rewards.{name}.mode={mode}")
+            out += [f"rewards.{name}.mode={mode}", f"rewards.{name}.metric=recall"]
     return out
 
 

@@ -83,7 +83,7 @@ def test_other_prompt_widths_and_new_weights_reuse_the_graphs(workers):
     before = _generate(eager, PROMPTS)[0].tokens
     state = {k: v + 0.05 * torch.randn_like(v) for k, v in eager.policy.state_dict().items()}
     for worker in workers:
-        worker.load_weights(state)
+        worker.load_weights(list(state.items()))  # one bucket of (name, tensor)
     longer = [p + ", at dusk" for p in PROMPTS]  # wider prompts, still within the 64-slot cache bucket
     with torch._dynamo.config.patch(error_on_recompile=True):
         results = [_generate(w, longer, step=1) for w in workers]

@@ -70,7 +70,7 @@ def test_async_tiny_learns_and_resumes_exactly_after_sigkill(tmp_path):
 
     checkpoints = dict(list_checkpoints(straight))
     pending = read_pending_rollout(checkpoints[9], 9)  # step 10's rollout, sampled with the weights of step 8
-    assert (pending.step, pending.sampled_with, pending.tokens.shape) == (10, 8, (64, 6))
+    assert (pending.step, pending.sampled_with, pending.tokens.shape) == (10, 8, (64, 3))
     assert pending.grid is not None  # logging.images_every=10: logged with step 10's row
     assert pending.metrics["reward/mean"] == pytest.approx(means[9])
     assert read_pending_rollout(checkpoints[STEPS], STEPS) is None  # nothing left to sample after the last step
