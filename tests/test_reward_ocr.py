@@ -57,6 +57,23 @@ def test_reads_rendered_text_scores_fractions_and_nan(reward, hello):
     assert out.details["ocr_text/rapidocr"][3] == ""  # never read: nothing to look for
 
 
+def test_identical_images_in_one_call_are_read_once(hello):
+    """Same pixels (a PIL image and its array count as one), read once per call; each row still scored on its
+    own targets, as score_one scores it alone."""
+    reward = OCRReward()
+    backend = reward.backends["rapidocr"]
+    arrays = []
+    backend.read = lambda image: arrays.append(image) or RapidOCRBackend.read(backend, image)
+    other = render_text_image("MOON")
+    metadata = [{"text": [HELLO]}, {"text": ["HELLO"]}, {"text": ["MOON"]}, {"text": ["HELLO", "MOON"]}]
+    out = reward([hello, np.asarray(hello), other, hello], ["p"] * 4, metadata)
+    assert len(arrays) == 2
+    images = [hello, hello, other, hello]
+    alone = [reward.score_one(image, m["text"])["score"] for image, m in zip(images, metadata, strict=True)]
+    assert out.scores.tolist() == alone == [1.0, 1.0, 1.0, 0.5]
+    assert len(reward([hello], ["p"], metadata[:1]).scores) == 1 and len(arrays) == 2 + 4 + 1  # no cache across calls
+
+
 def test_edit_distance_metric_rewards_the_exact_spelling_in_order():
     """The same readings under both metrics: recall (default, unchanged) forgives order and extra words,
     the order-aware metric is 1 only for the exact text."""
