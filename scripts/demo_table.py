@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
     parser.add_argument("run_dir")
-    parser.add_argument("--samples", type=int, default=8, help="fresh samples per prompt (8)")
+    parser.add_argument("--samples", type=int, default=16, help="fresh samples per prompt (16)")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the fresh samples (12345)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)

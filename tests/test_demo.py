@@ -16,12 +16,18 @@ from rl.state.checkpoint import save_checkpoint
 from rl.state.learner_checkpoint import save_learner
 
 sys.path.insert(0, str(REPO / "scripts"))
+import demo_sweep  # noqa: E402
 import demo_table  # noqa: E402
+
+
+def glyph_tokens(decoder, rows):
+    """long [len(rows), len(row)]: a code drawing each character of each row (" " is the blank tile)."""
+    return torch.stack([torch.stack([decoder.codes_for_tile(GLYPHS.index(c))[0] for c in row]) for row in rows])
 
 
 def glyph_rows(decoder, rows):
     """The images of rows of characters (" " is the blank tile) drawn by `decoder`."""
-    tokens = torch.stack([torch.stack([decoder.codes_for_tile(GLYPHS.index(c))[0] for c in row]) for row in rows])
+    tokens = glyph_tokens(decoder, rows)
     return to_uint8_images(decoder(tokens, (1, len(rows[0])), ["x"] * len(rows), list(range(len(rows)))).images)
 
 
@@ -69,3 +75,22 @@ def test_demo_script_ends_with_the_table():
                 if line.strip() and not line.startswith("#")]
     assert commands[-1] == '.venv/bin/python scripts/demo_table.py configs/tiny.yaml runs/demo "$@"'
     assert 'rl.train configs/tiny.yaml run.dir=runs/demo' in "\n".join(commands)
+
+
+def test_demo_sweep_scores_rows_as_the_ocr_metric_and_prints_a_line_per_seed(capsys):
+    """The sweep's exact glyph reader gives what OCRReward(metric="edit_distance") gives for the same rows (OCR
+    reads these rows exactly); two 2-step runs print one JSON line each, then the summary."""
+    decoder = PatchDecoder(mode="glyph", patch=16, codebook_size=40, seed=0)
+    rows, words = ["CAT", "CA ", "TAC", "K Y"], ["CAT", "CAT", "CAT", "KEY"]
+    scores, exact = demo_sweep.glyph_rewards(decoder.code_to_tile, glyph_tokens(decoder, rows), words)
+    ocr = OCRReward(metric="edit_distance")(glyph_rows(decoder, rows), ["p"] * 4, [{"text": [w]} for w in words])
+    assert scores.tolist() == pytest.approx(ocr.scores.tolist()) and exact.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert demo_sweep.main(["--seeds", "2", "--samples", "2", "trainer.steps=2", "rollout.group_size=4"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["seed"] for line in lines[:2]] == [0, 1]
+    assert all(0 <= line["exact_final"] <= 1 and 0 <= line["reward_last5"] <= 1 for line in lines[:2])
+    assert lines[2] == {"seeds": 2, "mean": pytest.approx((lines[0]["exact_final"] + lines[1]["exact_final"]) / 2,
+                                                           abs=1e-4),
+                        "min": min(line["exact_final"] for line in lines[:2]),
+                        "max": max(line["exact_final"] for line in lines[:2])}
+

@@ -19,10 +19,11 @@ from rl.state.checkpoint import list_checkpoints
 from rl.train_config import TrainSpec, validate_train_config
 
 REPO = Path(__file__).resolve().parents[1]
-# Small and fast; a KL term and one optimizer step per update, as the tests expect, whatever the demo is tuned to.
+# Small and fast; a KL term, one optimizer step per update and the frozen text embedding of the paper config, as
+# the tests expect, whatever the demo is tuned to.
 SMALL = ["logging.tensorboard=false", "logging.images_every=0", "rollout.prompts_per_step=2",
          "rollout.group_size=4", "rollout.batch_size=8", "trainer.micro_batch_size=8", "checkpoint.every=0",
-         "trainer.kl_coef=0.01", "trainer.mini_batches=1"]
+         "trainer.kl_coef=0.01", "trainer.mini_batches=1", "trainer.freeze_text_embedding=true"]
 
 
 def tiny_config(run_dir: Path, rewards: dict | None = None, overrides: tuple[str, ...] = ()) -> DictConfig:
