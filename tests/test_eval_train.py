@@ -7,16 +7,13 @@ a subprocess (its own local Ray), killed with SIGKILL, then resumed. CPU float32
 the same numbers in both.
 """
 
-import os
-import signal
-import time
-
 import numpy as np
 import pytest
 from PIL import Image
 from train_helpers import (  # noqa: F401  (local_ray: the module-scoped Ray fixture)
     REPO,
     assert_same_metrics,
+    kill_after_checkpoint,
     local_ray,
     save_config,
     tiny_config,
@@ -27,7 +24,6 @@ from rl.distributed.reward_pool import RunAborted
 from rl.evaluation.alerts import DriftAlerts
 from rl.evaluation.metrics import MetricsWriter, read_metrics
 from rl.evaluation.monitors import STATISTICS
-from rl.state.checkpoint import list_checkpoints
 from rl.train import Trainer
 from rl.train_config import validate_train_config
 
@@ -86,14 +82,7 @@ def test_eval_rows_survive_a_sigkill_and_resume_once_each(straight):
     root, cfg, expected, _ = straight
     broken = root / "broken"
     config = save_config(cfg, root / "eval.yaml")
-    process = train(config, f"run.dir={broken}", wait=False)
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(step >= 2 for step, _ in list_checkpoints(broken)):
-        assert process.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    killed_at = list_checkpoints(broken)[-1][0]
+    killed_at = kill_after_checkpoint(config, broken, 2)
     assert 2 <= killed_at < 4
 
     resumed = train(config, f"run.dir={broken}", "resume=auto")
