@@ -2,8 +2,9 @@
 
     python scripts/bench_rewards.py [--images 16] [--batch-size 16] [--device auto]
 
-Prints one JSON object: images/s per reward batched and one by one, their ratio, and the whole
-`RewardEnsemble` (gating, fault handling, combination) against the sum of its rewards' batched times.
+Prints one JSON object: images/s per reward batched and one by one, their ratio; OCR on batches whose images
+each stand 4 times (read once per call) against distinct ones; and the whole `RewardEnsemble` (gating, fault
+handling, combination) against the sum of its rewards' batched times.
 Inputs are the project's sample images (scripts/make_sample_images.py): signs with their target text for
 OCR, photos for the others. The CLIP-based rewards (HPSv2, CLIP alignment) get random weights: a tiny
 open_clip architecture on CPU, the real ViT-H-14 / ViT-L-14 shapes when CUDA is present.
@@ -64,13 +65,15 @@ def build_rewards(device: str, folder: Path) -> dict[str, object]:
 
 
 def load_inputs(folder: Path, n: int) -> dict[str, tuple[list, list[str], list[dict]]]:
-    """Per kind ("text", "photo"): n images (repeated from the samples), prompts and metadata."""
+    """Per kind ("text", "photo"): n images (the samples over again, each made distinct), prompts and metadata."""
     rows = [json.loads(line) for line in make_samples(folder).read_text().splitlines()]
     inputs = {}
     for kind in ("text", "photo"):
         chosen = [r for r in rows if r["category"] == kind]
         chosen = [chosen[i % len(chosen)] for i in range(n)]
         images = [Image.open(folder / r["image"]).convert("RGB") for r in chosen]
+        for i, image in enumerate(images):  # one corner pixel apart: OCR reads identical images once per call
+            image.putpixel((0, 0), (i % 256, i // 256 % 256, 0))
         prompts = [r["prompt"] for r in chosen]
         # the sign prompts quote their text: the OCR targets, as the gates pass them
         metadata = [{"text": quoted_spans(p)} for p in prompts]
@@ -109,6 +112,12 @@ def main() -> None:
             single = images_per_s(reward, *batch, 1)
             report[name] = {"batched_img_s": round(batched, 2), "one_by_one_img_s": round(single, 2),
                             "speedup": round(batched / single, 2)}
+        # OCR on a batch in which each image stands 4 times (a group that wrote the same row) against distinct ones.
+        images, prompts, metadata = inputs["text"]
+        repeats = [[column[i // 4] for i in range(len(images))] for column in (images, prompts, metadata)]
+        distinct, repeated = (images_per_s(rewards["ocr"], *b, args.batch_size) for b in (inputs["text"], repeats))
+        report["ocr_4x_repeats"] = {"distinct_img_s": round(distinct, 2), "repeated_img_s": round(repeated, 2),
+                                    "speedup": round(repeated / distinct, 2)}
         # The ensemble on text prompts (all four rewards apply): its cost against its rewards' own.
         ensemble = RewardEnsemble(rewards, EnsembleConfig(weights=dict.fromkeys(rewards, 1.0),
                                                           batch_size=args.batch_size),
