@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # a runtime import would load torch (rl's torchvision fix) in the synth CLI
-    from rl.config import LocalPath
+    from core.paths import LocalPath
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class PromptSource:
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         # Imported here: `rl` loads torch (its torchvision fix), which prompt tools (synth CLI) never need.
-        from rl.config import resolve_local_path
+        from core.paths import resolve_local_path
 
         self.files = [_open_file(resolve_local_path(str(p), f"paths[{i}]")) for i, p in enumerate(paths)]
         self.file_starts = np.cumsum([0] + [len(f) for f in self.files])  # [files + 1]

@@ -256,12 +256,16 @@ def synthesize(
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m prompts.synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-bucket", type=int, required=True, help="prompts per text-length bucket")
     parser.add_argument("--seed", type=int, default=0, help="the output is a pure function of the seed")
     parser.add_argument("--out", required=True, help="JSONL file to write ('-' for stdout)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     rows = synthesize(args.per_bucket, args.seed)
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if args.out == "-":

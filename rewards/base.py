@@ -66,19 +66,13 @@ def to_uint8(image: ImageLike) -> np.ndarray:
     return np.asarray(to_pil(image))
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """`None` or "auto" picks CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """A torch dtype from "float32" / "bfloat16" / "float16" (or a dtype)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
-    return table[dtype]
+def check_batch(images: Sequence[ImageLike], prompts: Sequence[str],
+                metadata: Sequence[Mapping[str, Any]] | None = None) -> list[Mapping[str, Any]]:
+    """The batch's metadata (empty mappings when None); ValueError unless there is one prompt and one metadata
+    entry per image."""
+    metadata = [{} for _ in images] if metadata is None else list(metadata)
+    if not len(images) == len(prompts) == len(metadata):
+        raise ValueError(f"got {len(images)} images and {len(prompts)} prompts ({len(metadata)} metadata entries): "
+                         "each image needs one prompt and one metadata entry")
+    return metadata

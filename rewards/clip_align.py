@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rewards.base import ImageLike, RewardOutput, to_pil
+from core.devices import DtypeName
+from core.paths import LocalPath
+from rewards.base import ImageLike, RewardOutput, check_batch, to_pil
 from rewards.open_clip_model import OpenClipModel
-from rl.config import LocalPath
 
 
 class CLIPAlignReward:
@@ -30,12 +31,13 @@ class CLIPAlignReward:
 
     score_range: tuple[float, float] = (-1.0, 1.0)
 
-    def __init__(self, model: str, weights: LocalPath, device: str | None = None, dtype: str = "float32",
+    def __init__(self, model: str, weights: LocalPath, device: str | None = None, dtype: DtypeName = "float32",
                  batch_size: int = 16):
         self.clip = OpenClipModel(model, weights, "weights", device, dtype, batch_size)
 
     def __call__(self, images: Sequence[ImageLike], prompts: Sequence[str],
                  metadata: Sequence[Mapping[str, Any]] | None = None) -> RewardOutput:
         """Scores float32 [N] in [-1, 1] for `images[i]` with `prompts[i]`; `metadata` is not used."""
+        check_batch(images, prompts, metadata)
         pil = [to_pil(image) for image in images]
         return RewardOutput(self.clip.score(pil, prompts, self.clip.preprocess_images))

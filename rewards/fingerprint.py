@@ -21,14 +21,9 @@ from pathlib import Path
 from typing import Any
 
 # The validator's own rule for which kwargs are weights files, so both always agree.
-from rl.config import (
-    COMPONENT_KEY,
-    component_type_hints,
-    mentions_local_path,
-    resolve_component,
-    resolve_local_path,
-    to_container,
-)
+from core.components import COMPONENT_KEY, component_type_hints, mentions_local_path, resolve_component
+from core.config import to_container
+from core.paths import resolve_local_path
 
 SMALL_FILE = 1 << 20
 _MAX_FOLDER_FILES = 10_000

@@ -29,9 +29,10 @@ from typing import Annotated, Any
 
 from annotated_types import Ge
 
+from core.config import to_container
+from core.schema import build_section, validate_section
 from rewards.quotes import drawn_text, quoted_spans, unquoted
 from rewards.text_accuracy import has_units
-from rl.config import build_section, to_container, validate_section
 
 __all__ = ["Gate", "GateRule", "Gater", "GatingConfig", "build_gating", "count_words", "gate_rates",
            "quoted_spans", "validate_gating"]
@@ -43,45 +44,42 @@ _WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
 
 @dataclass
 class GateRule:
-    """One task of the task-adaptive gating.
-
-    name: the task name, reported as `task`; `metadata["task"]` selects the rule with this name.
-    keywords: words or phrases matched case-insensitively as whole words (CJK keywords as substrings),
-        outside quoted spans (a quoted "Poster" is a target, not a request for a poster).
-    patterns: Python regular expressions (case-insensitive), searched like keywords. The rule's prompt
-        test passes when any keyword or pattern matches; a rule with neither passes on length alone.
-    min_words: the prompt must have at least this many words (a CJK character counts as one word).
-    requires_text: the rule applies only to prompts with targets (quoted spans or `metadata["text"]`);
-        when `metadata["text"]` is non-empty, such a rule applies without its keywords or length test.
-    add: rewards the task adds to the default ones. remove: rewards the task removes.
-    scale: reward name -> weight multiplier for this task (0 removes the reward).
-    """
+    """One task of the task-adaptive gating: which prompts it matches and how it changes their rewards."""
 
     name: str
+    """The task name, reported as `task`; `metadata["task"]` selects the rule with this name."""
     keywords: list = field(default_factory=list)
+    """Words or phrases matched case-insensitively as whole words (CJK keywords as substrings), outside quoted
+    spans (a quoted "Poster" is a target, not a request for a poster)."""
     patterns: list = field(default_factory=list)
+    """Python regular expressions (case-insensitive), searched like keywords. The rule's prompt test passes when
+    any keyword or pattern matches; a rule with neither passes on length alone."""
     min_words: Annotated[int, Ge(0)] = 0
+    """The prompt must have at least this many words (a CJK character counts as one word)."""
     requires_text: bool = False
+    """The rule applies only to prompts with targets (quoted spans or `metadata["text"]`); when `metadata["text"]`
+    is non-empty, such a rule applies without its keywords or length test."""
     add: list = field(default_factory=list)
+    """Rewards the task adds to the default ones."""
     remove: list = field(default_factory=list)
+    """Rewards the task removes."""
     scale: dict = field(default_factory=dict)
+    """Reward name -> weight multiplier for this task (0 removes the reward)."""
 
 
 @dataclass
 class GatingConfig:
-    """The `gating:` section.
-
-    default: rewards that apply to every prompt (null: every configured reward), each with its weight
-        from `ensemble.weights`.
-    needs_text: rewards that score rendered text: applied only to prompts with target strings, whatever
-        the rules say, and given those strings as `metadata["text"]`. A reward class with the attribute
-        `needs_text = True` (OCR) is treated so whether or not it is listed here.
-    rules: an ordered list of GateRule mappings; the first that matches sets the task.
-    """
+    """The `gating:` section: which rewards apply to which prompt (text prompts get the OCR reward, ...)."""
 
     default: list | None = None
+    """Rewards that apply to every prompt (null: every configured reward), each with its weight from
+    `ensemble.weights`."""
     needs_text: list = field(default_factory=list)
+    """Rewards that score rendered text: applied only to prompts with target strings, whatever the rules say, and
+    given those strings as `metadata["text"]`. A reward class with `needs_text = True` (OCR) is treated so whether
+    or not it is listed here."""
     rules: list = field(default_factory=list)
+    """An ordered list of rules (`gating.rules[i]` below); the first that matches sets the task."""
 
 
 @dataclass

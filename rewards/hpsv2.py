@@ -18,9 +18,10 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from rewards.base import ImageLike, RewardOutput, to_pil
+from core.devices import DtypeName
+from core.paths import LocalPath
+from rewards.base import ImageLike, RewardOutput, check_batch, to_pil
 from rewards.open_clip_model import OpenClipModel
-from rl.config import LocalPath
 
 
 def hps_pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
@@ -67,7 +68,7 @@ class HPSv2Reward:
     score_range: tuple[float, float] = (0.0, 0.4)
 
     def __init__(self, checkpoint: LocalPath, model: str = "ViT-H-14", device: str | None = None,
-                 dtype: str = "float32", batch_size: int = 16):
+                 dtype: DtypeName = "float32", batch_size: int = 16):
         self.clip = OpenClipModel(model, checkpoint, "checkpoint", device, dtype, batch_size)
 
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -76,4 +77,5 @@ class HPSv2Reward:
     def __call__(self, images: Sequence[ImageLike], prompts: Sequence[str],
                  metadata: Sequence[Mapping[str, Any]] | None = None) -> RewardOutput:
         """Scores float32 [N] for `images[i]` with `prompts[i]`; `metadata` is not used."""
+        check_batch(images, prompts, metadata)
         return RewardOutput(self.clip.score([to_pil(image) for image in images], prompts, self._pixels))

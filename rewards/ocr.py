@@ -22,15 +22,17 @@ import hashlib
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-from rewards.base import ImageLike, RewardOutput, to_uint8
+from rewards.base import ImageLike, RewardOutput, check_batch, to_uint8
 from rewards.ocr_backends import build_backend
-from rewards.text_accuracy import MODES, edit_similarity, text_recall
+from rewards.text_accuracy import MODES, TextMode, edit_similarity, text_recall
 
-COMBINES = ("max", "union")
+Combine = Literal["max", "union"]
+Metric = Literal["recall", "edit_distance"]
+COMBINES: tuple[str, ...] = get_args(Combine)
 METRICS = {"recall": text_recall, "edit_distance": edit_similarity}
 
 
@@ -78,9 +80,9 @@ class OCRReward:
     def __init__(
         self,
         backends: Sequence[str | Mapping[str, Any]] = ("rapidocr",),
-        combine: str = "max",
-        metric: str = "recall",
-        mode: str = "auto",
+        combine: Combine = "max",
+        metric: Metric = "recall",
+        mode: TextMode = "auto",
         max_side: int = 960,
         min_confidence: float = 0.5,
     ):
@@ -138,8 +140,7 @@ class OCRReward:
         metadata: Sequence[Mapping[str, Any]],
     ) -> RewardOutput:
         """Scores [N] in [0, 1]; NaN where `metadata[i]["text"]` has no target to find."""
-        if not len(images) == len(prompts) == len(metadata):
-            raise ValueError(f"got {len(images)} images, {len(prompts)} prompts, {len(metadata)} metadata")
+        metadata = check_batch(images, prompts, metadata)
         unscored = {"score": math.nan, "matched": 0, "total": 0}
         unscored |= {f"ocr_text/{label}": "" for label in self.backends}
         unscored |= {f"accuracy/{label}": math.nan for label in self.backends}

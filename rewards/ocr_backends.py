@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rl.config import LocalPath, resolve_component, resolve_local_path
+from core.components import resolve_component
+from core.paths import LocalPath, resolve_local_path
 
 Line = tuple[str, float]
 
@@ -42,19 +43,26 @@ class RapidOCRBackend:
     Args:
         max_side: detection runs with the long side limited to this (`Det.limit_type: max`); the
             library's default instead scales the short side up to 736 px, 4-5x slower on wide images.
-        params: extra RapidOCR parameters in its dotted form (e.g. `{"Det.box_thresh": 0.6,
-            "EngineConfig.onnxruntime.intra_op_num_threads": 2}`), applied over ours.
+        threads: onnxruntime threads per model (None: its default, one per core). Idle threads spin, so on
+            small images one thread reads as fast as several for a fraction of the CPU time
+            (`scripts/bench_rewards.py` measures both); a reward actor given one CPU
+            (`reward_workers.num_cpus: 1`) wants 1, and more replicas for throughput.
+        params: extra RapidOCR parameters in its dotted form (e.g. `{"Det.box_thresh": 0.6}`), applied over
+            ours.
     """
 
-    def __init__(self, max_side: int = 960, params: Mapping[str, Any] | None = None):
+    def __init__(self, max_side: int = 960, threads: int | None = None, params: Mapping[str, Any] | None = None):
         from rapidocr import RapidOCR
 
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 (or null), got {threads}")
         defaults = {
             "Det.limit_type": "max",
             "Det.limit_side_len": max_side,
             "Global.use_cls": False,  # the 180-degree classifier only helps upside-down text
             "Global.text_score": 0.0,  # OCRReward applies min_confidence
             "Global.log_level": "error",  # "no text detected" is a normal outcome here
+            **({"EngineConfig.onnxruntime.intra_op_num_threads": threads} if threads else {}),
         }
         self.engine = RapidOCR(params={**defaults, **dict(params or {})})
 

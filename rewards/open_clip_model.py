@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rewards.base import resolve_device, resolve_dtype
-from rl.config import resolve_local_path
+from core.devices import DtypeName, resolve_device, resolve_dtype
+from core.paths import resolve_local_path
 
 
 class OpenClipModel:
@@ -33,7 +33,7 @@ class OpenClipModel:
     """
 
     def __init__(self, model: str, weights: str, key: str, device: str | None = None,
-                 dtype: str = "float32", batch_size: int = 16):
+                 dtype: DtypeName = "float32", batch_size: int = 16):
         if model not in open_clip.list_models():
             raise ValueError(f"model: {model!r} is not an open_clip architecture (see open_clip.list_models())")
         if batch_size < 1:

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 import pywt
 
-from rewards.base import ImageLike, RewardOutput, to_uint8
+from rewards.base import ImageLike, RewardOutput, check_batch, to_uint8
 
 TERMS = ("sharpness", "noise", "dynamic_range", "blockiness")
 RAW = ("edge_acuity", "fine_sigma", "noise_sigma", "snr", "range_levels", "block_ratio")
@@ -249,8 +249,7 @@ class QualityReward:
         metadata: Sequence[Mapping[str, Any]],
     ) -> RewardOutput:
         """Scores [N] in [0, 1]; `details` holds every term score and raw measurement per image."""
-        if not len(images) == len(prompts) == len(metadata):
-            raise ValueError(f"got {len(images)} images, {len(prompts)} prompts, {len(metadata)} metadata")
+        metadata = check_batch(images, prompts, metadata)
         if self.num_workers > 0 and len(images) > 1:
             with ThreadPoolExecutor(self.num_workers) as pool:
                 results = list(pool.map(self.score_one, images))

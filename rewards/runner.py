@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 
-from rewards.base import ImageLike, Reward, resolve_device
+from core.components import COMPONENT_KEY, resolve_component
+from core.config import to_container
+from core.devices import resolve_device
+from rewards.base import ImageLike, Reward
 from rewards.faults import score_safely
-from rl.config import COMPONENT_KEY, resolve_component, to_container
 
 
 @dataclass

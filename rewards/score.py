@@ -24,13 +24,17 @@ from typing import Any
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from core.cli import command
+from core.components import instantiate
+from core.config import ConfigError, load_config
 from rewards import manifest
-from rewards.ensemble import Combiner, validate_reward_sections
+from rewards.ensemble import Combiner
 from rewards.fingerprint import input_fingerprint, reward_fingerprint
 from rewards.manifest import ManifestError, Row, load_image, read_rows
 from rewards.records import FIXED_KEYS, RowState, compose, error_pattern, same_content
 from rewards.report import save_thumbnail, write_html
 from rewards.runner import Scored, reward_device, score_rows
+from rewards.sections import validate_reward_sections
 from rewards.store import (
     CONFIG,
     PROVENANCE,
@@ -45,7 +49,6 @@ from rewards.store import (
     write_atomic,
 )
 from rewards.summary import summarize, write_csv
-from rl.config import ConfigError, instantiate, load_config
 
 # The layouts are described once, in rewards/manifest.py's docstring (its second paragraph).
 _EPILOG = f"""layouts (detected from --prompts):
@@ -127,11 +130,12 @@ def prepare(args: argparse.Namespace) -> Job:
                args.batch_size)
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
         job = prepare(args)
-    except (ConfigError, ManifestError) as e:
+    except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     job.out.mkdir(parents=True, exist_ok=True)
@@ -148,11 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pending = [s for s in states if s.needed]
     if pending:
         needed = {name for s in pending for name in s.needed}
-        try:
-            rewards = {n: instantiate(job.cfg.rewards[n], f"rewards.{n}") for n in job.combiner.names if n in needed}
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        rewards = {n: instantiate(job.cfg.rewards[n], f"rewards.{n}") for n in job.combiner.names if n in needed}
         score_pending(job, rewards, pending, run, current)
     records = finalize(job, states, run, current)
     names = job.combiner.names

@@ -24,10 +24,12 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 from rapidfuzz.distance import Levenshtein
 
-MODES = ("auto", "en", "zh")
+TextMode = Literal["auto", "en", "zh"]
+MODES: tuple[str, ...] = get_args(TextMode)
 _KEPT = "\u4e00-\u9fa5a-zA-Z0-9àâäéèêëîïôöùûüçÀÂÄÉÈÊËÎÏÔÖÙÛÜÇ"
 _DROPPED_EN = re.compile(rf"[^{_KEPT}\s]")
 _KEPT_ZH = re.compile(rf"[{_KEPT}]")

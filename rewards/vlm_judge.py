@@ -24,7 +24,7 @@ import httpx
 import torch
 from PIL import Image
 
-from rewards.base import ImageLike, RewardOutput, to_pil
+from rewards.base import ImageLike, RewardOutput, check_batch, to_pil
 from rewards.judge_templates import TEMPLATES, JudgeTemplate, Parse
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class VLMJudgeReward:
     def __call__(self, images: Sequence[ImageLike], prompts: Sequence[str],
                  metadata: Sequence[Mapping[str, Any]] | None = None) -> RewardOutput:
         """Scores float32 [N] for `images[i]` judged against `prompts[i]`; `metadata` is not used."""
+        check_batch(images, prompts, metadata)
         headers = self._headers()  # a missing key fails the whole call, before any request
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(images)))) as pool:
             rows = list(pool.map(lambda pair: self._judge(*pair, headers), zip(images, prompts, strict=True)))

@@ -32,3 +32,6 @@ if [ ! -f "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+# A CPU torch beside a CUDA-only torchvision (what pip finds for torch 2.13.0): a startup hook in .venv applies
+# core/torchvision_compat.py's fix in every process that imports torchvision; nothing is written elsewhere.
+"$py" -c "import sys, core.torchvision_compat as c; sys.exit(c.main(['--install']))"
