@@ -36,13 +36,15 @@ from typing import Any
 import numpy as np
 
 import prompts
+from core.cli import command
+from core.components import resolve_component
+from core.config import ConfigError, load_config
 from prompts.sources import PromptSource
 from rewards import score
-from rewards.ensemble import selected_rewards, validate_reward_sections
 from rewards.ocr import OCRReward
+from rewards.sections import selected_rewards, validate_reward_sections
 from rewards.store import read_scores
 from rl import generate
-from rl.config import ConfigError, load_config, resolve_component
 from rl.evaluation.benchmark import format_comparison, format_summary, summarize
 
 DATA = Path(prompts.__file__).resolve().parent / "data"
@@ -71,16 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
-    try:
-        if args.compare:
-            print(compare(*map(Path, args.compare)))
-            return 0
-        job, ids, scorer_argv, names = prepare(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.compare:
+        print(compare(*map(Path, args.compare)))
+        return 0
+    job, ids, scorer_argv, names = prepare(args)
     code = generate.run(job)
     if code == 0:
         code = score.main(scorer_argv)

@@ -28,10 +28,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.files import honour_umask
 from rl.model.policy import save_policy_state
 from rl.model.weights import CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, SafetensorsWeights
 from rl.state.checkpoint import MARKER, is_complete
-from rl.state.files import honour_umask
 from rl.state.learner_checkpoint import LEARNER_DIR, CheckpointWeights
 
 INFO_NAME = "export_info.json"
@@ -132,14 +132,18 @@ def _replace(tmp: Path, out: Path) -> None:
         old.unlink()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rl.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="a training checkpoint (step_N)")
     parser.add_argument("--base", required=True, metavar="DIR", help="the X-Omni folder training started from")
     parser.add_argument("--out", required=True, metavar="DIR", help="the X-Omni folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         out = export(args.checkpoint, args.base, args.out, args.overwrite)
     except ExportError as e:

@@ -36,19 +36,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from core.cli import command
+from core.components import instantiate, resolve_component, validate_component
+from core.config import ConfigError, load_config, to_container
+from core.devices import resolve_device, resolve_dtype
+from core.schema import build_section, validate_section
 from prompts.sources import PromptSource
-from rewards.base import resolve_device, resolve_dtype
 from rewards.score import resume
-from rl.config import (
-    ConfigError,
-    build_section,
-    instantiate,
-    load_config,
-    resolve_component,
-    to_container,
-    validate_component,
-    validate_section,
-)
 from rl.decoder import ImageDecoder, to_uint8_images
 from rl.model.policy import CONFIG_NAME, XOmniPolicy
 from rl.model.sampler import SamplingParams, sample_image_tokens
@@ -267,18 +261,14 @@ def image_stem(job: GenerationJob, prompt_index: int, sample: int) -> str:
     return f"{prompt_index:05d}_{sample}"
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
-    try:
-        job = prepare(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return run(job)
+    return run(prepare(build_parser().parse_intermixed_args(argv)))
 
 
 def run(job: GenerationJob) -> int:
-    """Draw every image of a prepared job that DIR does not hold yet; the exit status."""
+    """Draw every image of a prepared job that DIR does not hold yet; the exit status (a ConfigError when a model
+    cannot be built)."""
     job.out.mkdir(parents=True, exist_ok=True)
     (job.out / SETTINGS).write_text(json.dumps(job.settings, indent=1), encoding="utf-8")
     done = resume(job.out / MANIFEST)
@@ -288,12 +278,7 @@ def run(job: GenerationJob) -> int:
     print(f"{count} prompts x {job.samples_per_prompt}: {len(pending)} images to draw, "
           f"{len(done)} already in {job.out / MANIFEST}", flush=True)
     if pending:
-        try:
-            models = load_models(job)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        invalid = generate(job, *models, pending)
+        invalid = generate(job, *load_models(job), pending)
         print(f"wrote {len(pending)} images ({invalid} invalid) to {job.out / IMAGES}")
     return 0
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 
-from rl.config import ConfigError, load_config
+from core.cli import command
+from core.config import ConfigError, load_config
 from rl.distributed.memory import GIB, activation_bytes, kv_cache_bytes, margin_bytes
 from rl.distributed.memory_plan import (
     PART_ORDER,
@@ -168,7 +170,7 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else str(n)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rl.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="training YAML (configs/xomni.yaml, ...)")
@@ -178,14 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-memory-gib", type=float, required=True, help="memory of one GPU, GiB")
     parser.add_argument("--host-memory-gib", type=float, default=None, help="host memory per node, GiB")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    return parser
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     if args.nodes < 1 or args.gpus_per_node < 0 or args.gpu_memory_gib <= 0:
         parser.error("--nodes must be >= 1, --gpus-per-node >= 0 and --gpu-memory-gib > 0")
-    try:
-        spec = validate_train_config(load_config(args.config, args.overrides), components=False)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    spec = validate_train_config(load_config(args.config, args.overrides), files=False)
     host = None if args.host_memory_gib is None else int(args.host_memory_gib * GIB)
     nodes = [NodeInfo(i, args.gpus_per_node, None, int(args.gpu_memory_gib * GIB), host)
              for i in range(args.nodes)]

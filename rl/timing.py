@@ -1,9 +1,11 @@
-"""Wall-clock timing for the benchmark scripts: GPU work is synchronised before the clock is read."""
+"""Wall-clock timing: `StageTimer` for the stages of a training step (`time/<stage>_s`), and the benchmark scripts'
+medians, for which GPU work is synchronised before the clock is read."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -38,3 +40,18 @@ def interleaved_median_seconds(fns: dict[str, Callable[[], object]], device: tor
         for name, fn in fns.items():
             times[name].append(median_seconds(fn, device, 1, warmup=False))
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage, reported as `time/<stage>_s` plus `time/step_s`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        began = time.perf_counter()
+        yield
+        self.seconds[f"time/{stage}_s"] = time.perf_counter() - began
+        self.seconds["time/step_s"] = time.perf_counter() - self._start

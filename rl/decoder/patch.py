@@ -23,15 +23,16 @@ GLYPHS = string.ascii_uppercase + string.digits + " "  # the last tile is blank:
 
 
 class PatchDecoder:
-    """`ImageDecoder` drawing code k as tile `palette[code_to_tile[k]]`; prompts are ignored.
+    """`ImageDecoder` drawing code k as tile `palette[code_to_tile[k]]`; prompts are ignored (the CPU demo's decoder).
 
-    patch: tile side in pixels (an h x w grid gives (h*patch) x (w*patch) images).
-    palette_size: number of distinct colours (colour mode; at least the 8 fixed ones).
-    seed: seeds the palette and the code -> tile assignment.
-    noise: std of Gaussian pixel noise drawn from the per-sample generator (0 = none).
-    mode: "colour" (flat colour tiles) or "glyph" (black letters/digits on white: one code per character,
-        all other codes blank white; needs codebook_size >= 37).
-    codebook_size: number of image codes (X-Omni's 16384).
+    Args:
+        patch: tile side in pixels (an h x w grid gives (h*patch) x (w*patch) images).
+        palette_size: number of distinct colours (colour mode; at least the 8 fixed ones).
+        seed: seeds the palette and the code -> tile assignment.
+        noise: std of Gaussian pixel noise drawn from the per-sample generator (0 = none).
+        mode: "colour" (flat colour tiles) or "glyph" (black letters/digits on white: one code per character,
+            all other codes blank white; needs codebook_size >= 37).
+        codebook_size: number of image codes (X-Omni's 16384).
     """
 
     def __init__(self, patch: int = 8, palette_size: int = 64, seed: int = 0, noise: float = 0.0,

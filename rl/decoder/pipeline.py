@@ -21,8 +21,8 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
-from rewards.base import resolve_device, resolve_dtype
-from rl.config import LocalPath, resolve_local_path
+from core.devices import DtypeName, resolve_device, resolve_dtype
+from core.paths import LocalPath, resolve_local_path
 from rl.decoder.base import DecodedImages, check_decoder_inputs, image_validity
 from rl.decoder.flux_siglip import FluxSigLIPTransformer
 from rl.decoder.text import FluxPromptEncoder
@@ -62,7 +62,7 @@ class XOmniDecoder:
         cfg_scale: float,
         guidance_scale: float = 1.0,
         max_batch_size: int = 8,
-        dtype: str | torch.dtype = "float32",
+        dtype: DtypeName | torch.dtype = "float32",
         device: str | None = None,
     ):
         if num_inference_steps < 1 or max_batch_size < 1:
@@ -92,7 +92,7 @@ class XOmniDecoder:
         flux_path: LocalPath,
         num_inference_steps: int | None = None,
         cfg_scale: float | None = None,
-        dtype: str | None = None,
+        dtype: DtypeName | None = None,
         device: str | None = None,
         max_batch_size: int = 8,
         max_sequence_length: int = 512,
@@ -100,7 +100,15 @@ class XOmniDecoder:
         """Load from an X-Omni model folder (its config.json `vision_config` names the projector file and
         the decoder's diffusers subfolder) and a FLUX.1-dev folder (VAE, scheduler, CLIP, T5).
 
-        Steps, CFG scale and dtype default to the X-Omni config's `vision_config.decoder` / `.dtype`.
+        Args:
+            xomni_path: the X-Omni model folder (projector weights and the decoder's diffusers subfolder).
+            flux_path: a FLUX.1-dev folder: its VAE, scheduler and text encoders (CLIP, T5) are used.
+            num_inference_steps: flow-matching steps; None: the X-Omni config's `vision_config.decoder`.
+            cfg_scale: true-CFG scale (1.0: no unconditional pass); None: the X-Omni config's.
+            dtype: decoder precision; None: the X-Omni config's `vision_config.dtype`.
+            device: "cuda", "cpu", ...; None or "auto" picks CUDA when available.
+            max_batch_size: images per transformer pass (a pass holds 2x as many rows when cfg_scale != 1).
+            max_sequence_length: T5 tokens per prompt.
         """
         xomni_path = resolve_local_path(xomni_path, "xomni_path")
         flux_path = resolve_local_path(flux_path, "flux_path")

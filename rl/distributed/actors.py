@@ -16,9 +16,9 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rl.config import CONFIG_DIRS_ENV, config_dirs
+from core.paths import CONFIG_DIRS_ENV, config_dirs
+from rl.distributed.cluster import bundle
 from rl.distributed.learner import Learner, TrainBatch
-from rl.distributed.placement import bundle
 from rl.distributed.reward_pool import RunAborted
 from rl.distributed.rollout import RolloutResult, RolloutWorker
 from rl.train_config import LearnerConfig, RayConfig, RolloutConfig, TrainerConfig
@@ -31,7 +31,7 @@ def init_ray(cfg: RayConfig) -> None:
     """Join the cluster at `cfg.address`, or start a local Ray when it is null (the embedded default).
 
     A local Ray puts the working directory on the workers' path and hands them the config's folders
-    (`rl.config.config_dirs()`), so users' reward modules and relative paths resolve in the actors as they
+    (`core.paths.config_dirs()`), so users' reward modules and relative paths resolve in the actors as they
     do in the driver: working directory first, then the config folders. On a cluster use
     `ray job submit --working-dir .` for the same effect.
     """

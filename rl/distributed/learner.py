@@ -1,13 +1,7 @@
-"""The learner: the trainable policy, its frozen reference (the starting policy), AdamW, one GRPO update
+"""The learner: the trainable policy, its frozen reference (the starting policy), the optimizer, one GRPO update
 per call. Runs as one Ray actor, or as `learner.world_size` actors that shard the models with FSDP2
-(torch.distributed inside the actors: NCCL on GPU, gloo on CPU) and split every mini-batch between them.
-
-Models are built on the meta device, sharded, then filled from model.policy's weights, each rank reading only
-the rows it keeps (rl/model/weights.py): a node's host holds about one copy of the model whatever the rank
-count. Image RL never trains the text head (nor, by default, the text embedding): they stay out of the
-optimizer, the checkpoints and the weight sync. With `trainer.lora` only peft adapters train and the reference
-is the same model with its adapters switched off; otherwise the reference is a frozen copy in
-`learner.reference_dtype`.
+(torch.distributed inside the actors: NCCL on GPU, gloo on CPU) and split every mini-batch between them. How the
+models are built and sharded is rl/distributed/learner_models.py; how a batch is cut, micro_batches.py.
 
 The update for a batch of N = prompts x G rows, each T image tokens. Rows may arrive in chunks
 (`begin`, then `add_rows` per chunk, then `train`): each micro-batch's no-grad passes run as soon as all its
@@ -23,12 +17,12 @@ rows are there, so they overlap the rest of the rollout; `update` is the three c
             loss.backward()                                      # reduce-scattered after the last micro-batch
         clip grads; step unless the loss or the grad norm is non-finite (then skip, count)
 
-old_logp is the sampler's log-probs (`trainer.old_logprobs: sampler`) or the learner's own, recomputed with
+old_logp is the sampler's log-probs (`trainer.loss.old_logprobs: sampler`) or the learner's own, recomputed with
 the same function and micro-batch shapes as the training pass under the weights that sampled
 (`recompute`): the first ratio is then exactly 1 whatever the rollout's dtype, kernels or batch shapes.
 `mismatch/kl` (k3 of the learner against the sampler on the sampler's tokens) and `mismatch/abs_max` measure
-that train-inference gap; `trainer.tis_cap` weighs each token's policy-gradient term by min(learner/sampler,
-cap) (truncated importance sampling).
+that train-inference gap; `trainer.loss.tis_cap` weighs each token's policy-gradient term by
+min(learner/sampler, cap) (truncated importance sampling).
 """
 
 from __future__ import annotations
@@ -42,7 +36,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from rl.config import instantiate
+from core.components import instantiate
+from core.devices import resolve_dtype
+from rl.distributed.learner_models import build_learner_policy
+from rl.distributed.micro_batches import Rows, accumulate, complete_prefix, micro_plan, reduce_stats
 from rl.distributed.rollout import pick_device
 from rl.distributed.weight_sync import (
     Bucket,
@@ -57,12 +54,14 @@ from rl.distributed.weight_sync import (
 )
 from rl.grpo import grpo_loss
 from rl.model import lora
-from rl.model.policy import XOmniPolicy, as_dtype
+from rl.model.policy import XOmniPolicy
 from rl.model.tokenizer import PromptFormat
-from rl.model.weights import check_matches, fill, load_source, local_rows
+from rl.model.weights import local_rows
+from rl.optim import build_optimizer, build_scheduler
+from rl.schema.learner import LearnerConfig
+from rl.schema.trainer import TrainerConfig
 from rl.seeding import sample_seed
 from rl.state.learner_checkpoint import load_learner, save_learner
-from rl.train_config import LearnerConfig, TrainerConfig
 
 
 @dataclass
@@ -74,20 +73,6 @@ class TrainBatch:
     tokens: torch.Tensor
     old_logprobs: torch.Tensor
     advantages: torch.Tensor
-
-
-@dataclass
-class _Rows:
-    """A batch being filled chunk by chunk: its prompts (N, known up front), tokens long [N, T] and sampler
-    log-probs float32 [N, T] as they arrive, and the no-grad log-probs of the micro-batches done so far."""
-
-    prompts: list[str]
-    tokens: torch.Tensor
-    sampler: torch.Tensor
-    present: torch.Tensor
-    ref: dict[int, torch.Tensor]
-    old: dict[int, torch.Tensor]
-    done: int = 0
 
 
 class Learner:
@@ -103,8 +88,8 @@ class Learner:
         self.device = pick_device(learner.num_gpus)
         self.nonfinite_in_row = 0
         # "auto" is resolved by validate_train_config; a learner built without a spec takes the sampler's.
-        self.recompute = trainer.old_logprobs == "recompute"
-        self._rows: _Rows | None = None
+        self.recompute = trainer.loss.old_logprobs == "recompute"
+        self._rows: Rows | None = None
         self._sync_group: CollectiveGroup | None = None
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -121,58 +106,15 @@ class Learner:
         tokenizer = instantiate(self.model_cfg["tokenizer"], "model.tokenizer")
         self.policy = self._build_policy(trainable=True)
         # With LoRA the reference is the frozen base itself (adapters off); otherwise a frozen copy.
-        needs_copy = self.trainer.kl_coef > 0 and self.trainer.lora is None
+        needs_copy = self.trainer.loss.kl_coef > 0 and self.trainer.lora is None
         self.reference = self._build_policy(trainable=False) if needs_copy else None
         self.format = PromptFormat(tokenizer, self.policy.config.vocab_size)
         self.trained = [(name, p) for name, p in self.policy.named_parameters() if p.requires_grad]
-        t = self.trainer
-        self.optimizer = torch.optim.AdamW([p for _, p in self.trained], lr=t.lr, betas=tuple(t.betas), eps=t.eps,
-                                           weight_decay=t.weight_decay)
-        # Linear warm-up over `warmup_steps` GRPO steps, then constant (X-Omni reports a constant 1e-6).
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / (t.warmup_steps + 1)))
+        self.optimizer = build_optimizer(self.trainer.optimizer, [p for _, p in self.trained])
+        self.scheduler = build_scheduler(self.trainer.lr_scheduler, self.optimizer)
 
     def _build_policy(self, trainable: bool) -> XOmniPolicy:
-        """Built on the meta device, sharded (FSDP2) when world_size > 1, then allocated on this rank's device
-        and filled from model.policy's weights: each rank reads only the rows it keeps, in its own dtypes."""
-        skeleton, weights = load_source(self.model_cfg["policy"], "model.policy")
-        adapters = self.trainer.lora if trainable else None
-        if adapters is not None:
-            lora.add_adapters(skeleton, adapters)
-        skeleton.to(as_dtype(self.learner.dtype if trainable and adapters is None else self.learner.reference_dtype))
-        skeleton.train(trainable).requires_grad_(False)
-        for name, param in skeleton.named_parameters():
-            if trainable and self._is_trained(name):
-                param.data = param.data.to(as_dtype(self.learner.dtype))
-                param.requires_grad_(True)
-        skeleton.model.gradient_checkpointing = trainable and self.trainer.gradient_checkpointing
-        check_matches(skeleton, weights, "model.policy", lora.base_name)
-        if self.world_size > 1:
-            self._shard(skeleton)
-        policy = skeleton.to_empty(device=self.device)
-        fill(policy, weights, lora.base_name)
-        if adapters is not None:
-            lora.init_adapters(policy, self.seed)
-        return policy
-
-    def _is_trained(self, name: str) -> bool:
-        """Image RL never uses the text head; the text embedding only sees prompts (frozen unless configured)."""
-        if self.trainer.lora is not None:
-            return lora.base_name(name) is None
-        frozen = ("lm_head.", "model.lm_embed_tokens.") if self.trainer.freeze_text_embedding else ("lm_head.",)
-        return not name.startswith(frozen)
-
-    def _shard(self, policy: XOmniPolicy) -> None:
-        """FSDP2 units: each decoder layer, each embedding, each head, and the rest (norms) at the root. A unit
-        is gathered only when it runs, so the frozen text head never is."""
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        # bf16 compute on sharded fp32 master weights; gradients are reduced in fp32.
-        mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if self.learner.mixed_precision else None
-        units = [*policy.model.layers, policy.model.lm_embed_tokens, policy.model.mm_embed_tokens, policy.lm_head,
-                 policy.mm_head]
-        for unit in [*units, policy]:
-            fully_shard(unit, mp_policy=mp or MixedPrecisionPolicy())
+        return build_learner_policy(self.model_cfg, self.trainer, self.learner, self.device, trainable, self.seed)
 
     # -- the update --------------------------------------------------------------------------------
 
@@ -184,9 +126,7 @@ class Learner:
 
     def begin(self, prompts: list[str]) -> None:
         """Start a batch of len(prompts) rows (every rank gets the same calls)."""
-        n, t = len(prompts), self.grid[0] * self.grid[1]
-        self._rows = _Rows(list(prompts), torch.zeros(n, t, dtype=torch.long), torch.zeros(n, t),
-                           torch.zeros(n, dtype=torch.bool), {}, {})
+        self._rows = Rows.empty(prompts, self.grid[0] * self.grid[1])
 
     def add_rows(self, start: int, tokens: torch.Tensor, sampler_logprobs: torch.Tensor) -> None:
         """Rows start .. start + n of the batch: tokens long [n, T], sampler log-probs float32 [n, T]. Runs the
@@ -196,28 +136,21 @@ class Learner:
         index = slice(start, start + len(tokens))
         rows.tokens[index], rows.sampler[index], rows.present[index] = tokens, sampler_logprobs.float(), True
         plans = [self._micro_plan(len(rows.prompts), rank) for rank in range(self.world_size)]
-        ready = min(_complete_prefix(plan, rows.present) for plan in plans)
+        ready = min(complete_prefix(plan, rows.present) for plan in plans)
         for k in range(rows.done, ready):
             self._no_grad_passes(k, plans[self.rank][k])
         rows.done = max(rows.done, ready)
 
     def _micro_plan(self, n: int, rank: int) -> list[range]:
-        """Rank `rank`'s micro-batches of an n-row batch, in training order: its share of each mini-batch."""
-        t = self.trainer
-        per_mini = n // t.mini_batches
-        share = per_mini // self.world_size
-        plan = []
-        for m in range(t.mini_batches):
-            first = m * per_mini + rank * share
-            plan += [range(s, min(s + t.micro_batch_size, first + share))
-                     for s in range(first, first + share, t.micro_batch_size)]
-        return plan
+        """Rank `rank`'s micro-batches of an n-row batch, in training order."""
+        b = self.trainer.batching
+        return micro_plan(n, rank, self.world_size, b.mini_batches, b.micro_batch_size)
 
     def _no_grad_passes(self, k: int, micro: range) -> None:
         """Micro-batch k's reference log-probs and, under recompute, the policy's own: the same function and
         shapes as its training pass, before any optimizer step, so the first ratio is exactly 1."""
         sequences = self._sequences(self._rows.prompts, self._rows.tokens, micro)
-        if self.trainer.kl_coef > 0:
+        if self.trainer.loss.kl_coef > 0:
             self._rows.ref[k] = self._reference_logprobs(sequences)
         if self.recompute:
             # LoRA dropout draws here too: seeded per micro-batch so a resumed run draws the same masks.
@@ -230,16 +163,16 @@ class Learner:
         advantages: float32 [N]. Returns averaged stats plus `actor/skipped_steps` (this step),
         `actor/nonfinite_in_row` (consecutive skipped optimizer steps), `actor/grad_norm` (before clipping),
         `actor/lr` and `mismatch/kl`, `mismatch/abs_max` (see the module docstring)."""
-        t, rows = self.trainer, self._rows
+        mini_batches, rows = self.trainer.batching.mini_batches, self._rows
         if not bool(rows.present.all()):
             raise ValueError(f"train: {int((~rows.present).sum())} of {len(rows.prompts)} rows were never added")
         # LoRA's dropout draws from the global RNG: seeded per update (and rank), a resumed run draws the same.
         torch.manual_seed(sample_seed(self.seed, self.scheduler.last_epoch, self.rank, 0, "learner"))
         plan = self._micro_plan(len(rows.prompts), self.rank)
-        per_mini = len(plan) // t.mini_batches
+        per_mini = len(plan) // mini_batches
         means: dict[str, float] = {}
         skipped, norms, first_pass = 0, [], {}
-        for m in range(t.mini_batches):
+        for m in range(mini_batches):
             micros = list(range(m * per_mini, (m + 1) * per_mini))
             # Before the first optimizer step the training pass runs under the sampling weights: it measures
             # the mismatch when nothing was recomputed.
@@ -253,7 +186,7 @@ class Learner:
                 self.nonfinite_in_row += 1
             self.optimizer.zero_grad(set_to_none=True)
             for key, value in stats.items():
-                means[key] = means.get(key, 0.0) + value / t.mini_batches
+                means[key] = means.get(key, 0.0) + value / mini_batches
         self.scheduler.step()
         means.update(self._mismatch(plan, rows.old if self.recompute else first_pass))
         means.update({"actor/skipped_steps": float(skipped), "actor/nonfinite_in_row": float(self.nonfinite_in_row),
@@ -265,7 +198,7 @@ class Learner:
                     first_pass: dict[int, torch.Tensor] | None) -> tuple[dict[str, float], float]:
         """Forward/backward over micro-batches `micros` of this rank's `plan`; returns stats and the grad norm.
         first_pass: filled with each micro-batch's detached log-probs when given."""
-        t, rows = self.trainer, self._rows
+        loss_cfg, rows = self.trainer.loss, self._rows
         totals: dict[str, torch.Tensor] = {}
         count = sum(len(plan[k]) for k in micros)
         for k in micros:
@@ -275,19 +208,21 @@ class Learner:
             out = self._token_logprobs(self.policy, sequences, with_entropy=True)
             sampler = rows.sampler[micro.start:micro.stop].to(self.device)
             old = rows.old[k] if self.recompute else sampler
-            weights = None if t.tis_cap is None else torch.exp(old - sampler).clamp(max=t.tis_cap)
+            cap = loss_cfg.tis_cap
+            weights = None if cap is None else torch.exp(old - sampler).clamp(max=cap)
             loss, stats = grpo_loss(
                 out.logprobs, old, rows.ref.get(k), advantages[micro.start:micro.stop].to(self.device),
-                torch.ones_like(out.logprobs), clip_eps=t.clip_eps, kl_coef=t.kl_coef, aggregation=t.aggregation,
-                entropy=out.entropy, clip_eps_high=t.clip_eps_high, is_weights=weights)
+                torch.ones_like(out.logprobs), clip_eps=loss_cfg.clip_eps, kl_coef=loss_cfg.kl_coef,
+                aggregation=loss_cfg.aggregation, entropy=out.entropy, clip_eps_high=loss_cfg.clip_eps_high,
+                is_weights=weights)
             if first_pass is not None:
                 first_pass[k] = out.logprobs.detach()
             weight = len(micro) / count  # images have T tokens each, so both aggregations weigh by rows
             (loss * weight).backward()
             stats["loss/total"] = loss.detach()
-            _accumulate(totals, stats, weight)
+            accumulate(totals, stats, weight)
         grad_norm = self._clip_grad_norm()
-        return self._reduce_stats(totals), grad_norm
+        return reduce_stats(totals, self.world_size), grad_norm
 
     def _mismatch(self, plan: list[range], learner: Mapping[int, torch.Tensor]) -> dict[str, float]:
         """k3 estimate of KL(sampler || learner) on the sampler's tokens, and the largest |log-prob gap|, over
@@ -296,7 +231,7 @@ class Learner:
         gaps = torch.cat([(learner[k].float().cpu() - sampler[plan[k].start:plan[k].stop]).flatten()
                           for k in sorted(learner)])
         k3 = torch.expm1(gaps) - gaps  # r - 1 - log r with r = learner / sampler
-        return self._reduce_stats({"mismatch/kl": k3.mean(), "mismatch/abs_max": gaps.abs().max()})
+        return reduce_stats({"mismatch/kl": k3.mean(), "mismatch/abs_max": gaps.abs().max()}, self.world_size)
 
     def _gradient_sync(self, last: bool) -> None:
         """With grad_sync "last_micro_batch", FSDP2 keeps the gradients of earlier micro-batches unsharded and
@@ -318,16 +253,6 @@ class Learner:
         norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.trained], max_norm)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
-    def _reduce_stats(self, totals: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """Means across ranks (equal shares); min/max stats by min/max. A NaN on any rank stays NaN."""
-        if self.world_size > 1:
-            for key, value in totals.items():
-                op = _reduce_op(key)
-                dist.all_reduce(value, op=op)
-                if op == dist.ReduceOp.SUM:
-                    value /= self.world_size
-        return {key: float(value) for key, value in totals.items()}
-
     def _sequences(self, prompts: list[str], tokens: torch.Tensor, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), long [n, P + T]: the rows' prompts left-padded, then their image tokens
         (tokens: long [N, T], the batch's)."""
@@ -347,7 +272,7 @@ class Learner:
 
     def sync_spec(self, dtype: str) -> SyncSpec:
         """Plan the weight sync (trained tensors in the rollout's `dtype`, bucketed); every rank must call it."""
-        self._sync_dtype = as_dtype(dtype)
+        self._sync_dtype = resolve_dtype(dtype)
         self._sync_buckets = plan_buckets(self._sync_items(), self._sync_dtype)
         return spec_of(self._sync_buckets, self._sync_dtype)
 
@@ -401,7 +326,7 @@ class Learner:
     def trained_weights(self) -> dict[str, torch.Tensor]:
         """The full trained parameters (with LoRA: the adapters) in the learner's dtype on the CPU (rank 0; {}
         elsewhere), gathered like a sync: for inspection and tests, not on the training path."""
-        dtype = as_dtype(self.learner.dtype)
+        dtype = resolve_dtype(self.learner.dtype)
         buckets = self._gathered(plan_buckets(self._trained_items(), dtype), dtype)
         out = {name: tensor.cpu() for bucket in buckets for name, tensor in bucket}
         return out if self.rank == 0 else {}
@@ -430,31 +355,3 @@ class Learner:
 
 def _local_data(param: torch.Tensor) -> torch.Tensor:
     return local_rows(param)[0].detach()
-
-
-def _accumulate(totals: dict[str, torch.Tensor], stats: Mapping[str, torch.Tensor], weight: float) -> None:
-    """Row-weighted means over micro-batches, except `*/min` and `*/max`, which stay extremes."""
-    for key, value in stats.items():
-        value = value.detach().float()
-        if key not in totals:
-            totals[key] = value if key.endswith(("/min", "/max")) else value * weight
-        elif key.endswith("/min"):
-            totals[key] = torch.minimum(totals[key], value)
-        elif key.endswith("/max"):
-            totals[key] = torch.maximum(totals[key], value)
-        else:
-            totals[key] = totals[key] + value * weight
-
-
-def _complete_prefix(plan: list[range], present: torch.Tensor) -> int:
-    """How many of `plan`'s first micro-batches have all their rows present (present: bool [N])."""
-    for k, micro in enumerate(plan):
-        if not bool(present[micro.start:micro.stop].all()):
-            return k
-    return len(plan)
-
-
-def _reduce_op(key: str) -> dist.ReduceOp:
-    if key.endswith("/min"):
-        return dist.ReduceOp.MIN
-    return dist.ReduceOp.MAX if key.endswith("/max") else dist.ReduceOp.SUM

@@ -6,7 +6,8 @@ K image codes, B sequences per micro-batch, L = prompt + T image tokens per sequ
 element of the compute / parameter dtype, W learner ranks (FSDP world size).
 
 Learner rank (rl/distributed/learner.py), per phase of one update:
-  static       params P*pb/W, gradients P_t*pb/W, AdamW state 2*P_t*pb/W. P_t = trained parameters: all but the
+  static       params P*pb/W, gradients P_t*pb/W, optimizer state S*P_t*pb/W (S floats of state per parameter,
+               measured from trainer.optimizer: 2 for AdamW). P_t = trained parameters: all but the
                text head (never trained) and, with trainer.freeze_text_embedding, the text embedding; with LoRA
                the adapters (fp32), the base then held in rb_ref. Reference P*rb_ref/W: a frozen copy in
                learner.reference_dtype (none with LoRA: the base with adapters off is the reference).
@@ -103,12 +104,14 @@ class PolicyShape:
 @dataclass(frozen=True)
 class LearnerSetup:
     """One learner rank. param_bytes: of the policy's (LoRA: the frozen base's) weights; trained: parameters that
-    get gradients and AdamW state (P_t above); trained_bytes: their dtype's bytes; reference_bytes: of the frozen
-    reference copy (0: none); frozen_base: LoRA (adapters on a frozen base); lora_inputs: per token, the elements
-    LoRA's dropout copies; accumulates: unsharded fp32 gradients accumulate over micro-batches (grad_sync
-    last_micro_batch, W > 1, several micro-batches per optimizer step); sync_bytes: what one weight sync moves
-    (trained weights, with LoRA the adapted layers' merged weights, in the rollout dtype); bucket_bytes: the
-    largest sync bucket; collective: the sync broadcasts (NCCL) rather than using the object store or a copy."""
+    get gradients and optimizer state (P_t above); trained_bytes: their dtype's bytes; optimizer_states: floats of
+    optimizer state per trained parameter (AdamW: 2; measured from trainer.optimizer by rl.optim);
+    reference_bytes: of the frozen reference copy (0: none); frozen_base: LoRA (adapters on a frozen base);
+    lora_inputs: per token, the elements LoRA's dropout copies; accumulates: unsharded fp32 gradients accumulate
+    over micro-batches (grad_sync last_micro_batch, W > 1, several micro-batches per optimizer step); sync_bytes:
+    what one weight sync moves (trained weights, with LoRA the adapted layers' merged weights, in the rollout
+    dtype); bucket_bytes: the largest sync bucket; collective: the sync broadcasts (NCCL) rather than using the
+    object store or a copy."""
 
     world_size: int
     param_bytes: int
@@ -126,6 +129,7 @@ class LearnerSetup:
     sync_bytes: int = 0
     bucket_bytes: int = 0
     collective: bool = False
+    optimizer_states: float = 2.0
 
 
 def norm_bytes(shape: PolicyShape, cb: int) -> int:
@@ -165,7 +169,7 @@ def learner_phases(shape: PolicyShape, s: LearnerSetup) -> dict[str, dict[str, i
     w, pb, cb = s.world_size, s.param_bytes, s.compute_bytes
     static = {"policy parameters": shape.parameters * pb // w,
               "policy gradients": s.trained * s.trained_bytes // w,
-              "optimizer state": 2 * s.trained * s.trained_bytes // w}
+              "optimizer state": int(s.optimizer_states * s.trained * s.trained_bytes) // w}
     if s.frozen_base:  # the adapters, beside the base
         static["policy parameters"] += s.trained * s.trained_bytes // w
     if s.reference_bytes:

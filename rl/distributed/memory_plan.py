@@ -29,6 +29,7 @@ from rl.distributed.memory import DTYPE_BYTES, GIB, DecoderShape, LearnerSetup, 
 from rl.distributed.model_sizes import LoraSize, PolicySize, decoder_size, lora_size, policy_size, reward_shape
 from rl.distributed.placement import NodeInfo, Placement, Unit, assign, run_units
 from rl.model.lora import LINEAR_LAYERS, LoraSettings
+from rl.optim import state_floats_per_parameter
 from rl.train_config import TrainSpec
 
 LEARNING = ("forward/backward", "optimizer step", "weight sync")  # phases a colocated worker's decoder may skip
@@ -109,14 +110,15 @@ def learner_setup(spec: TrainSpec, sizes: ModelSizes, checkpointing: bool | None
     t, learner, r = spec.trainer, spec.learner, spec.rollout
     shape = sizes.policy.shape
     world = learner.world_size
-    rows_per_rank = r.prompts_per_step * r.group_size // t.mini_batches // world
+    rows_per_rank = r.prompts_per_step * r.group_size // t.batching.mini_batches // world
     common = {"world_size": world, "compute_bytes": 2 if learner.mixed_precision else DTYPE_BYTES[learner.dtype],
-              "micro_batch": t.micro_batch_size, "prompt_tokens": spec.placement.prompt_tokens,
+              "micro_batch": t.batching.micro_batch_size, "prompt_tokens": spec.placement.prompt_tokens,
               "image_tokens": r.grid[0] * r.grid[1],
               "checkpointing": t.gradient_checkpointing if checkpointing is None else checkpointing,
               "accumulates": world > 1 and learner.grad_sync == "last_micro_batch" and
-              rows_per_rank > t.micro_batch_size,
-              "collective": spec.placement.mode == "split" and _collective_sync(spec)}
+              rows_per_rank > t.batching.micro_batch_size,
+              "collective": spec.placement.mode == "split" and _collective_sync(spec),
+              "optimizer_states": state_floats_per_parameter(t.optimizer)}
     rb = DTYPE_BYTES[r.dtype]
     if sizes.lora is not None:  # adapters in fp32 (peft's default), the base frozen in the reference dtype
         synced = sizes.lora.adapted * rb
@@ -129,7 +131,7 @@ def learner_setup(spec: TrainSpec, sizes: ModelSizes, checkpointing: bool | None
     largest = shape.largest if t.freeze_text_embedding else max(shape.largest, shape.text_embedding)
     return LearnerSetup(param_bytes=DTYPE_BYTES[learner.dtype], trained=trained,
                         trained_bytes=DTYPE_BYTES[learner.dtype],
-                        reference_bytes=DTYPE_BYTES[learner.reference_dtype] if t.kl_coef > 0 else 0,
+                        reference_bytes=DTYPE_BYTES[learner.reference_dtype] if t.loss.kl_coef > 0 else 0,
                         sync_bytes=trained * rb, bucket_bytes=memory.bucket_bytes(trained * rb, largest * rb),
                         **common)
 
@@ -321,8 +323,8 @@ def _knobs(plan: Plan) -> list[list[tuple[str, TrainSpec, ModelSizes]]]:
     """Per config key, the changes that lower memory, mildest first, as (label, changed spec, sizes)."""
     spec, sizes = plan.spec, plan.sizes
     t, r, learner = spec.trainer, spec.rollout, spec.learner
-    knobs = [[(f"trainer.micro_batch_size={m}", _with(spec, "trainer", micro_batch_size=m), sizes)
-              for m in _halvings(t.micro_batch_size)],
+    knobs = [[(f"trainer.batching.micro_batch_size={m}", _with_micro_batch(spec, m), sizes)
+              for m in _halvings(t.batching.micro_batch_size)],
              [(f"rollout.batch_size={b}", _with(spec, "rollout", batch_size=b), sizes)
               for b in _halvings(r.batch_size)]]
     if not t.gradient_checkpointing:
@@ -338,7 +340,7 @@ def _knobs(plan: Plan) -> list[list[tuple[str, TrainSpec, ModelSizes]]]:
     else:
         knobs.append([("placement.mode=split", _with(spec, "placement", mode="split"), sizes)])
     gpus = sum(n.gpus for n in plan.nodes)
-    per_mini = r.prompts_per_step * r.group_size // t.mini_batches
+    per_mini = r.prompts_per_step * r.group_size // t.batching.mini_batches
     worlds = [w for w in (2 * learner.world_size, 4 * learner.world_size) if w <= gpus]
     if plan.placement.problems:  # fewer actors than asked for, when the GPUs are too few
         worlds = [w for w in _halvings(learner.world_size) if w <= gpus]
@@ -365,6 +367,11 @@ def _halvings(value: int) -> list[int]:
 
 def _with(spec: TrainSpec, section: str, **changes: Any) -> TrainSpec:
     return dataclasses.replace(spec, **{section: dataclasses.replace(getattr(spec, section), **changes)})
+
+
+def _with_micro_batch(spec: TrainSpec, rows: int) -> TrainSpec:
+    batching = dataclasses.replace(spec.trainer.batching, micro_batch_size=rows)
+    return dataclasses.replace(spec, trainer=dataclasses.replace(spec.trainer, batching=batching))
 
 
 def _world(spec: TrainSpec, world_size: int) -> TrainSpec:

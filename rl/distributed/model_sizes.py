@@ -24,7 +24,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from rl.config import instantiate, missing_reason, resolve_component, to_container
+from core.components import instantiate, resolve_component
+from core.config import ConfigError, missing_reason, to_container
 from rl.distributed.memory import DTYPE_BYTES, DecoderShape, PolicyShape, RewardShape
 from rl.model.lora import LoraSettings, add_adapters, lora_layers
 from rl.model.policy import XOmniConfig, XOmniPolicy
@@ -75,7 +76,7 @@ def policy_size(node: DictConfig) -> PolicySize:
     """The `model.policy` component's size."""
     target = resolve_component(str(node["_component_"]))
     if target == XOmniPolicy.from_pretrained:
-        folder, source = _folder(node, "path", XOMNI_SHAPES)
+        folder, source = _folder(node, "model.policy", "path", XOMNI_SHAPES)
         config = read_config(str(folder))
     else:  # a model built in code (small): built once for its config
         config, source = instantiate(node, "model.policy").config, str(node["_component_"])
@@ -112,8 +113,8 @@ def _pretrained_decoder(node: DictConfig) -> tuple[DecoderShape, str]:
     from rl.decoder.flux_siglip import FluxSigLIPTransformer
     from rl.decoder.vq import VQProjector
 
-    xomni, xomni_source = _folder(node, "xomni_path", XOMNI_SHAPES)
-    flux, flux_source = _folder(node, "flux_path", FLUX_SHAPES)
+    xomni, xomni_source = _folder(node, "model.decoder", "xomni_path", XOMNI_SHAPES)
+    flux, flux_source = _folder(node, "model.decoder", "flux_path", FLUX_SHAPES, "vae/config.json")
     with open(xomni / "config.json") as f:
         vision = json.load(f)["vision_config"]
     encoder, decoder = vision["encoder"], vision["decoder"]
@@ -169,13 +170,20 @@ def reward_shape(node: DictConfig) -> tuple[RewardShape, str]:
     return shape, f"open_clip {name}, {parameters / 1e6:.0f}M parameters, {dtype}"
 
 
-def _folder(node: DictConfig, key: str, shapes: Path) -> tuple[Path, str]:
-    """The folder `node[key]` names, or `shapes` while it is `???` (directly or through `${paths.x}`)."""
+def _folder(node: DictConfig, section: str, key: str, shapes: Path, marker: str = "config.json") -> tuple[Path, str]:
+    """The folder `node[key]` names, or `shapes` while it is `???` (directly or through `${paths.x}`).
+
+    A folder that is set but holds no `marker` file is a ConfigError naming `section.key`: planning without the
+    weights works by leaving the path unset, not by pointing it somewhere empty."""
     reason = missing_reason(node, key)
     if reason is not None:
         via = reason.removeprefix("set ").removesuffix(", which it interpolates") if reason != "???" else key
         return shapes, f"{os.path.relpath(shapes, SHAPES.parents[1])} ({via} is not set)"
-    return Path(os.path.expanduser(str(node[key]))), str(node[key])
+    folder = Path(os.path.expanduser(str(node[key])))
+    if not (folder / marker).is_file():
+        raise ConfigError([f"{section}.{key}: no {marker} in {folder} (set it to the checkpoint's folder, or "
+                           f"leave it ??? to plan with the shapes in {os.path.relpath(shapes, SHAPES.parents[1])})"])
+    return folder, str(node[key])
 
 
 def _arguments(target: Any, node: DictConfig | Mapping) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from core.components import instantiate
 from rewards.faults import score_safely
-from rl.config import instantiate
 
 
 class RewardWorker:

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl.config import instantiate
+from core.components import instantiate
 from rl.decoder import to_uint8_images
 from rl.distributed.weight_sync import Bucket, CollectiveGroup, SyncSpec, load_bucket
 from rl.evaluation.monitors import image_statistics, thumbnails
+from rl.model.loading import build_policy
 from rl.model.sampler import CompiledDecodeStep, SamplingParams, sample_image_tokens
 from rl.model.tokenizer import PromptFormat
-from rl.model.weights import build_policy
 from rl.train_config import RolloutConfig
 
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.components import resolve_component
 from prompts.sources import PromptSource
 from rewards.ensemble import Combiner
-from rl.config import resolve_component
 from rl.distributed.actors import RolloutGroup
 from rl.distributed.reward_pool import RewardPool
 from rl.evaluation.monitors import batch_monitors

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from rl.config import ConfigError
+from core.config import ConfigError
 from rl.distributed.pipeline import StepRollout
 from rl.evaluation.metrics import METRICS_FILE
 from rl.state.checkpoint import checkpoint_root, is_complete, latest_checkpoint, save_checkpoint

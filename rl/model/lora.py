@@ -10,8 +10,10 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Annotated, Literal, get_args
 
 import torch
+from annotated_types import Ge, Gt, Interval
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
@@ -22,20 +24,22 @@ from rl.model.weights import local_rows
 ADAPTER = "default"  # peft's adapter name; it appears in the adapters' parameter names
 BASE_LAYER, LORA_A, LORA_B = ".base_layer", f".lora_A.{ADAPTER}.weight", f".lora_B.{ADAPTER}.weight"
 # The linear layers of a decoder block (transformers' Qwen2): what `target_modules` may name.
-LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LinearLayer = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LINEAR_LAYERS: tuple[str, ...] = get_args(LinearLayer)
 
 
 @dataclass
 class LoraSettings:
-    """r: adapter rank. alpha: scaling numerator (updates are scaled by alpha / r). dropout: dropout on the
-    adapters' input while learning (a resume is then exact at the same learner.world_size). target_modules: the
-    decoder-block linear layers that get adapters (of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
-    down_proj); every other weight stays frozen at the starting policy's."""
+    """LoRA adapters (`trainer.lora`): every weight outside them stays frozen at the starting policy's."""
 
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: list = field(default_factory=lambda: list(LINEAR_LAYERS))
+    r: Annotated[int, Ge(1)] = 16
+    """Adapter rank."""
+    alpha: Annotated[float, Gt(0)] = 32.0
+    """Scaling numerator: updates are scaled by alpha / r."""
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+    """Dropout on the adapters' input while learning (a resume is then exact at the same learner.world_size)."""
+    target_modules: list[LinearLayer] = field(default_factory=lambda: list(LINEAR_LAYERS))
+    """The decoder-block linear layers that get adapters."""
 
     @property
     def scaling(self) -> float:

@@ -22,7 +22,9 @@ from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
-from rl.config import LocalPath, resolve_local_path
+from core.devices import DtypeName, resolve_dtype
+from core.files import honour_umask
+from core.paths import LocalPath, resolve_local_path
 from rl.model.weights import (
     CONFIG_NAME,
     WEIGHTS_INDEX_NAME,
@@ -34,7 +36,6 @@ from rl.model.weights import (
     fill,
 )
 from rl.model.xomni_model import XOmniConfig, XOmniModel
-from rl.state.files import honour_umask
 
 __all__ = ["XOmniConfig", "XOmniPolicy", "TokenLogprobs", "save_policy_state", "CONFIG_NAME", "WEIGHTS_NAME",
            "WEIGHTS_INDEX_NAME"]
@@ -77,7 +78,7 @@ class XOmniPolicy(nn.Module):
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: XOmniConfig, seed: int = 0, torch_dtype: torch.dtype | str = torch.float32,
+    def from_config(cls, config: XOmniConfig, seed: int = 0, torch_dtype: DtypeName | torch.dtype = torch.float32,
                     device: torch.device | str | None = None) -> XOmniPolicy:
         """Random weights like X-Omni's init: N(0, initializer_range) for linear and embedding weights,
         zero biases and padding rows, unit norms. Deterministic for a given seed, dtype and device type."""
@@ -97,13 +98,20 @@ class XOmniPolicy(nn.Module):
         return policy
 
     @classmethod
-    def from_pretrained(cls, path: LocalPath, torch_dtype: torch.dtype | str = torch.float32,
+    def from_pretrained(cls, path: LocalPath, torch_dtype: DtypeName | torch.dtype = torch.float32,
                         device: torch.device | str | None = None,
                         attn_implementation: str = "sdpa") -> XOmniPolicy:
         """Load an X-Omni folder: config.json (model_type "x-omni") and model.safetensors or shards
         listed in model.safetensors.index.json. Every weight must be present and used (a mismatch is an
         error listing the keys); weights are read one tensor at a time straight into `torch_dtype` on `device`,
-        so the host never holds more than one tensor beyond the model (none when `device` is a GPU)."""
+        so the host never holds more than one tensor beyond the model (none when `device` is a GPU).
+
+        Args:
+            path: the X-Omni folder (X-Omni-SFT to start RL from, or an exported checkpoint).
+            torch_dtype: dtype the weights are read into (the learner keeps its own; the rollout casts).
+            device: where they are allocated (None: the CPU).
+            attn_implementation: transformers' attention kernel ("sdpa", "eager", ...).
+        """
         folder = resolve_local_path(str(path), "path")
         weights = SafetensorsWeights(folder)
         policy = cls._empty(weights.config, torch_dtype, device, attn_implementation)
@@ -112,12 +120,12 @@ class XOmniPolicy(nn.Module):
         return policy
 
     @classmethod
-    def _empty(cls, config: XOmniConfig, torch_dtype: torch.dtype | str, device: torch.device | str | None,
+    def _empty(cls, config: XOmniConfig, torch_dtype: DtypeName | torch.dtype, device: torch.device | str | None,
                attn_implementation: str = "sdpa") -> XOmniPolicy:
         """Allocate without initialising (weights are filled next; XOmniModel restores RoPE frequencies)."""
         with torch.device("meta"):
             policy = cls(config, attn_implementation)
-        return policy.to(as_dtype(torch_dtype)).to_empty(device=device or "cpu")
+        return policy.to(resolve_dtype(torch_dtype)).to_empty(device=device or "cpu")
 
     def save_pretrained(self, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
         """Write config.json and safetensors weights (see `save_policy_state`)."""
@@ -197,7 +205,7 @@ def save_policy_state(weights: PolicyWeights, path: str | os.PathLike, dtype: to
     os.makedirs(path, exist_ok=True)
     shapes = weights.shapes()
     names = sorted(shapes)
-    dtype = as_dtype(dtype) if dtype is not None else weights.read(names[0], slice(0, 0)).dtype
+    dtype = resolve_dtype(dtype) if dtype is not None else weights.read(names[0], slice(0, 0)).dtype
     meta = {name: torch.empty(shapes[name], dtype=dtype, device="meta") for name in names}
     split = split_torch_state_dict_into_shards(meta, max_shard_size=max_shard_size)
     config = weights.config
@@ -228,10 +236,3 @@ def _chunk_logprobs(hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.T
     entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return logprob, entropy
 
-
-def as_dtype(value: torch.dtype | str) -> torch.dtype:
-    """torch.float32 / bfloat16 / float16 from a dtype or its name; anything else is a ValueError."""
-    dtype = getattr(torch, value, None) if isinstance(value, str) else value
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"torch_dtype must be float32, bfloat16 or float16, got {value!r}")
-    return dtype

@@ -34,22 +34,20 @@ from rl.seeding import counter_uniforms
 class SamplingParams:
     """How image tokens are drawn. The defaults are what X-Omni's generation script samples with: it sets
     temperature 1.0, min_p 0.03, top_p 1.0 and no CFG, and leaves top_k at transformers' GenerationConfig
-    default of 50.
-
-    temperature: logits are divided by it before the filters below (> 0).
-    top_k: keep the k most likely codes (0 = off).
-    top_p: keep the smallest set of most likely codes with total probability >= top_p (1.0 = off).
-    min_p: keep codes with probability >= min_p * the top code's probability (0.0 = off).
-    cfg_scale: classifier-free guidance; > 1 samples from uncond + cfg_scale * (cond - uncond) logits,
-        where the unconditional branch sees `<SOM>{h} {w}<IMAGE>` alone (1.0 = off, one forward per step).
-    Filters apply in the order CFG, temperature, top-k, top-p, min-p, as in transformers' generate().
-    """
+    default of 50. Filters apply in the order CFG, temperature, top-k, top-p, min-p, as in transformers'
+    generate(). The log-probs kept for the update are those of the untruncated, temperature-scaled policy."""
 
     temperature: float = 1.0
+    """Logits are divided by it before the filters below (> 0)."""
     top_k: int = 50
+    """Keep the k most likely codes (0: off)."""
     top_p: float = 1.0
+    """Keep the smallest set of most likely codes with total probability >= top_p (1.0: off)."""
     min_p: float = 0.03
+    """Keep codes with probability >= min_p x the top code's probability (0.0: off)."""
     cfg_scale: float = 1.0
+    """Classifier-free guidance: above 1 samples from uncond + cfg_scale x (cond - uncond) logits, the
+    unconditional branch seeing `<SOM>{h} {w}<IMAGE>` alone (1.0: off, one forward per step)."""
 
     def __post_init__(self):
         if self.temperature <= 0:

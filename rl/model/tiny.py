@@ -10,6 +10,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from core.devices import DtypeName
 from rl.model.policy import XOmniConfig, XOmniPolicy
 from rl.model.xomni_model import MM_SPECIAL_TOKENS
 
@@ -38,7 +39,16 @@ def tiny_policy_config(**overrides) -> XOmniConfig:
     return XOmniConfig(**values)
 
 
-def tiny_policy(seed: int = 0, torch_dtype: str = "float32", device: str | None = None, **overrides) -> XOmniPolicy:
-    """A random tiny policy (see `tiny_policy_config` for the shape; `overrides` change config keys)."""
+def tiny_policy(seed: int = 0, torch_dtype: DtypeName = "float32", device: str | None = None,
+                **overrides) -> XOmniPolicy:
+    """A random tiny policy (64 wide, 2 + 2 + 2 layers) for tests and the CPU demo.
+
+    Args:
+        seed: seeds the random weights.
+        torch_dtype: dtype of the weights.
+        device: where they are allocated (None: the CPU).
+        overrides: XOmniConfig keys to change (e.g. image_vocab_size, initializer_range); see
+            `tiny_policy_config` for the others.
+    """
     return XOmniPolicy.from_config(tiny_policy_config(**overrides), seed=seed, torch_dtype=torch_dtype,
                                    device=device)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from rl.config import LocalPath, resolve_local_path
+from core.paths import LocalPath, resolve_local_path
 from rl.model.xomni_model import MM_SPECIAL_TOKENS, XOmniConfig
 
 SOM, _EOM, IMAGE = MM_SPECIAL_TOKENS  # <EOM> closes a finished image; generation never writes it
@@ -23,6 +23,9 @@ SOM, _EOM, IMAGE = MM_SPECIAL_TOKENS  # <EOM> closes a finished image; generatio
 
 def load_tokenizer(path: LocalPath) -> PreTrainedTokenizerBase:
     """A Hugging Face tokenizer folder (e.g. X-Omni's Qwen2.5 tokenizer), local files only.
+
+    Args:
+        path: the folder (an X-Omni model folder holds one).
 
     Raises if it lacks `<SOM>`, `<EOM>` or `<IMAGE>`, or a pad token (prompts are left-padded).
     """

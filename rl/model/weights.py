@@ -4,26 +4,23 @@ and one tensor in flight, never a second copy.
 A `PolicyWeights` source names an X-Omni policy's tensors and reads any rows of any of them on the CPU:
 - `SafetensorsWeights`: an X-Omni folder (model.safetensors, or shards listed in model.safetensors.index.json).
 - `StateDictWeights`: tensors already in memory (a component that draws its own random weights).
-`load_source(node)` turns a `model.policy` component into a meta-device skeleton of the policy plus its source,
-without reading a weight; `fill(module, weights)` then copies into every tensor of the module the rows it holds
-(its local shard when FSDP2 has sharded it, all of it otherwise), cast on the copy to the module's dtype and
-device. `build_policy` does both for an unsharded replica (a rollout actor, `rl.generate`).
+`fill(module, weights)` copies into every tensor of a module built empty the rows it holds (its local shard when
+FSDP2 has sharded it, all of it otherwise), cast on the copy to the module's dtype and device. How a `model.policy`
+component becomes a skeleton and a source is `rl.model.loading`.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from safetensors import safe_open
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from rl.config import COMPONENT_KEY, instantiate, resolve_component, resolve_local_path
 from rl.model.xomni_model import XOmniConfig
 
 CONFIG_NAME = "config.json"
@@ -113,54 +110,6 @@ def _weight_files(folder: str) -> list[str]:
         if not os.path.isfile(os.path.join(folder, name)):
             raise FileNotFoundError(f"{WEIGHTS_INDEX_NAME} in {folder} names a missing shard: {name}")
     return files
-
-
-def load_source(node: Mapping[str, Any], key: str = "model.policy") -> tuple[nn.Module, PolicyWeights]:
-    """A meta-device skeleton of the policy the component `node` builds, and the source of its weights.
-
-    `XOmniPolicy.from_pretrained` is not called: its folder is read later, tensor by tensor. Any other component
-    (a random tiny policy, a test's subclass) is built once on the CPU; its tensors become the source and the
-    module itself, moved to the meta device, the skeleton (so its class and attributes are kept).
-    """
-    from rl.model.policy import XOmniPolicy
-
-    arguments = pretrained_arguments(node)
-    if arguments is not None:
-        weights = SafetensorsWeights(resolve_local_path(str(arguments["path"]), f"{key}.path"))
-        with torch.device("meta"):
-            return XOmniPolicy(weights.config, arguments["attn_implementation"]), weights
-    policy = instantiate(dict(node), key)
-    weights = StateDictWeights(policy.config, {k: v.detach() for k, v in policy.state_dict().items()})
-    return policy.to("meta"), weights
-
-
-def is_pretrained(node: Mapping[str, Any]) -> bool:
-    """Whether component `node` is `XOmniPolicy.from_pretrained` (its other values are not read or resolved)."""
-    from rl.model.policy import XOmniPolicy  # here, not at the top: rl.model.policy imports this module
-
-    return resolve_component(str(node[COMPONENT_KEY])) == XOmniPolicy.from_pretrained
-
-
-def pretrained_arguments(node: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The arguments (defaults filled in) of an `XOmniPolicy.from_pretrained` component; None for any other."""
-    from rl.model.policy import XOmniPolicy
-
-    if not is_pretrained(node):
-        return None
-    bound = inspect.signature(XOmniPolicy.from_pretrained).bind(**{k: v for k, v in node.items()
-                                                                   if k != COMPONENT_KEY})
-    bound.apply_defaults()
-    return bound.arguments
-
-
-def build_policy(node: Mapping[str, Any], key: str, dtype: torch.dtype, device: torch.device | str) -> nn.Module:
-    """The policy of component `node`, unsharded, read straight into `dtype` on `device` (one tensor at a time
-    passes through the host)."""
-    skeleton, weights = load_source(node, key)
-    policy = skeleton.to(dtype).to_empty(device=device)
-    check_matches(policy, weights, where=key)
-    fill(policy, weights)
-    return policy
 
 
 def local_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, slice]:

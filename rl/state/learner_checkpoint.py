@@ -30,10 +30,10 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from rl.config import LocalPath, resolve_local_path
+from core.files import honour_umask
+from core.paths import LocalPath, resolve_local_path
 from rl.model.lora import LORA_A, LORA_B, LoraSettings, lora_delta
 from rl.model.weights import PolicyWeights, StateDictWeights, fill
-from rl.state.files import honour_umask
 
 LEARNER_DIR, STATE_FILE = "learner", "learner_state.json"
 MODEL_PREFIX = "model."
