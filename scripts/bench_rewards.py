@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 
 from rewards.clip_align import CLIPAlignReward
-from rewards.ensemble import EnsembleConfig, RewardEnsemble
+from rewards.combine import EnsembleConfig
+from rewards.ensemble import RewardEnsemble
 from rewards.gating import GatingConfig, quoted_spans
 from rewards.hpsv2 import HPSv2Reward
 from rewards.ocr import OCRReward

@@ -23,7 +23,6 @@ import json
 
 import torch
 
-import rl  # noqa: F401  (torchvision fix before transformers model classes)
 from rl.model.policy import XOmniConfig, XOmniPolicy
 from rl.model.sampler import CompiledDecodeStep, SamplingParams, sample_image_tokens
 from rl.model.tiny import tiny_policy_config, tiny_tokenizer

@@ -44,11 +44,20 @@ def rss_mib(field: str) -> float:
 
 def make_learner(folder: str, rank: int, world: int):
     from rl.distributed.learner import Learner
-    from rl.train_config import LearnerConfig, TrainerConfig
+    from rl.train_config import LearnerConfig
+
+    try:
+        from rl.schema.trainer import BatchingConfig, LossConfig, TrainerConfig
+
+        trainer = TrainerConfig(loss=LossConfig(kl_coef=0.0), batching=BatchingConfig(micro_batch_size=1))
+    except ImportError:  # a tree from before the trainer's sections
+        from rl.train_config import TrainerConfig
+
+        trainer = TrainerConfig(kl_coef=0.0, micro_batch_size=1)
 
     model = {"policy": {"_component_": "rl.model.policy.XOmniPolicy.from_pretrained", "path": folder},
              "tokenizer": {"_component_": "rl.model.tiny.tiny_tokenizer"}}
-    return Learner(model, TrainerConfig(kl_coef=0.0, micro_batch_size=1), LearnerConfig(world_size=world),
+    return Learner(model, trainer, LearnerConfig(world_size=world),
                    (1, 6), 1.0, rank)
 
 

@@ -1,11 +1,11 @@
-"""The step pipeline's modes side by side: sequential (`trainer.streaming=false`), streaming, and one step off-policy
-(`trainer.async_steps=1`, streaming too), in one run. Prints JSON.
+"""The step pipeline's modes side by side: sequential (`trainer.pipeline.streaming=false`), streaming, and one step
+off-policy (`trainer.pipeline.async_steps=1`, streaming too), in one run. Prints JSON.
 
     python scripts/bench_step.py                        # configs/tiny.yaml, 6 steps per mode, for real
     python scripts/bench_step.py --simulate             # the paper recipe's stage costs on 8 GPUs, as sleeps
     python scripts/bench_step.py --simulate costs.json  # your own costs (keys of PAPER_COSTS; missing ones kept)
 
-Real: `rl.train.Trainer` runs the config in each mode in one local Ray. `stages_s` are the means of the rows'
+Real: `rl.driver.trainer.Trainer` runs the config in each mode in one local Ray. `stages_s` are the means of the rows'
 `time/<stage>_s`, `step_s` the mean `time/step_s`, `step_ratio` each mode's step_s over the sequential one's, all
 over steps 2 .. n-1 (the first step warms up; one step off-policy samples nothing after the last).
 
@@ -41,16 +41,17 @@ import numpy as np
 import ray
 import torch
 
+from core.components import instantiate
+from core.config import load_config, to_container
 from rewards.base import RewardOutput
 from rewards.ensemble import Combiner
-from rl.config import instantiate, load_config, to_container
 from rl.distributed.actors import LearnerGroup, RolloutGroup
 from rl.distributed.reward_pool import RewardPool
 from rl.distributed.rollout import RolloutResult
+from rl.driver.trainer import Trainer
 from rl.evaluation.alerts import DriftAlerts
 from rl.evaluation.metrics import MetricsWriter, read_metrics
 from rl.evaluation.monitors import image_statistics, thumbnails
-from rl.train import Trainer
 from rl.train_config import TrainSpec, trained_rewards, validate_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +64,8 @@ REPO = Path(__file__).resolve().parents[1]
 #   weight_sync_s  not estimated in issue 13: 0 (scripts/gpu_check.sh measures bf16 sync bytes/s on a GPU)
 PAPER_COSTS = {"gpus": 8, "samples": 512, "decoding_s": 230.0, "sampling_s": 15.0, "rewards_s": 65.0,
                "reward_replicas": 4, "learner_s": 10.0, "weight_sync_s": 0.0}
-MODES = {"sync": ("trainer.streaming=false",), "streaming": ("trainer.streaming=true",),
-         "async": ("trainer.streaming=true", "trainer.async_steps=1")}
+MODES = {"sync": ("trainer.pipeline.streaming=false",), "streaming": ("trainer.pipeline.streaming=true",),
+         "async": ("trainer.pipeline.streaming=true", "trainer.pipeline.async_steps=1")}
 DRIVER_STAGES = ("prompts", "gate", "combine", "advantages", "monitors")  # real CPU work in the driver, never slept
 QUIET = ("logging.tensorboard=false", "logging.images_every=0", "eval.every=0", "checkpoint.every=0",
          "checkpoint.export_final=false")
@@ -234,12 +235,9 @@ def simulate_one(costs: Mapping[str, float], placement: str, mode: str, rollout_
     cfg.rewards = {"sleep": {"_component_": "scripts.bench_step.SleepReward", "log_dir": str(log),
                              "seconds_per_row": scaled["rewards_s"] * replicas / samples}}
     cfg.ensemble.weights, cfg.gating = {"sleep": 1.0}, {"default": ["sleep"]}
-    trainer = SimulatedTrainer(validate_train_config(cfg), scaled, gpus, log)
-    try:
+    with SimulatedTrainer(validate_train_config(cfg), scaled, gpus, log) as trainer:
         trainer.fit()
         window = (trainer.began[1], trainer.began[-1])
-    finally:
-        trainer.close()
     wall = window[1] - window[0]
     spans = {name: intervals(log, name, window) for name in ("rollout", "learner", "rewards", "sync")}
     seconds = {name: sum(b - a for a, b in spans[name]) for name in spans}
@@ -283,11 +281,8 @@ def measure(config: Path, steps: int, overrides: Sequence[str]) -> dict[str, Any
         for mode, extra in MODES.items():
             cfg = load_config(config, [f"run.dir={work}/{mode}", f"trainer.steps={steps}", *QUIET, *overrides,
                                        *extra])
-            trainer = Trainer(validate_train_config(cfg))
-            try:
+            with Trainer(validate_train_config(cfg)) as trainer:
                 trainer.fit()
-            finally:
-                trainer.close()
             rows = read_metrics(Path(work) / mode / "metrics.jsonl")[1:-1]
             keys = sorted({k for r in rows for k in r if k.startswith("time/") and k != "time/step_s"})
             stages[mode] = {k[5:-2]: round(sum(r.get(k, 0.0) for r in rows) / len(rows), 3) for k in keys}

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.components import instantiate
+from core.config import load_config, to_container
 from rewards.text_accuracy import edit_similarity
-from rl.config import instantiate, load_config, to_container
 from rl.decoder.patch import GLYPHS
 from rl.distributed.learner import Learner, TrainBatch
 from rl.grpo import group_advantages
@@ -64,8 +65,8 @@ def train_one(spec: TrainSpec, seed: int, samples: int) -> dict[str, float]:
         seeds = [sample_seed(seed, step, i, k, "policy") for i in range(p) for k in range(g)]
         drawn = sample_image_tokens(learner.policy, learner.format.encode(rows, grid), spec.rollout.sampling, seeds)
         rewards, _ = glyph_rewards(code_to_tile, drawn.tokens, words)
-        learner.update(TrainBatch(rows, drawn.tokens, drawn.logprobs,
-                                  group_advantages(rewards.view(p, g), scale=spec.trainer.advantage_scale).view(-1)))
+        advantages = group_advantages(rewards.view(p, g), scale=spec.trainer.loss.advantage_scale).view(-1)
+        learner.update(TrainBatch(rows, drawn.tokens, drawn.logprobs, advantages))
         means.append(rewards.mean().item())
     every = instantiate(cfg.prompts, "prompts", shuffle=False)
     records = every.read(np.arange(len(every)))

@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from rl.config import instantiate, load_config, to_container
+from core.cli import command
+from core.components import instantiate
+from core.config import load_config, to_container
 from rl.decoder import to_uint8_images
 from rl.model.policy import XOmniPolicy
 from rl.model.sampler import sample_image_tokens
@@ -51,7 +54,8 @@ def read_samples(policy: XOmniPolicy, spec, prompts: list[str], targets: list[li
     return [(read[i * samples:(i + 1) * samples], exact[i * samples:(i + 1) * samples]) for i in range(len(prompts))]
 
 
-def main(argv: list[str] | None = None) -> int:
+@command
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
     parser.add_argument("run_dir")

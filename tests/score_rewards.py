@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.paths import LocalPath
 from rewards.base import RewardOutput
-from rl.config import LocalPath
 
 CRASH_AFTER = "XOMNI_TEST_CRASH_AFTER"  # kill the process at a call once the log has this many lines
 FAIL_ON = "XOMNI_TEST_FAIL_ON"  # raise on a batch that holds a prompt containing this text

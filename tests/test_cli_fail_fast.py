@@ -22,10 +22,11 @@ def run(module, *args, cwd):
 
 
 def test_train_rejects_out_of_range_values_and_finds_shipped_files_from_anywhere(tmp_path):
-    done = run("rl.train", TINY, f"run.dir={tmp_path}/run", "trainer.lr=-1", "rollout.group_size=1",
+    done = run("rl.train", TINY, f"run.dir={tmp_path}/run", "trainer.optimizer.lr=-1", "rollout.group_size=1",
                "reward_workers.max_failure_frac=2", "ensemble.batch_size=0", cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
-    for problem in ("trainer.lr: must be > 0, got -1", "rollout.group_size: must be >= 2, got 1",
+    for problem in ("trainer.optimizer: ValueError: Invalid learning rate: -1",
+                    "rollout.group_size: must be >= 2, got 1",
                     "reward_workers.max_failure_frac: must be >= 0 and <= 1, got 2",
                     "ensemble.batch_size: must be >= 1, got 0"):
         assert problem in done.stderr
@@ -71,11 +72,12 @@ def test_training_warns_about_unscored_steps_and_stops_after_max_unscored_steps(
     prompts = tmp_path / "plain.txt"
     prompts.write_text('A dog on a sofa\nA neon sign that reads "★★★"\n')
     done = run("rl.train", TINY, f"run.dir={tmp_path}/run", *SMALL, f"prompts.paths=[{prompts}]",
-               "trainer.steps=5", "trainer.max_unscored_steps=2", cwd=tmp_path)
+               "trainer.steps=5", "trainer.faults.max_unscored_steps=2", cwd=tmp_path)
     assert done.returncode == 1, done.stderr[-3000:]
     warning = next(line for line in done.stderr.splitlines() if line.startswith("warning: step 1:"))
     assert "no reward applies to any sample" in warning
     assert "task 'default': no reward in gating.default or its rule (4 of 8 samples)" in warning
     assert "no target text to score: ocr not applied (4 of 8 samples)" in warning
-    assert "run stopped: 2 steps in a row had no reward for any sample (trainer.max_unscored_steps=2)" in done.stderr
+    assert ("run stopped: 2 steps in a row had no reward for any sample (trainer.faults.max_unscored_steps=2)"
+            in done.stderr)
     assert "warning: step 2" not in done.stderr  # the second one stops the run instead

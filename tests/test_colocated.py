@@ -13,8 +13,8 @@ import torch
 from train_helpers import REPO, tiny_spec
 
 from rl.distributed.colocated import Offload
+from rl.driver.trainer import Trainer
 from rl.evaluation.metrics import read_metrics
-from rl.train import Trainer
 
 # One CPU per worker: a thread each for sampling and learning, as in the split run (thread counts change float
 # reductions, and so the last bits of log-probs and gradient norms).
@@ -24,7 +24,7 @@ COLOCATED = ("placement.mode=colocated", "learner.world_size=2", "learner.num_gp
 # Split on the same 2 GPUs: both learner ranks on GPU 0, both rollout replicas on GPU 1, half a GPU each.
 # Its stages one after the other, as colocated steps run (tests/test_train_pipeline.py compares streaming).
 SPLIT = ("learner.world_size=2", "learner.num_gpus=0.5", "rollout.num_actors=2", "rollout.num_gpus=0.5",
-         "placement.gpu_memory_gib=16", "trainer.streaming=false")
+         "placement.gpu_memory_gib=16", "trainer.pipeline.streaming=false")
 # Wall-clock figures differ between any two runs; everything else must match.
 TIMED = ("time/", "rollout/tokens_per_s", "rollout/images_per_s")
 
@@ -68,11 +68,8 @@ def two_gpus():
 
 
 def train(spec) -> Trainer:
-    trainer = Trainer(spec)
-    try:
+    with Trainer(spec) as trainer:
         trainer.fit()
-    finally:
-        trainer.close()
     return trainer
 
 
@@ -103,8 +100,7 @@ def test_offload_moves_storages_and_keeps_the_tensors():
 
 
 def test_colocated_phases_resume_and_match_split(tmp_path, capsys, split_rows):
-    trainer = Trainer(tiny_spec(tmp_path, overrides=(*COLOCATED, "trainer.steps=1")))
-    try:
+    with Trainer(tiny_spec(tmp_path, overrides=(*COLOCATED, "trainer.steps=1"))) as trainer:
         out = capsys.readouterr().out
         assert "node 0 GPU 0: worker 0 (learner rank 0 + rollout replica 0), reward ocr" in out
         assert "decoder and text encoders offloaded to the host while learning" in out
@@ -133,8 +129,6 @@ def test_colocated_phases_resume_and_match_split(tmp_path, capsys, split_rows):
         for replica in replicas:
             assert all(torch.equal(replica[n], learned[n]) for n in learned)
         assert all(not any(s["optimizer_bytes"]) and all(s["decoder_bytes"]) for s in states(trainer))
-    finally:
-        trainer.close()
 
     resumed = train(tiny_spec(tmp_path, overrides=(*COLOCATED, "resume=auto", "trainer.steps=2")))
     assert resumed.resume_from is not None and "resumed from" in capsys.readouterr().out

@@ -8,17 +8,10 @@ from typing import Annotated, Literal
 import pytest
 from annotated_types import Ge, Gt, Interval
 
-from rl.config import (
-    ConfigError,
-    LocalPath,
-    build_section,
-    config_dirs,
-    instantiate,
-    load_config,
-    resolve_local_path,
-    validate_component,
-    validate_section,
-)
+from core.components import instantiate, validate_component
+from core.config import ConfigError, load_config
+from core.paths import LocalPath, config_dirs, resolve_local_path
+from core.schema import build_section, validate_section
 
 
 class Scorer:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from rewards.ensemble import validate_reward_sections
-from rl.config import ConfigError, load_config
+from core.config import ConfigError, load_config
+from rewards.sections import validate_reward_sections
 from rl.train_config import validate_train_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -79,23 +79,26 @@ def test_config_loads_and_validates(path, tmp_path, monkeypatch):
 
 def test_types_ranges_and_components_are_reported_together():
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-    cfg = load_config(tiny, ["trainer.lr=-1", "trainer.steps=ten", "checkpoint.keep=0", "ray.call_timeout_s=0",
+    cfg = load_config(tiny, ["trainer.optimizer.lr=-1", "trainer.steps=ten", "checkpoint.keep=0",
+                             "ray.call_timeout_s=0",
                              "reward_workers.resources={ocr: {num_cpus: -1}}",
                              "model.decoder.patchh=3"])
     with pytest.raises(ConfigError) as error:
         validate_train_config(cfg)
     assert sorted(error.value.problems) == sorted([
-        "trainer.lr: must be > 0, got -1", "trainer.steps: expected int, got str 'ten'",
+        "trainer.optimizer: ValueError: Invalid learning rate: -1", "trainer.steps: expected int, got str 'ten'",
         "checkpoint.keep: must be >= 1, got 0", "ray.call_timeout_s: must be > 0, got 0",
         "reward_workers.resources.ocr.num_cpus: must be a number >= 0, got -1",
         "model.decoder.patchh: unknown argument of rl.decoder.PatchDecoder (accepted: patch, palette_size, seed, "
         "noise, mode, codebook_size)"])
     # with the types right, constraints across fields (and a dataclass's own checks) join the same report
-    cfg = load_config(tiny, ["trainer.betas=[0.9,1.5]", "trainer.mini_batches=7", "model.decoder.patchh=3"])
+    cfg = load_config(tiny, ["trainer.optimizer.betas=[0.9,1.5]", "trainer.batching.mini_batches=7",
+                             "model.decoder.patchh=3"])
     with pytest.raises(ConfigError) as error:
         validate_train_config(cfg)
-    assert [p.split(":")[0] for p in error.value.problems] == ["trainer.betas", "trainer.mini_batches",
+    assert [p.split(":")[0] for p in error.value.problems] == ["trainer.batching.mini_batches", "trainer.optimizer",
                                                                "model.decoder.patchh"]
+    assert "Invalid beta parameter at index 1: 1.5" in error.value.problems[1]
     cfg = load_config(tiny, ["rollout.sampling.top_p=2", "model.decoder.patchh=3"])
     with pytest.raises(ConfigError) as error:
         validate_train_config(cfg)

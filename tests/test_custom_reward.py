@@ -14,12 +14,12 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from rewards.ensemble import validate_reward_sections
+from rewards.sections import validate_reward_sections
 from rl.evaluation.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["logging.tensorboard=false", "logging.images_every=0", "rollout.prompts_per_step=2", "rollout.group_size=2",
-         "rollout.batch_size=4", "trainer.micro_batch_size=4", "checkpoint.every=0", "trainer.steps=1"]
+         "rollout.batch_size=4", "trainer.batching.micro_batch_size=4", "checkpoint.every=0", "trainer.steps=1"]
 
 
 def run(module, *args, cwd):

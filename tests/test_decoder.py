@@ -13,7 +13,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from rl.config import validate_component
+from core.components import validate_component
 from rl.decoder import (
     DecodedImages,
     ImageDecoder,

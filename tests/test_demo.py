@@ -8,8 +8,9 @@ import pytest
 import torch
 from train_helpers import REPO
 
+from core.components import instantiate
+from core.config import load_config
 from rewards.ocr import OCRReward
-from rl.config import instantiate, load_config
 from rl.decoder import PatchDecoder, to_uint8_images
 from rl.decoder.patch import GLYPHS
 from rl.state.checkpoint import save_checkpoint

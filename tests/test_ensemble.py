@@ -14,18 +14,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from core.config import ConfigError
+from core.paths import LocalPath
 from rewards.base import RewardOutput
-from rewards.ensemble import (
-    Combiner,
-    EnsembleConfig,
-    Normalizer,
-    RewardEnsemble,
-    combine,
-    validate_reward_sections,
-)
+from rewards.combine import EnsembleConfig, Normalizer, combine
+from rewards.ensemble import Combiner, RewardEnsemble
 from rewards.faults import score_safely
 from rewards.gating import GatingConfig
-from rl.config import ConfigError, LocalPath
+from rewards.sections import validate_reward_sections
 
 NAN = float("nan")
 

@@ -4,7 +4,7 @@ rewards kept out of the training total without needing an ensemble weight."""
 import pytest
 from train_helpers import tiny_config
 
-from rl.config import ConfigError
+from core.config import ConfigError
 from rl.train_config import trained_rewards, validate_train_config
 
 GOLD = ("rewards.brightness._component_=tests.fault_rewards.MeanPixel", "monitor.gold=[brightness]")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_config
 from prompts.sources import PromptSource
-from rl.config import load_config
 
 DATA = Path(__file__).resolve().parents[1] / "prompts" / "data"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -21,10 +21,10 @@ from train_helpers import (  # noqa: F401  (local_ray: the module-scoped Ray fix
 )
 
 from rl.distributed.reward_pool import RunAborted
+from rl.driver.trainer import Trainer
 from rl.evaluation.alerts import DriftAlerts
 from rl.evaluation.metrics import MetricsWriter, read_metrics
 from rl.evaluation.monitors import STATISTICS
-from rl.train import Trainer
 from rl.train_config import validate_train_config
 
 EVAL = ("trainer.steps=4", "checkpoint.every=1", "checkpoint.keep=2", "eval.every=2", "eval.num_prompts=3",
@@ -41,11 +41,8 @@ def straight(tmp_path_factory, local_ray):  # noqa: F811
     root = tmp_path_factory.mktemp("eval")
     cfg = tiny_config(root / "straight", overrides=EVAL)
     cfg.monitor.alerts = {"monitor/hf_energy": 1e-9, "eval/reward/brightness/mean": 10.0}
-    trainer = Trainer(validate_train_config(cfg))
-    try:
+    with Trainer(validate_train_config(cfg)) as trainer:
         trainer.fit()
-    finally:
-        trainer.close()
     return root, cfg, read_metrics(root / "straight" / "metrics.jsonl"), trainer
 
 

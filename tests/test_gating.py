@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from core.config import load_config
 from rewards.gating import Gater, GatingConfig, build_gating, count_words, gate_rates, quoted_spans, validate_gating
 from rewards.text_accuracy import resolve_mode, tokens
-from rl.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = {"hpsv2": 1.0, "clip_align": 1.0, "quality": 1.0, "ocr": 1.0}

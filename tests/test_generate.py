@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rl.config import instantiate, load_config
+from core.components import instantiate
+from core.config import load_config
 from rl.decoder import to_uint8_images
 from rl.generate import main
 from rl.model.sampler import SamplingParams, sample_image_tokens

@@ -6,8 +6,9 @@ import pytest
 from omegaconf import OmegaConf
 from train_helpers import REPO
 
+from core.components import instantiate
+from core.config import ConfigError, load_config
 from rewards.vlm_judge import VLMJudgeReward
-from rl.config import ConfigError, instantiate, load_config
 from rl.distributed.placement import run_units
 from rl.train_config import validate_train_config
 

@@ -4,16 +4,16 @@ import dataclasses
 
 import pytest
 import torch
-from train_helpers import tiny_spec
+from train_helpers import tiny_spec, trainer_with
 
-from rl.config import instantiate
+from core.components import instantiate
 from rl.decoder import to_uint8_images
 from rl.distributed.learner import Learner, TrainBatch
 from rl.distributed.weight_sync import load_bucket
 from rl.grpo import group_advantages
+from rl.model.loading import build_policy
 from rl.model.sampler import sample_image_tokens
 from rl.model.tokenizer import PromptFormat
-from rl.model.weights import build_policy
 from rl.seeding import sample_seed
 from rl.train_config import LearnerConfig
 
@@ -27,7 +27,7 @@ def spec(tmp_path_factory):
 
 def make_learner(spec, learner_cfg: LearnerConfig | None = None, **trainer) -> Learner:
     model = {k: dict(v) for k, v in spec.cfg.model.items()}
-    learner = Learner(model, dataclasses.replace(spec.trainer, **trainer), learner_cfg or spec.learner,
+    learner = Learner(model, trainer_with(spec.trainer, **trainer), learner_cfg or spec.learner,
                       tuple(spec.rollout.grid), spec.rollout.sampling.temperature)
     learner.setup()
     return learner
@@ -62,8 +62,11 @@ def test_micro_batching_does_not_change_the_update(spec):
     whole, pieces = make_learner(spec, micro_batch_size=8), make_learner(spec, micro_batch_size=3)
     batch = sample(whole, spec, step=1)
     a, b = whole.update(batch), pieces.update(batch)
-    for key in ("loss/total", "loss/kl", "actor/grad_norm", "entropy/mean"):
+    for key in ("loss/kl", "actor/grad_norm", "entropy/mean"):
         assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    # At step 1 the policy is its own reference and each group's advantages sum to zero, so loss/total is a sum of
+    # O(1) float32 terms that cancel to ~1e-7: summed in another order it differs by a few ulps of 1.0, not of itself.
+    assert b["loss/total"] == pytest.approx(a["loss/total"], abs=8 * torch.finfo(torch.float32).eps)
 
 
 def test_save_and_load_resume_the_optimizer_exactly(spec, tmp_path):

@@ -10,7 +10,7 @@ import ray
 import torch
 from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
 
-from rl.config import to_container
+from core.config import to_container
 from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync
 from rl.distributed.learner import Learner, TrainBatch
 from rl.export import export
@@ -74,8 +74,8 @@ def test_merged_rows_equal_peft_merge_and_init_depends_on_the_seed_only():
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
     return tiny_spec(tmp_path_factory.mktemp("run"), overrides=(
-        "trainer.lora.r=4", "trainer.lora.alpha=8", "trainer.lora.dropout=0.1", "trainer.lr=3e-2",
-        "trainer.lora.target_modules=[q_proj,v_proj,down_proj]", "trainer.mini_batches=1"))
+        "trainer.lora.r=4", "trainer.lora.alpha=8", "trainer.lora.dropout=0.1", "trainer.optimizer.lr=3e-2",
+        "trainer.lora.target_modules=[q_proj,v_proj,down_proj]", "trainer.batching.mini_batches=1"))
 
 
 def batch_for(spec, policy, step: int) -> TrainBatch:

@@ -16,7 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from train_helpers import tiny_spec
 
-from rl.config import to_container
+from core.config import to_container
 from rl.distributed.learner import Learner, TrainBatch
 from rl.distributed.memory import activation_bytes, kv_cache_bytes, learner_phases
 from rl.distributed.memory_plan import learner_setup, model_sizes
@@ -53,8 +53,9 @@ def peak_tensor_bytes(run, trace: Path) -> int:
 def test_learner_estimate_is_within_25_percent_of_the_measured_peak(tmp_path, checkpointing):
     """A learner rank built and updated twice (the second update holds AdamW state) by the real Learner."""
     # A KL term (so the reference is held and run) and one optimizer step per update, whatever the demo tunes.
-    overrides = (*SMALL_POLICY, f"rollout.grid=[{GRID[0]},{GRID[1]}]", "trainer.micro_batch_size=8",
-                 f"trainer.gradient_checkpointing={checkpointing}", "trainer.kl_coef=0.01", "trainer.mini_batches=1")
+    overrides = (*SMALL_POLICY, f"rollout.grid=[{GRID[0]},{GRID[1]}]", "trainer.batching.micro_batch_size=8",
+                 f"trainer.gradient_checkpointing={checkpointing}", "trainer.loss.kl_coef=0.01",
+                 "trainer.batching.mini_batches=1")
     spec = tiny_spec(tmp_path, overrides=overrides)
     learner = Learner(to_container(spec.cfg.model), spec.trainer, spec.learner, GRID, 1.0)
     tokens = torch.randint(0, 2048, (len(PROMPTS), GRID[0] * GRID[1]), generator=torch.Generator().manual_seed(0))
@@ -97,7 +98,7 @@ def test_learner_terms_count_what_the_learner_builds(tmp_path, trained):
     overrides = {"full": (), "full+text embedding": ("trainer.freeze_text_embedding=false",),
                  "lora": ("trainer.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, down_proj]}",)}
     spec = tiny_spec(tmp_path, overrides=(*overrides[trained], "learner.reference_dtype=bfloat16",
-                                          "trainer.kl_coef=0.01"))  # a KL term: the reference is built
+                                          "trainer.loss.kl_coef=0.01"))  # a KL term: the reference is built
     learner = Learner(to_container(spec.cfg.model), spec.trainer, spec.learner, GRID, 1.0)
     learner.setup()
     sizes = model_sizes(spec)

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from tiny_clip import register_tiny_clip
 
-from rl.config import load_config
+from core.config import load_config
 from rl.decoder.tiny import save_tiny_folders, tiny_xomni_decoder
 from rl.distributed.model_sizes import decoder_size, lora_size, policy_size, reward_shape
 from rl.model.lora import LoraSettings

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from train_helpers import tiny_spec
 
-from rl.config import ConfigError
+from core.config import ConfigError
 from rl.distributed.placement import NodeInfo, Slot, Unit, assign, run_units
 
 

@@ -9,7 +9,7 @@ import sys
 from omegaconf import OmegaConf
 from train_helpers import REPO
 
-from rl.config import load_config
+from core.config import load_config
 from rl.distributed.memory import GIB
 from rl.distributed.memory_plan import make_plan, model_sizes
 from rl.distributed.placement import NodeInfo
@@ -53,7 +53,8 @@ def test_four_24_gib_gpus_do_not_fit_and_the_plan_says_why():
     out = result.stdout
     assert "verdict: DOES NOT FIT" in out and "node 0 GPUs 1-3 (each): learner rank + rollout replica" in out
     assert "4 of 12 actors cannot be placed" in out and "24.0 GiB per GPU (largest: decoder transformer" in out
-    assert "no change of trainer.micro_batch_size, rollout.batch_size, learner.grad_sync, placement.mode" in out
+    assert ("no change of trainer.batching.micro_batch_size, rollout.batch_size, learner.grad_sync, placement.mode"
+            in out)
 
 
 def test_split_placement_puts_rollout_replicas_and_learner_ranks_on_separate_nodes(capsys):
@@ -71,7 +72,7 @@ def test_advice_names_the_keys_that_make_it_fit(capsys):
     assert code == 2 and not plan["fits"]
     # learner.grad_sync last_micro_batch: 16 micro-batches per rank accumulate an unsharded fp32 gradient copy
     assert "80.0 GiB per GPU (largest: policy gradients 31.7, activations 27.2" in plan["problems"][0]
-    fixes = ("fits with any one of: trainer.micro_batch_size=2; trainer.gradient_checkpointing=true; "
+    fixes = ("fits with any one of: trainer.batching.micro_batch_size=2; trainer.gradient_checkpointing=true; "
              "learner.grad_sync=every_micro_batch; trainer.lora="
              "{r: 64, alpha: 128, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
              "down_proj]}")
@@ -82,10 +83,18 @@ def test_advice_names_the_keys_that_make_it_fit(capsys):
     assert "placement.mode: must be one of ['colocated', 'split']" in capsys.readouterr().err
 
 
+def test_a_weights_folder_that_is_set_but_empty_is_a_config_error(capsys, tmp_path):
+    assert main([PAPER, *ONE_NODE, f"paths.xomni={tmp_path}", f"paths.flux={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"model.policy.path: no config.json in {tmp_path}" in err and "Traceback" not in err
+    assert main([PAPER, *ONE_NODE, f"paths.flux={tmp_path}"]) == 2
+    assert f"model.decoder.flux_path: no vae/config.json in {tmp_path}" in capsys.readouterr().err
+
+
 def test_lora_is_planned_when_the_config_sets_it():
-    spec = validate_train_config(load_config(PAPER), components=False)
+    spec = validate_train_config(load_config(PAPER), files=False)
     lora_spec = validate_train_config(load_config(PAPER, ["trainer.lora={r: 16, alpha: 32, dropout: 0.0, "
-                                                          "target_modules: [q_proj, v_proj]}"]), components=False)
+                                                          "target_modules: [q_proj, v_proj]}"]), files=False)
     nodes = [NodeInfo(0, 8, None, 80 * GIB)]
     full, adapters = make_plan(spec, nodes, model_sizes(spec)), make_plan(lora_spec, nodes, model_sizes(lora_spec))
     learning = {name: adapters.devices[1].phases["forward/backward"].get(name, 0)

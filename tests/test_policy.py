@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rl.config import validate_component
+from core.components import validate_component
 from rl.model.policy import XOmniConfig, XOmniPolicy, save_policy_state
 from rl.model.tiny import tiny_policy, tiny_policy_config
 from rl.model.weights import StateDictWeights

@@ -8,8 +8,8 @@ from PIL import Image
 from skimage import data
 from tiny_clip import register_tiny_clip, save_tiny_clip_weights
 
+from core.components import validate_component
 from rewards.clip_align import CLIPAlignReward
-from rl.config import validate_component
 
 IMAGES = [Image.fromarray(data.astronaut()), Image.fromarray(data.coffee()), Image.fromarray(data.chelsea())]
 CAPTIONS = ["an astronaut in a white suit", "a cup of coffee on a saucer", "a tabby cat"]

@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw
 from skimage import data
 from tiny_clip import register_tiny_clip, save_tiny_clip_weights
 
+from core.components import validate_component
 from rewards.hpsv2 import HPSv2Reward
-from rl.config import validate_component
 
 LONG_PROMPT = " ".join(["a very detailed photograph of a red bicycle leaning on a stone wall"] * 12)
 

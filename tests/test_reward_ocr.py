@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from render_text import render_text_image
 
+from core.components import instantiate, validate_component
+from core.config import ConfigError
 from rewards.ocr import OCRReward, target_texts
 from rewards.ocr_backends import PaddleOCRBackend, RapidOCRBackend, build_backend
-from rl.config import ConfigError, instantiate, validate_component
 
 HELLO = "HELLO WORLD 2026"
 

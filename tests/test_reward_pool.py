@@ -11,7 +11,7 @@ import ray
 import torch
 from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
 
-from rl.config import ConfigError
+from core.config import ConfigError
 from rl.distributed.placement import run_units
 from rl.distributed.reward_pool import RewardPool, RunAborted
 from rl.train_config import RewardWorkersConfig

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from skimage.restoration import estimate_sigma
 
+from core.components import validate_component
 from rewards.quality import TERMS, QualityReward, luminance, noise_sigmas
-from rl.config import validate_component
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -197,5 +197,5 @@ def test_config_validation_checks_the_kwargs():
 
 
 def test_mismatched_batch_raises(reward):
-    with pytest.raises(ValueError, match="2 images, 1 prompts"):
+    with pytest.raises(ValueError, match="2 images and 1 prompts"):
         reward([photo("coffee")] * 2, ["a"], [{}, {}])

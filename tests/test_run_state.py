@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from train_helpers import tiny_spec
 
-from rl.config import ConfigError
+from core.config import ConfigError
+from rl.driver.run_state import TRAINER_STATE, find_resume_checkpoint, trained_settings
 from rl.state.checkpoint import save_checkpoint
-from rl.state.run_state import TRAINER_STATE, find_resume_checkpoint, trained_settings
 
 
 def checkpoint(run_dir: Path, step: int, seed: int = 0, group_size: int = 4) -> Path:

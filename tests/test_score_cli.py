@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+from core.paths import LocalPath
 from rewards.base import RewardOutput
 from rewards.score import main
-from rl.config import LocalPath
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import ray
 import torch
-from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
+from train_helpers import local_ray, tiny_spec, trainer_with  # noqa: F401  (module-scoped Ray fixture)
 
-from rl.config import to_container
+from core.config import to_container
 from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync
 from rl.distributed.learner import TrainBatch
 from rl.export import export
@@ -187,7 +187,7 @@ def test_gradients_are_reduce_scattered_once_per_optimizer_step(spec, model, rol
     batch = train_batch(rollout, 8, 1)
     stats, seen = {}, {}
     for mode in ("last_micro_batch", "every_micro_batch"):
-        group = started(LearnerGroup(model, dataclasses.replace(spec.trainer, micro_batch_size=2, mini_batches=1),
+        group = started(LearnerGroup(model, trainer_with(spec.trainer, micro_batch_size=2, mini_batches=1),
                                      dataclasses.replace(spec.learner, world_size=2, grad_sync=mode),
                                      spec.rollout.grid, 1.0, 600))
         try:

@@ -1,4 +1,4 @@
-"""One step off-policy (`trainer.async_steps: 1`): its config checks, and `python -m rl.train` end to end in
+"""One step off-policy (`trainer.pipeline.async_steps: 1`): its config checks, and `python -m rl.train` end to end in
 subprocesses (each starts its own local Ray) on configs/tiny.yaml with the real OCR reward: the reward rises,
 and a run killed with SIGKILL mid-run and resumed repeats the uninterrupted run's per-step metrics."""
 
@@ -7,37 +7,39 @@ import pytest
 import torch
 from train_helpers import REPO, assert_same_metrics, kill_after_checkpoint, portable, save_config, train
 
-from rl.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from rl.distributed.pipeline import StepRollout
+from rl.driver.run_state import PENDING_ROLLOUT, read_pending_rollout, write_pending_rollout
 from rl.evaluation.metrics import read_metrics
 from rl.state.checkpoint import list_checkpoints
-from rl.state.run_state import PENDING_ROLLOUT, read_pending_rollout, write_pending_rollout
 from rl.train_config import validate_train_config
 
 # Shorter than tiny.yaml's run, which still shows the rise; a checkpoint every 3 steps to kill after. The batch
 # and update are pinned (8 prompts x 8 samples, four optimizer steps, frozen text embedding), whatever the demo
 # is tuned to.
 STEPS = 15
-ASYNC = ("trainer.async_steps=1", f"trainer.steps={STEPS}", "checkpoint.every=3", "checkpoint.keep=10",
+ASYNC = ("trainer.pipeline.async_steps=1", f"trainer.steps={STEPS}", "checkpoint.every=3", "checkpoint.keep=10",
          "logging.tensorboard=false", "rollout.prompts_per_step=8", "rollout.group_size=8",
-         "trainer.mini_batches=4", "trainer.freeze_text_embedding=true")
+         "trainer.batching.mini_batches=4", "trainer.freeze_text_embedding=true")
 
 
 def spec(*overrides):
-    return validate_train_config(load_config(REPO / "configs" / "tiny.yaml", ["trainer.async_steps=1", *overrides]))
+    return validate_train_config(load_config(REPO / "configs" / "tiny.yaml",
+                                             ["trainer.pipeline.async_steps=1", *overrides]))
 
 
 def test_async_resolves_old_logprobs_to_the_sampler_and_refuses_what_it_cannot_do():
     # auto would recompute here (the rollout samples in bf16, the learner computes in fp32) but not under async.
-    assert spec("rollout.dtype=bfloat16").trainer.old_logprobs == "sampler"
+    assert spec("rollout.dtype=bfloat16").trainer.loss.old_logprobs == "sampler"
     with pytest.raises(ConfigError) as refused:
-        spec("placement.mode=colocated", "trainer.old_logprobs=recompute", "trainer.tis_cap=2.0")
+        spec("placement.mode=colocated", "trainer.loss.old_logprobs=recompute", "trainer.loss.tis_cap=2.0")
     problems = refused.value.problems
-    assert any(p.startswith("trainer.async_steps: 1 overlaps the rollout") and "colocated" in p for p in problems)
-    assert any(p.startswith("trainer.old_logprobs: recompute would need") for p in problems)
-    assert any(p.startswith("trainer.tis_cap: needs trainer.old_logprobs: recompute") for p in problems)
-    with pytest.raises(ConfigError, match="trainer.async_steps: must be 0 .* or 1"):
-        spec("trainer.async_steps=2")
+    assert any(p.startswith("trainer.pipeline.async_steps: 1 overlaps the rollout") and "colocated" in p
+               for p in problems)
+    assert any(p.startswith("trainer.loss.old_logprobs: recompute would need") for p in problems)
+    assert any(p.startswith("trainer.loss.tis_cap: needs trainer.loss.old_logprobs: recompute") for p in problems)
+    with pytest.raises(ConfigError, match="trainer.pipeline.async_steps: must be 0 .* or 1"):
+        spec("trainer.pipeline.async_steps=2")
 
 
 def test_a_pending_rollout_round_trips_and_must_be_the_next_steps(tmp_path):

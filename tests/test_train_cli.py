@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from train_helpers import REPO, assert_same_metrics, kill_after_checkpoint, save_config, tiny_config, train
 
+from rl.driver.run_state import TRAINER_STATE
 from rl.evaluation.metrics import read_metrics
 from rl.model.policy import XOmniPolicy
 from rl.model.tiny import tiny_policy
 from rl.state.checkpoint import list_checkpoints, save_checkpoint
-from rl.state.run_state import TRAINER_STATE
 
 
 def exported(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -27,7 +27,7 @@ def test_resume_after_sigkill_with_two_or_one_learner_ranks_reproduces_the_run(t
     tiny_policy(seed=0, image_vocab_size=40, mm_vocab_size=128).save_pretrained(base)  # tiny.yaml's
     cfg = tiny_config(tmp_path, overrides=("trainer.steps=4", "checkpoint.every=1", "checkpoint.keep=2",
                                            "learner.world_size=2", "checkpoint.export_final=true",
-                                           "trainer.kl_coef=0.0"))  # KL near 0 differs by rounding across ranks
+                                           "trainer.loss.kl_coef=0.0"))  # KL near 0 differs by rounding across ranks
     cfg.model.policy = {"_component_": "rl.model.policy.XOmniPolicy.from_pretrained", "path": str(base)}
     config = save_config(cfg, tmp_path / "tiny.yaml")
     straight, broken = tmp_path / "straight", tmp_path / "broken"
@@ -87,7 +87,7 @@ def test_tiny_lora_learns_in_its_default_steps_and_resumes_exactly(tmp_path):
 
 
 def test_a_changed_seed_or_group_size_is_refused_on_resume(tmp_path):
-    """Refused before Ray starts, so a checkpoint written by rl.state.run_state's layout is enough here."""
+    """Refused before Ray starts, so a checkpoint written by rl.driver.run_state's layout is enough here."""
     config = save_config(tiny_config(tmp_path, overrides=("trainer.steps=2",)), tmp_path / "tiny.yaml")
     state = {"step": 1, "seed": 0, "group_size": 4}
     save_checkpoint(tmp_path, 1, lambda path: (path / TRAINER_STATE).write_text(json.dumps(state)), keep=1)

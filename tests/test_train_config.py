@@ -4,7 +4,7 @@ reported with its dotted key before Ray starts or a model loads (no Ray, no mode
 import pytest
 from train_helpers import tiny_spec
 
-from rl.config import ConfigError
+from core.config import ConfigError
 from rl.model.lora import LoraSettings
 
 
@@ -22,9 +22,9 @@ def test_lora_settings_build_and_bad_ones_are_listed(tmp_path):
                            "trainer.lora.target_modules=[lm_head]", "learner.reference_dtype=fp8",
                            "checkpoint.export_final=true")
     assert [p.split(":")[0] for p in problems] == [
-        "learner.reference_dtype", "checkpoint.export_final", "trainer.lora.r", "trainer.lora.alpha",
-        "trainer.lora.dropout", "trainer.lora.target_modules"]
-    assert "needs model.policy to be rl.model.policy.XOmniPolicy.from_pretrained" in problems[1]
+        "trainer.lora.r", "trainer.lora.alpha", "trainer.lora.dropout", "trainer.lora.target_modules[0]",
+        "learner.reference_dtype", "checkpoint.export_final"]
+    assert "needs model.policy to be rl.model.policy.XOmniPolicy.from_pretrained" in problems[5]
     assert problems_of(tmp_path, "trainer.lora.rank=4")[0].startswith("trainer.lora.rank: unknown key")
     assert problems_of(tmp_path, "learner.grad_sync=never")[0].startswith("learner.grad_sync: must be one of")
 
@@ -34,15 +34,17 @@ def test_lora_settings_build_and_bad_ones_are_listed(tmp_path):
     (("rollout.dtype=bfloat16",), "recompute"),                        # the dtypes differ
     (("learner.mixed_precision=true",), "recompute"),                  # the learner computes in bf16
     (("rollout.num_gpus=1", "ray.num_gpus=1"), "recompute"),           # the devices differ
-    (("trainer.tis_cap=2.0",), "recompute"),
+    (("trainer.loss.tis_cap=2.0",), "recompute"),
     (("placement.mode=colocated", "learner.num_gpus=1", "ray.num_gpus=1"), "sampler"),  # replica on the rank's GPU
-    (("rollout.dtype=bfloat16", "trainer.old_logprobs=sampler"), "sampler"),
+    (("rollout.dtype=bfloat16", "trainer.loss.old_logprobs=sampler"), "sampler"),
 ])
 def test_old_logprobs_auto_recomputes_when_sampler_and_learner_differ(tmp_path, overrides, mode):
-    assert tiny_spec(tmp_path, overrides=overrides).trainer.old_logprobs == mode
+    assert tiny_spec(tmp_path, overrides=overrides).trainer.loss.old_logprobs == mode
 
 
 def test_tis_cap_problems_are_listed(tmp_path):
-    assert problems_of(tmp_path, "trainer.tis_cap=0")[0].startswith("trainer.tis_cap: must be > 0")
-    assert problems_of(tmp_path, "trainer.old_logprobs=bogus")[0].startswith("trainer.old_logprobs: must be one of")
-    assert problems_of(tmp_path, "trainer.old_logprobs=sampler", "trainer.tis_cap=2")[0].startswith("trainer.tis_cap")
+    assert problems_of(tmp_path, "trainer.loss.tis_cap=0")[0].startswith("trainer.loss.tis_cap: must be > 0")
+    assert problems_of(tmp_path, "trainer.loss.old_logprobs=bogus")[0].startswith(
+        "trainer.loss.old_logprobs: must be one of")
+    assert problems_of(tmp_path, "trainer.loss.old_logprobs=sampler", "trainer.loss.tis_cap=2")[0].startswith(
+        "trainer.loss.tis_cap")

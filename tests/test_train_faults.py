@@ -4,8 +4,10 @@ Faulty rewards, a decoder that returns NaN images and a policy whose loss turns 
 components from tests/fault_components.py; actors are killed with `ray.kill`.
 """
 
+import itertools
 import json
 import math
+from contextlib import ExitStack
 
 import pytest
 import ray
@@ -13,22 +15,20 @@ import torch
 from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
 
 from rl.distributed.reward_pool import RunAborted
-from rl.train import Trainer
+from rl.driver.trainer import Trainer
 
 GOOD = {"_component_": "tests.fault_rewards.MeanPixel"}
 
 
 @pytest.fixture
 def trainer_for(tmp_path, local_ray):  # noqa: F811
-    made = []
+    runs = itertools.count()
+    with ExitStack() as made:  # every trainer a test made is closed after it
 
-    def make(rewards=None, overrides=()):
-        made.append(Trainer(tiny_spec(tmp_path / f"run{len(made)}", rewards, overrides)))
-        return made[-1]
+        def make(rewards=None, overrides=()):
+            return made.enter_context(Trainer(tiny_spec(tmp_path / f"run{next(runs)}", rewards, overrides)))
 
-    yield make
-    for trainer in made:
-        trainer.close()
+        yield make
 
 
 def test_reward_faults_stay_in_their_column_and_invalid_images_are_masked(trainer_for):
@@ -73,7 +73,7 @@ def test_the_trainer_scores_in_chunks_of_ensemble_batch_size_over_the_reward_rep
 
 def test_non_finite_loss_skips_the_step_then_stops_the_run(trainer_for):
     policy = ("model.policy._component_=tests.fault_components.nan_loss_policy", "model.policy.nan_calls=[2,3]",
-              "trainer.max_nonfinite_steps=2")
+              "trainer.faults.max_nonfinite_steps=2")
     trainer = trainer_for({"good": GOOD}, policy)
     first = trainer.train_step(1)
     assert first["actor/skipped_steps"] == 0
@@ -82,7 +82,7 @@ def test_non_finite_loss_skips_the_step_then_stops_the_run(trainer_for):
     assert second["actor/skipped_steps"] == 1 and second["actor/nonfinite_in_row"] == 1
     after = trainer.learner.run("trained_weights")
     assert all(torch.equal(before[k], after[k]) for k in before)
-    with pytest.raises(RunAborted, match=r"2 optimizer steps in a row .*\(trainer.max_nonfinite_steps=2\)"):
+    with pytest.raises(RunAborted, match=r"2 optimizer steps in a row .*\(trainer.faults.max_nonfinite_steps=2\)"):
         trainer.train_step(3)
 
 

@@ -4,26 +4,23 @@ chunk handed to the reward actors and the learner as soon as it is decoded) agai
 import pytest
 from train_helpers import TIMING, local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
 
+from rl.driver.trainer import Trainer
 from rl.evaluation.metrics import read_metrics
-from rl.train import Trainer
 
 # 2 actors x 2 chunks of 2 rows, reward calls of 3 rows over 2 OCR replicas, micro-batches of 3 rows.
 PIPELINE = ("trainer.steps=2", "rollout.num_actors=2", "rollout.batch_size=2", "ensemble.batch_size=3",
-            "reward_workers.replicas=2", "trainer.micro_batch_size=3", "trainer.old_logprobs=recompute")
+            "reward_workers.replicas=2", "trainer.batching.micro_batch_size=3", "trainer.loss.old_logprobs=recompute")
 
 
 def run(run_dir, *overrides):
-    trainer = Trainer(tiny_spec(run_dir, overrides=(*PIPELINE, *overrides)))
-    try:
+    with Trainer(tiny_spec(run_dir, overrides=(*PIPELINE, *overrides))) as trainer:
         trainer.fit()
         return read_metrics(trainer.metrics.path), trainer.learner.run("trained_weights")
-    finally:
-        trainer.close()
 
 
 def test_streaming_gives_the_samples_rewards_and_update_of_the_sequential_step(tmp_path, local_ray):  # noqa: F811
-    sequential, weights_a = run(tmp_path / "sequential", "trainer.streaming=false")
-    streamed, weights_b = run(tmp_path / "streaming", "trainer.streaming=true")
+    sequential, weights_a = run(tmp_path / "sequential", "trainer.pipeline.streaming=false")
+    streamed, weights_b = run(tmp_path / "streaming", "trainer.pipeline.streaming=true")
     assert [r["step"] for r in streamed] == [1, 2]
     for a, b in zip(sequential, streamed, strict=True):
         keys = {k for k in a if not k.startswith(TIMING)}

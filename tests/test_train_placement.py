@@ -12,9 +12,10 @@ from ray.cluster_utils import Cluster
 from train_helpers import REPO, save_config, tiny_spec
 
 from rl.distributed.reward_pool import RunAborted
+from rl.driver.trainer import Trainer
 from rl.evaluation.metrics import read_metrics
 from rl.plan import DoesNotFit
-from rl.train import Trainer, main
+from rl.train import main
 
 FOUR_GPUS = ("learner.world_size=2", "learner.num_gpus=1", "rollout.num_actors=2", "rollout.num_gpus=1",
              "placement.gpu_memory_gib=16", "trainer.steps=1")
@@ -67,12 +68,9 @@ def where(actors) -> set[str]:
 
 def test_split_run_across_two_nodes_puts_learner_and_rollout_on_different_nodes(cluster, tmp_path):
     spec = tiny_spec(tmp_path, overrides=(f"ray.address={cluster}", *FOUR_GPUS, "placement.separate_nodes=true"))
-    trainer = Trainer(spec)
-    try:
+    with Trainer(spec) as trainer:
         trainer.fit()
         learner, rollout = where(trainer.learner.ranks), where(trainer.rollout.actors)
-    finally:
-        trainer.close()
     nodes = [n.node_id for n in trainer.plan.nodes]
     assert learner == {nodes[0]} and rollout == {nodes[1]} and nodes[0] != nodes[1]
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,7 +15,8 @@ import pytest
 import ray
 from omegaconf import DictConfig, OmegaConf
 
-from rl.config import load_config
+from core.config import load_config
+from rl.schema.trainer import TrainerConfig
 from rl.state.checkpoint import list_checkpoints
 from rl.train_config import TrainSpec, validate_train_config
 
@@ -22,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Small and fast; a KL term, one optimizer step per update and the frozen text embedding of the paper config, as
 # the tests expect, whatever the demo is tuned to.
 SMALL = ["logging.tensorboard=false", "logging.images_every=0", "rollout.prompts_per_step=2",
-         "rollout.group_size=4", "rollout.batch_size=8", "trainer.micro_batch_size=8", "checkpoint.every=0",
-         "trainer.kl_coef=0.01", "trainer.mini_batches=1", "trainer.freeze_text_embedding=true"]
+         "rollout.group_size=4", "rollout.batch_size=8", "trainer.batching.micro_batch_size=8", "checkpoint.every=0",
+         "trainer.loss.kl_coef=0.01", "trainer.batching.mini_batches=1", "trainer.freeze_text_embedding=true"]
 
 
 def tiny_config(run_dir: Path, rewards: dict | None = None, overrides: tuple[str, ...] = ()) -> DictConfig:
@@ -44,6 +46,18 @@ def portable(cfg: DictConfig) -> DictConfig:
     cfg.prompts.paths = [str((REPO / "configs" / p).resolve()) for p in cfg.prompts.paths]
     cfg.eval.prompts = [str((REPO / "configs" / p).resolve()) for p in cfg.eval.prompts]
     return cfg
+
+
+def trainer_with(trainer: TrainerConfig, **changes) -> TrainerConfig:
+    """`trainer` with `changes` (field name -> value) made wherever the field lives: trainer itself or its
+    loss / batching / pipeline / faults section."""
+    sections = {name: getattr(trainer, name) for name in ("loss", "batching", "pipeline", "faults")}
+    top = {k: v for k, v in changes.items() if not any(hasattr(s, k) for s in sections.values())}
+    for name, section in sections.items():
+        own = {k: v for k, v in changes.items() if hasattr(section, k)}
+        if own:
+            top[name] = dataclasses.replace(section, **own)
+    return dataclasses.replace(trainer, **top)
 
 
 def tiny_spec(run_dir: Path, rewards: dict | None = None, overrides: tuple[str, ...] = ()) -> TrainSpec:
