@@ -3,8 +3,9 @@
     python scripts/bench_rewards.py [--images 16] [--batch-size 16] [--device auto]
 
 Prints one JSON object: images/s per reward batched and one by one, their ratio; OCR on batches whose images
-each stand 4 times (read once per call) against distinct ones; and the whole `RewardEnsemble` (gating, fault
-handling, combination) against the sum of its rewards' batched times.
+each stand 4 times (read once per call) against distinct ones; RapidOCR with one onnxruntime thread against its
+default (one per core), in wall and CPU milliseconds per image, on the signs and on configs/tiny.yaml's glyph rows;
+and the whole `RewardEnsemble` (gating, fault handling, combination) against the sum of its rewards' batched times.
 Inputs are the project's sample images (scripts/make_sample_images.py): signs with their target text for
 OCR, photos for the others. The CLIP-based rewards (HPSv2, CLIP alignment) get random weights: a tiny
 open_clip architecture on CPU, the real ViT-H-14 / ViT-L-14 shapes when CUDA is present.
@@ -21,17 +22,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
+from core.components import instantiate
+from core.config import load_config
 from rewards.clip_align import CLIPAlignReward
 from rewards.combine import EnsembleConfig
 from rewards.ensemble import RewardEnsemble
 from rewards.gating import GatingConfig, quoted_spans
 from rewards.hpsv2 import HPSv2Reward
 from rewards.ocr import OCRReward
+from rewards.ocr_backends import RapidOCRBackend
 from rewards.quality import QualityReward
 
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_sample_images import make_samples  # noqa: E402
 
@@ -95,6 +101,38 @@ def images_per_s(call, images, prompts, metadata, batch_size: int) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
+def ocr_ms_per_image(backend, images: list) -> dict[str, float]:
+    """Wall and CPU (this process, all threads) milliseconds per image for `backend.read`, after one warm-up read."""
+    arrays = [np.asarray(image) for image in images]
+    backend.read(arrays[0])
+    wall, cpu = time.perf_counter(), time.process_time()
+    for array in arrays:
+        backend.read(array)
+    n = len(arrays)
+    return {"wall_ms": round((time.perf_counter() - wall) * 1e3 / n, 1),
+            "cpu_ms": round((time.process_time() - cpu) * 1e3 / n, 1)}
+
+
+def glyph_rows(n: int) -> list:
+    """n rows of 3 random glyphs as configs/tiny.yaml's demo decoder draws them (48 x 16 px)."""
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    decoder = instantiate(cfg.model.decoder, "model.decoder")
+    tokens = torch.randint(0, 40, (n, 3), generator=torch.Generator().manual_seed(0))
+    pixels = decoder(tokens, (1, 3), [""] * n, list(range(n))).images
+    return [(image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for image in pixels]
+
+
+def ocr_threads(signs: list, n: int) -> dict[str, dict]:
+    """RapidOCR with 1 onnxruntime thread against its default, on the sample signs and on demo glyph rows."""
+    report = {}
+    for kind, images in (("signs", signs), ("glyph_rows", glyph_rows(n))):
+        default, one = (ocr_ms_per_image(RapidOCRBackend(threads=t), images) for t in (None, 1))
+        report[kind] = {"default_threads": default, "one_thread": one,
+                        "cpu_ratio": round(one["cpu_ms"] / default["cpu_ms"], 2),
+                        "wall_ratio": round(one["wall_ms"] / default["wall_ms"], 2)}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=16, help="images per measurement")
@@ -119,6 +157,7 @@ def main() -> None:
         distinct, repeated = (images_per_s(rewards["ocr"], *b, args.batch_size) for b in (inputs["text"], repeats))
         report["ocr_4x_repeats"] = {"distinct_img_s": round(distinct, 2), "repeated_img_s": round(repeated, 2),
                                     "speedup": round(repeated / distinct, 2)}
+        report["ocr_threads"] = ocr_threads(inputs["text"][0], args.images)
         # The ensemble on text prompts (all four rewards apply): its cost against its rewards' own.
         ensemble = RewardEnsemble(rewards, EnsembleConfig(weights=dict.fromkeys(rewards, 1.0),
                                                           batch_size=args.batch_size),

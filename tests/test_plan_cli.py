@@ -1,10 +1,10 @@
 """`python -m rl.plan` on the paper config as shipped (every weights path `???`): the JSON interface, the exit
 codes, the advice, split placement across nodes, and LoRA once `trainer.lora` is set."""
 
+import contextlib
+import io
 import json
-import os
 import subprocess
-import sys
 
 from omegaconf import OmegaConf
 from train_helpers import REPO
@@ -20,10 +20,13 @@ PAPER = str(REPO / "configs" / "xomni.yaml")
 ONE_NODE = ["--nodes", "1", "--gpus-per-node", "8", "--gpu-memory-gib", "80"]
 
 
-def plan_cli(*args):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "rl.plan", PAPER, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+def plan_cli(*args) -> subprocess.CompletedProcess:
+    """`python -m rl.plan PAPER args...` as its `main` in this process, stdout and stderr captured (the command in
+    a fresh interpreter is run by tests/test_docs.py, from the docs' own example)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([PAPER, *args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def plan_json(capsys, *args):

@@ -1,11 +1,20 @@
-"""One step off-policy (`trainer.pipeline.async_steps: 1`): its config checks, and `python -m rl.train` end to end in
-subprocesses (each starts its own local Ray) on configs/tiny.yaml with the real OCR reward: the reward rises,
-and a run killed with SIGKILL mid-run and resumed repeats the uninterrupted run's per-step metrics."""
+"""One step off-policy (`trainer.pipeline.async_steps: 1`): its config checks, and `python -m rl.train` end to end
+on configs/tiny.yaml with the real OCR reward (its `main` in the module's local Ray; the run killed with SIGKILL in a
+subprocess with a Ray of its own): the reward rises, and a run killed with SIGKILL mid-run and resumed repeats the
+uninterrupted run's per-step metrics."""
 
 import numpy as np
 import pytest
 import torch
-from train_helpers import REPO, assert_same_metrics, kill_after_checkpoint, portable, save_config, train
+from train_helpers import (  # noqa: F401  (local_ray: the module-scoped Ray fixture)
+    REPO,
+    assert_same_metrics,
+    kill_after_checkpoint,
+    local_ray,
+    portable,
+    save_config,
+    train,
+)
 
 from core.config import ConfigError, load_config
 from rl.distributed.pipeline import StepRollout
@@ -57,6 +66,7 @@ def test_a_pending_rollout_round_trips_and_must_be_the_next_steps(tmp_path):
     assert read_pending_rollout(tmp_path / "elsewhere", 4) is None
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_async_tiny_learns_and_resumes_exactly_after_sigkill(tmp_path):
     """configs/tiny.yaml (8 prompts x 8 samples per step) one step off-policy for 15 steps: the mean reward of the
     last 5 steps exceeds that of the first 5 by at least two standard deviations of the first 5 steps' means;

@@ -1,12 +1,22 @@
-"""`python -m rl.train` end to end in subprocesses (each starts its own local Ray): resume equivalence across
-a SIGKILL, and the errors a user sees before anything loads."""
+"""`python -m rl.train` end to end (its `main`, in the module's local Ray; the run killed with SIGKILL in a
+subprocess with a Ray of its own): resume equivalence across a SIGKILL, and the errors a user sees before anything
+loads."""
 
 import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
-from train_helpers import REPO, assert_same_metrics, kill_after_checkpoint, save_config, tiny_config, train
+from train_helpers import (  # noqa: F401  (local_ray: the module-scoped Ray fixture)
+    REPO,
+    assert_same_metrics,
+    kill_after_checkpoint,
+    local_ray,
+    save_config,
+    tiny_config,
+    train,
+)
 
 from rl.driver.run_state import TRAINER_STATE
 from rl.evaluation.metrics import read_metrics
@@ -19,6 +29,7 @@ def exported(run_dir: Path) -> dict[str, torch.Tensor]:
     return XOmniPolicy.from_pretrained(run_dir / "export").state_dict()
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_resume_after_sigkill_with_two_or_one_learner_ranks_reproduces_the_run(tmp_path):
     """Two FSDP learner ranks (gloo) stream the starting policy from an X-Omni folder; killed mid-run and resumed
     with two ranks and, from a copy, with one, the per-step metrics and the final exported policy match the
@@ -61,6 +72,7 @@ def test_resume_after_sigkill_with_two_or_one_learner_ranks_reproduces_the_run(t
         assert gap <= (1e-4 if ranks == 1 else 1e-6), (ranks, gap)
 
 
+@pytest.mark.usefixtures("local_ray")
 def test_tiny_lora_learns_in_its_default_steps_and_resumes_exactly(tmp_path):
     """configs/tiny_lora.yaml as shipped (its own steps and batch): the mean reward of the last 5 steps exceeds that
     of the first 5 by at least two standard deviations of the first 5 steps' means; resumed from its last-but-one

@@ -1,9 +1,12 @@
 """Small training configs for the tests (configs/tiny.yaml scaled down, rewards swapped in by name), and
-`python -m rl.train` in a subprocess: run, SIGKILL mid-run, compare per-step metrics."""
+`python -m rl.train` run in this process or, to be killed with SIGKILL mid-run, in a subprocess; per-step metrics
+compared."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import signal
 import subprocess
@@ -82,14 +85,27 @@ def local_ray():
 TIMING = ("time/", "rollout/tokens_per_s", "rollout/images_per_s")
 
 
-def train(config, *overrides, wait=True):
+def train(config, *overrides) -> subprocess.CompletedProcess:
+    """`python -m rl.train config overrides...` in this process (`rl.train.main`), its stdout and stderr captured:
+    what a subprocess would print and return, without a fresh interpreter importing the driver. It joins the Ray
+    this process runs (a module's `local_ray`) or starts and stops one of its own, as the command does."""
+    from rl.train import main
+
+    argv = [str(config), *overrides]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def train_process(config, *overrides) -> subprocess.Popen:
+    """`python -m rl.train` in a session of its own, so that killing its group takes the local Ray it starts."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    command = [sys.executable, "-m", "rl.train", str(config), *overrides]
-    if wait:
-        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    # A session of its own, so the kill takes the local Ray the driver started with it.
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "rl.train", str(config), *overrides], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def assert_same_metrics(got, expected, abs_tol: float = 1e-7):
@@ -104,7 +120,7 @@ def assert_same_metrics(got, expected, abs_tol: float = 1e-7):
 def kill_after_checkpoint(config, run_dir: Path, step: int) -> int:
     """Start a run, SIGKILL it (driver, actors and its local Ray) once checkpoint `step` is complete; the newest
     complete checkpoint's step."""
-    process = train(config, f"run.dir={run_dir}", wait=False)
+    process = train_process(config, f"run.dir={run_dir}")
     deadline = time.time() + 300
     while time.time() < deadline and not any(s >= step for s, _ in list_checkpoints(run_dir)):
         assert process.poll() is None, "the run ended before it could be killed"
