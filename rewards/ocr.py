@@ -10,8 +10,9 @@ reward is of this kind: 1 only for an exact spelling). Several backends are join
   correct rendering, and every score is an accuracy some engine actually read.
 - "union": each target word counts as found if any engine read it (multiset union of their words);
   never below "max", and kinder to text that each engine reads only in part. Recall only.
-An image without target text scores NaN (must not score) and is not read at all; identical images in one call
-(same pixels) are read once. The class attribute
+An image without target text scores NaN (must not score) and is not read at all; an image with the same pixels as
+one read recently (in this call or in one of the last calls: `cache_size` distinct images) is not read again. The
+class attribute
 `needs_text = True` tells the gating never to apply this reward to a prompt without target text, whatever
 the config's `gating.needs_text` says.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
@@ -67,6 +68,9 @@ class OCRReward:
             recall), "en" (words) or "zh" (characters), as in LongText-Bench.
         max_side: long-side limit for text detection, given to every backend that does not set its own.
         min_confidence: recognised lines below this confidence are ignored.
+        cache_size: how many distinct images' readings to keep across calls (least recently used dropped; 0: none
+            beyond the current call). OCR is a function of the pixels, so a kept reading is exactly what reading
+            again would give; an entry holds the kept text only.
 
     details: `ocr_text/<backend>` (the kept lines, joined by newlines), `accuracy/<backend>`, and the
     combined `matched` / `total` unit counts (LongText-Bench sums these over a set before dividing; for
@@ -85,6 +89,7 @@ class OCRReward:
         mode: TextMode = "auto",
         max_side: int = 960,
         min_confidence: float = 0.5,
+        cache_size: int = 4096,
     ):
         if isinstance(backends, (str, Mapping)) or not backends:
             raise ValueError(f"backends must be a non-empty list of names or mappings, got {backends!r}")
@@ -98,12 +103,16 @@ class OCRReward:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         built = [build_backend(spec, max_side) for spec in backends]
         self.backends = dict(zip(_labels(backends), built, strict=True))
         self.combine = combine
         self.metric = METRICS[metric]
         self.mode = mode
         self.min_confidence = min_confidence
+        self.cache_size = cache_size
+        self._readings: OrderedDict[tuple, dict[str, str]] = OrderedDict()  # (shape, pixel hash) -> read()
 
     def read(self, image: ImageLike) -> dict[str, str]:
         """Backend label -> the lines it read with enough confidence, joined by newlines."""
@@ -112,6 +121,16 @@ class OCRReward:
             label: "\n".join(text for text, conf in backend.read(array) if conf >= self.min_confidence)
             for label, backend in self.backends.items()
         }
+
+    def _read_once(self, array: np.ndarray) -> dict[str, str]:
+        """`read(array)`, or the reading of the same pixels kept from this call or a recent one. A converged policy
+        draws many identical images per group and again in later steps (the CPU demo's rows late in training)."""
+        key = (array.shape, hashlib.blake2b(array.tobytes(), digest_size=16).digest())
+        if key in self._readings:
+            self._readings.move_to_end(key)
+        else:
+            self._readings[key] = self.read(array)
+        return self._readings[key]
 
     def score_one(self, image: ImageLike, targets: list[str]) -> dict[str, Any]:
         """Score, per-backend texts and accuracies, and the combined (matched, total) of one image.
@@ -144,19 +163,15 @@ class OCRReward:
         unscored = {"score": math.nan, "matched": 0, "total": 0}
         unscored |= {f"ocr_text/{label}": "" for label in self.backends}
         unscored |= {f"accuracy/{label}": math.nan for label in self.backends}
-        results, readings = [], {}
+        results = []
         for image, meta in zip(images, metadata, strict=True):
             targets = target_texts(meta)
             # No target, or only punctuation and spaces: nothing to find, so no OCR run either.
             if text_recall(targets, "", self.mode)[1] == 0:
                 results.append(unscored)
                 continue
-            # A converged policy draws many identical images per group (the CPU demo's rows late in training):
-            # OCR is a function of the pixels, so each distinct image is read once per call.
-            array = to_uint8(image)
-            key = (array.shape, hashlib.blake2b(array.tobytes(), digest_size=16).digest())
-            if key not in readings:
-                readings[key] = self.read(array)
-            results.append(self.score_texts(readings[key], targets))
+            results.append(self.score_texts(self._read_once(to_uint8(image)), targets))
+        while len(self._readings) > self.cache_size:  # the least recently used; within a call every image is kept
+            self._readings.popitem(last=False)
         details = {key: [r[key] for r in results] for key in unscored if key != "score"}
         return RewardOutput(np.array([r["score"] for r in results], dtype=np.float32), details)

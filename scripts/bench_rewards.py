@@ -67,7 +67,7 @@ def build_rewards(device: str, folder: Path) -> dict[str, object]:
         "hpsv2": HPSv2Reward(clip_weights(hps_arch, folder), model=hps_arch, device=device, dtype=dtype),
         "clip_align": CLIPAlignReward(clip_arch, clip_weights(clip_arch, folder), device=device, dtype=dtype),
         "quality": QualityReward(),
-        "ocr": OCRReward(backends=["rapidocr"]),
+        "ocr": OCRReward(backends=["rapidocr"], cache_size=0),  # every chunk read: the warm-up chunk comes again
     }
 
 

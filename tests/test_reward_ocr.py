@@ -58,13 +58,18 @@ def test_reads_rendered_text_scores_fractions_and_nan(reward, hello):
     assert out.details["ocr_text/rapidocr"][3] == ""  # never read: nothing to look for
 
 
+def counted(reward: OCRReward) -> list[np.ndarray]:
+    """The arrays `reward`'s RapidOCR backend reads from now on."""
+    backend, arrays = reward.backends["rapidocr"], []
+    backend.read = lambda image: arrays.append(image) or RapidOCRBackend.read(backend, image)
+    return arrays
+
+
 def test_identical_images_in_one_call_are_read_once(hello):
     """Same pixels (a PIL image and its array count as one), read once per call; each row still scored on its
     own targets, as score_one scores it alone."""
     reward = OCRReward()
-    backend = reward.backends["rapidocr"]
-    arrays = []
-    backend.read = lambda image: arrays.append(image) or RapidOCRBackend.read(backend, image)
+    arrays = counted(reward)
     other = render_text_image("MOON")
     metadata = [{"text": [HELLO]}, {"text": ["HELLO"]}, {"text": ["MOON"]}, {"text": ["HELLO", "MOON"]}]
     out = reward([hello, np.asarray(hello), other, hello], ["p"] * 4, metadata)
@@ -72,7 +77,26 @@ def test_identical_images_in_one_call_are_read_once(hello):
     images = [hello, hello, other, hello]
     alone = [reward.score_one(image, m["text"])["score"] for image, m in zip(images, metadata, strict=True)]
     assert out.scores.tolist() == alone == [1.0, 1.0, 1.0, 0.5]
-    assert len(reward([hello], ["p"], metadata[:1]).scores) == 1 and len(arrays) == 2 + 4 + 1  # no cache across calls
+
+
+def test_readings_are_kept_across_calls_up_to_cache_size(hello):
+    """A later call reads only images it has not seen among the last `cache_size` distinct ones (the least recently
+    used dropped first), and scores them as a first reading did; cache_size 0 keeps nothing past a call."""
+    other, third = render_text_image("MOON"), render_text_image("SUN")
+    reward = OCRReward(cache_size=2)
+    arrays = counted(reward)
+    first = reward([hello, other], ["p"] * 2, [{"text": [HELLO]}, {"text": ["MOON"]}])
+    again = reward([other, hello], ["p"] * 2, [{"text": ["MOON"]}, {"text": [HELLO]}])
+    assert len(arrays) == 2 and again.scores.tolist() == first.scores.tolist()[::-1] == [1.0, 1.0]
+    assert again.details["ocr_text/rapidocr"] == ["MOON", HELLO]
+    reward([third], ["p"], [{"text": ["SUN"]}])  # three distinct images: the least recently used (other) goes
+    reward([hello, other], ["p"] * 2, [{"text": [HELLO]}, {"text": ["MOON"]}])
+    assert len(arrays) == 4 and np.array_equal(arrays[-1], np.asarray(other))
+    uncached = OCRReward(cache_size=0)
+    arrays = counted(uncached)
+    for _ in range(2):
+        uncached([hello, hello], ["p"] * 2, [{"text": [HELLO]}] * 2)
+    assert len(arrays) == 2  # once per call
 
 
 def test_edit_distance_metric_rewards_the_exact_spelling_in_order():
@@ -140,6 +164,7 @@ def test_config_errors_name_the_key(tmp_path):
     ({"backends": ["tesseract"]}, "unknown OCR backend"), ({"backends": [{"max_side": 640}]}, "needs a name"),
     ({"combine": "mean"}, "combine"), ({"mode": "fr"}, "mode"), ({"min_confidence": 1.5}, "min_confidence"),
     ({"metric": "cer"}, "metric"), ({"metric": "edit_distance", "combine": "union"}, "needs metric 'recall'"),
+    ({"cache_size": -1}, "cache_size"),
 ])
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
