@@ -6,7 +6,7 @@ sequential step never does. Only the order of the stand-ins' busy intervals is c
 import sys
 
 import pytest
-from train_helpers import REPO, local_ray  # noqa: F401  (module-scoped Ray fixture)
+from train_helpers import REPO
 
 sys.path.insert(0, str(REPO))  # as scripts.bench_step: the name Ray's workers import its stand-ins by
 import scripts.bench_step as bench_step  # noqa: E402
@@ -17,7 +17,7 @@ COSTS = {"gpus": 2, "samples": 32, "decoding_s": 1.0, "sampling_s": 0.0, "reward
 
 
 @pytest.mark.parametrize(("mode", "overlapped"), [("sync", False), ("async", True)])
-def test_the_simulated_update_overlaps_the_next_rollout_only_one_step_off_policy(tmp_path, local_ray, mode,  # noqa: F811
+def test_the_simulated_update_overlaps_the_next_rollout_only_one_step_off_policy(tmp_path, local_ray, mode,
                                                                                  overlapped):
     result = bench_step.simulate_one(COSTS, "split", mode, rollout_gpus=1, steps=3, scale=1.0, work=tmp_path)
     assert set(result["busy"]) == {"rollout_gpus", "learner_gpus", "reward_cpus"}

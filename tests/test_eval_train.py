@@ -10,11 +10,10 @@ the same numbers in both.
 import numpy as np
 import pytest
 from PIL import Image
-from train_helpers import (  # noqa: F401  (local_ray: the module-scoped Ray fixture)
+from train_helpers import (
     REPO,
     assert_same_metrics,
     kill_after_checkpoint,
-    local_ray,
     save_config,
     tiny_config,
     train,
@@ -35,7 +34,7 @@ EVAL = ("trainer.steps=4", "checkpoint.every=1", "checkpoint.keep=2", "eval.ever
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, local_ray):  # noqa: F811
+def straight(tmp_path_factory, local_ray):
     """The uninterrupted run: 4 steps, evaluations at steps 0, 2 and 4; an alert on high-frequency energy that fires
     at any change from step 1, and one on the gold reward that cannot fire (a 1000% drift)."""
     root = tmp_path_factory.mktemp("eval")

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import ray
 import torch
-from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
+from train_helpers import tiny_spec
 
 from core.config import to_container
 from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync
@@ -115,7 +115,7 @@ def test_lora_learner_resumes_exactly_with_dropout(spec, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_rank_lora_matches_one_rank_and_syncs_and_exports_merged_weights(spec, local_ray,  # noqa: F811
+def test_two_rank_lora_matches_one_rank_and_syncs_and_exports_merged_weights(spec, local_ray,
                                                                              tmp_path):
     base = tmp_path / "base"
     tiny_policy(seed=0, image_vocab_size=40, mm_vocab_size=128).save_pretrained(base)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import ray
 import torch
-from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
+from train_helpers import tiny_spec
 
 from core.config import ConfigError
 from rl.distributed.placement import run_units
@@ -35,7 +35,7 @@ def pool_of(reward: dict, replicas: int, batch_size: int, timeout_s: float = 60,
     return pool
 
 
-def test_rows_go_in_chunks_of_batch_size_across_the_replicas_and_keep_their_order(local_ray):  # noqa: F811
+def test_rows_go_in_chunks_of_batch_size_across_the_replicas_and_keep_their_order(local_ray):
     pool = pool_of({"_component_": "tests.fault_rewards.Recorder"}, replicas=3, batch_size=3)
     try:
         refs, rows, prompts, metadata, values = step_rows(16, per_chunk=8)
@@ -56,7 +56,7 @@ def test_rows_go_in_chunks_of_batch_size_across_the_replicas_and_keep_their_orde
     assert len(set.union(*pids)) == 3  # ... and all three replicas scored
 
 
-def test_a_hung_or_dead_replica_loses_only_its_chunk_and_is_restarted_alone(local_ray):  # noqa: F811
+def test_a_hung_or_dead_replica_loses_only_its_chunk_and_is_restarted_alone(local_ray):
     reward = {"_component_": "tests.fault_rewards.SlowOn", "marker": "[hang]", "seconds": 60}
     pool = pool_of(reward, replicas=2, batch_size=2, timeout_s=3)
     try:
@@ -81,7 +81,7 @@ def test_a_hung_or_dead_replica_loses_only_its_chunk_and_is_restarted_alone(loca
 
 
 def test_one_failing_replica_stops_the_run_even_when_the_reward_as_a_whole_is_under_the_limit(
-        local_ray, tmp_path):  # noqa: F811
+        local_ray, tmp_path):
     reward = {"_component_": "tests.fault_rewards.FailsWhereMarked", "marker_dir": str(tmp_path), "delay_s": 3}
     pool = pool_of(reward, replicas=3, batch_size=2, failure_window=1, max_failure_frac=0.5)
     try:

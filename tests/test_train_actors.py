@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import ray
 import torch
-from train_helpers import local_ray, tiny_spec, trainer_with  # noqa: F401  (module-scoped Ray fixture)
+from train_helpers import tiny_spec, trainer_with
 
 from core.config import to_container
 from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync
@@ -23,7 +23,7 @@ PROMPTS = ["A neon shop sign reading \"OPEN\".", "A jar labeled \"JAM\".", "A si
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory, local_ray):  # noqa: F811
+def spec(tmp_path_factory, local_ray):
     return tiny_spec(tmp_path_factory.mktemp("run"))
 
 

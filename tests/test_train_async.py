@@ -6,11 +6,10 @@ uninterrupted run's per-step metrics."""
 import numpy as np
 import pytest
 import torch
-from train_helpers import (  # noqa: F401  (local_ray: the module-scoped Ray fixture)
+from train_helpers import (
     REPO,
     assert_same_metrics,
     kill_after_checkpoint,
-    local_ray,
     portable,
     save_config,
     train,

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import (  # noqa: F401  (local_ray: the module-scoped Ray fixture)
+from train_helpers import (
     REPO,
     assert_same_metrics,
     kill_after_checkpoint,
-    local_ray,
     save_config,
     tiny_config,
     train,

@@ -12,7 +12,7 @@ from contextlib import ExitStack
 import pytest
 import ray
 import torch
-from train_helpers import local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
+from train_helpers import tiny_spec
 
 from rl.distributed.reward_pool import RunAborted
 from rl.driver.trainer import Trainer
@@ -21,7 +21,7 @@ GOOD = {"_component_": "tests.fault_rewards.MeanPixel"}
 
 
 @pytest.fixture
-def trainer_for(tmp_path, local_ray):  # noqa: F811
+def trainer_for(tmp_path, local_ray):
     runs = itertools.count()
     with ExitStack() as made:  # every trainer a test made is closed after it
 

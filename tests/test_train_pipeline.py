@@ -2,7 +2,7 @@
 chunk handed to the reward actors and the learner as soon as it is decoded) against the sequential step."""
 
 import pytest
-from train_helpers import TIMING, local_ray, tiny_spec  # noqa: F401  (module-scoped Ray fixture)
+from train_helpers import TIMING, tiny_spec
 
 from rl.driver.trainer import Trainer
 from rl.evaluation.metrics import read_metrics
@@ -18,7 +18,7 @@ def run(run_dir, *overrides):
         return read_metrics(trainer.metrics.path), trainer.learner.run("trained_weights")
 
 
-def test_streaming_gives_the_samples_rewards_and_update_of_the_sequential_step(tmp_path, local_ray):  # noqa: F811
+def test_streaming_gives_the_samples_rewards_and_update_of_the_sequential_step(tmp_path, local_ray):
     sequential, weights_a = run(tmp_path / "sequential", "trainer.pipeline.streaming=false")
     streamed, weights_b = run(tmp_path / "streaming", "trainer.pipeline.streaming=true")
     assert [r["step"] for r in streamed] == [1, 2]

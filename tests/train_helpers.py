@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 from omegaconf import DictConfig, OmegaConf
 
 from core.config import load_config
@@ -72,15 +71,6 @@ def save_config(cfg: DictConfig, path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray per test module. Workers import `tests.fault_components` from the repo root."""
-    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    ray.init(address="local", num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
-
-
 # Wall-clock figures differ between runs; everything else must not.
 TIMING = ("time/", "rollout/tokens_per_s", "rollout/images_per_s")
 
@@ -88,7 +78,7 @@ TIMING = ("time/", "rollout/tokens_per_s", "rollout/images_per_s")
 def train(config, *overrides) -> subprocess.CompletedProcess:
     """`python -m rl.train config overrides...` in this process (`rl.train.main`), its stdout and stderr captured:
     what a subprocess would print and return, without a fresh interpreter importing the driver. It joins the Ray
-    this process runs (a module's `local_ray`) or starts and stops one of its own, as the command does."""
+    this process runs (the `local_ray` fixture's) or starts and stops one of its own, as the command does."""
     from rl.train import main
 
     argv = [str(config), *overrides]
