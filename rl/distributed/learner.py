@@ -227,8 +227,9 @@ class Learner:
     def _mismatch(self, plan: list[range], learner: Mapping[int, torch.Tensor]) -> dict[str, float]:
         """k3 estimate of KL(sampler || learner) on the sampler's tokens, and the largest |log-prob gap|, over
         the micro-batches in `learner` (micro-batch index -> the learner's log-probs [n, T]) on every rank."""
+        # On the learner's device: the stats are all-reduced, and an NCCL group takes no CPU tensor.
         sampler = self._rows.sampler
-        gaps = torch.cat([(learner[k].float().cpu() - sampler[plan[k].start:plan[k].stop]).flatten()
+        gaps = torch.cat([(learner[k].float() - sampler[plan[k].start:plan[k].stop].to(self.device)).flatten()
                           for k in sorted(learner)])
         k3 = torch.expm1(gaps) - gaps  # r - 1 - log r with r = learner / sampler
         return reduce_stats({"mismatch/kl": k3.mean(), "mismatch/abs_max": gaps.abs().max()}, self.world_size)

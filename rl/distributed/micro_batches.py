@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from rl.distributed import collectives
+
 
 @dataclass
 class Rows:
@@ -73,7 +75,7 @@ def reduce_stats(totals: Mapping[str, torch.Tensor], world_size: int) -> dict[st
     if world_size > 1:
         for key, value in totals.items():
             op = _reduce_op(key)
-            dist.all_reduce(value, op=op)
+            collectives.all_reduce(value, op, f"the learner's stat {key}")
             if op == dist.ReduceOp.SUM:
                 value /= world_size
     return {key: float(value) for key, value in totals.items()}

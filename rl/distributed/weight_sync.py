@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rl.distributed import collectives
+
 BUCKET_BYTES = 256 * 2**20  # large enough to amortise launch cost, small enough to bound the extra memory
 Bucket = list[tuple[str, torch.Tensor]]
 
@@ -103,7 +105,7 @@ def _start_gather(bucket: Sequence[SyncItem], dtype: torch.dtype, group: dist.Pr
         pieces.append(torch.nn.functional.pad(local, (0, padded - local.numel())))
     flat = torch.cat(pieces)
     out = flat.new_empty(world * flat.numel())
-    return out, dist.all_gather_into_tensor(out, flat, group=group, async_op=True), world
+    return out, collectives.all_gather_into_tensor(out, flat, group, "the weight-sync all-gather"), world
 
 
 def _finish_gather(bucket: Sequence[SyncItem], gathered, work, world: int) -> Bucket:
@@ -180,9 +182,7 @@ class CollectiveGroup:
         self._store = store  # the group needs its store alive
 
     def _broadcast(self, tensor: torch.Tensor) -> dist.Work:
-        opts = dist.BroadcastOptions()
-        opts.rootRank = 0
-        return self._pg.broadcast([tensor], opts)
+        return collectives.broadcast(self._pg, self.backend, tensor, "the weight-sync broadcast")
 
     def send_buckets(self, buckets: Iterator[Bucket]) -> int:
         """Rank 0: broadcast each bucket as one flat tensor; returns the bytes sent. A bucket's broadcast runs
