@@ -34,7 +34,7 @@ from rl.distributed.memory_plan import (
     model_sizes,
     rollout_setup,
 )
-from rl.distributed.placement import NodeInfo
+from rl.distributed.placement import NodeInfo, nccl_share_problems
 from rl.train_config import TrainSpec, validate_train_config
 
 KIND_NAMES = {"worker": "learner rank + rollout replica (colocated)", "learner": "learner rank",
@@ -60,6 +60,9 @@ def plan_run(spec: TrainSpec, nodes: list[NodeInfo], sizes: ModelSizes | None = 
     elif not plan.fits:
         plan.problems.append(f"no change of {', '.join(knob_keys(plan))} (alone, or two together) makes it fit: "
                              "more or larger GPUs are needed")
+    # Not a memory problem (no advice above changes it): real GPUs mean NCCL, declared ones gloo on the CPU.
+    if any(node.gpu_devices for node in nodes):
+        plan.problems += nccl_share_problems(spec)
     return plan
 
 
@@ -191,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--nodes must be >= 1, --gpus-per-node >= 0 and --gpu-memory-gib > 0")
     spec = validate_train_config(load_config(args.config, args.overrides), files=False)
     host = None if args.host_memory_gib is None else int(args.host_memory_gib * GIB)
-    nodes = [NodeInfo(i, args.gpus_per_node, None, int(args.gpu_memory_gib * GIB), host)
+    # A plan is for real GPUs (NCCL between them).
+    nodes = [NodeInfo(i, args.gpus_per_node, None, int(args.gpu_memory_gib * GIB), host, gpu_devices=args.gpus_per_node)
              for i in range(args.nodes)]
     plan = plan_run(spec, nodes)
     print(json.dumps(as_json(plan), indent=1) if args.json else render(plan))

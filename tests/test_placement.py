@@ -7,7 +7,7 @@ import pytest
 from train_helpers import tiny_spec
 
 from core.config import ConfigError
-from rl.distributed.placement import NodeInfo, Slot, Unit, assign, run_units
+from rl.distributed.placement import NodeInfo, Slot, Unit, assign, nccl_share_problems, run_units
 
 
 def nodes(count: int, gpus: int, cpus: float | None = None) -> list[NodeInfo]:
@@ -74,3 +74,22 @@ def test_placement_keys_are_validated(tmp_path: Path):
         tiny_spec(tmp_path, overrides=("ray.start_timeout_s=0",))
     with pytest.raises(ConfigError, match="placement.offload_decoder: applies to colocated placement only"):
         tiny_spec(tmp_path, overrides=("placement.offload_decoder=true",))
+
+
+@pytest.mark.parametrize("overrides, keys", [
+    # FSDP's group: two learner ranks
+    (("learner.world_size=2", "learner.num_gpus=0.5", "learner.weight_sync=object_store"), ["learner.num_gpus"]),
+    # the weight-sync group: learner rank 0 and the rollout replicas ("auto" is collective on GPUs)
+    (("learner.num_gpus=1", "rollout.num_actors=2", "rollout.num_gpus=0.5"), ["rollout.num_gpus"]),
+    (("learner.num_gpus=0.5", "rollout.num_gpus=0.5"), ["learner.num_gpus + rollout.num_gpus"]),
+    (("learner.num_gpus=0.6", "rollout.num_actors=2", "rollout.num_gpus=0.6"), []),  # room for a reward actor
+    # no NCCL group to join: shares are fine
+    (("learner.num_gpus=0.5", "rollout.num_actors=2", "rollout.num_gpus=0.5", "learner.weight_sync=object_store"),
+     []),
+    (("placement.mode=colocated", "learner.world_size=2", "rollout.num_actors=2", "learner.num_gpus=0.9"), []),
+    (("learner.world_size=2", "learner.num_gpus=1", "rollout.num_actors=2", "rollout.num_gpus=1"), []),
+])
+def test_actors_of_an_nccl_group_never_share_a_gpu(tmp_path: Path, overrides, keys):
+    problems = nccl_share_problems(tiny_spec(tmp_path, overrides=overrides))
+    assert [p.split(":")[0] for p in problems] == keys
+    assert all("Duplicate GPU detected" in p for p in problems)

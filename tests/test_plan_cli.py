@@ -108,3 +108,19 @@ def test_lora_is_planned_when_the_config_sets_it():
                         "reference": 0}
     assert adapters.devices[1].bytes < full.devices[1].bytes
     assert OmegaConf.is_missing(spec.cfg.paths, "xomni")  # planned from configs/shapes/, nothing loaded
+
+
+def test_a_plan_refuses_two_nccl_ranks_on_one_gpu_and_fits_with_whole_gpus(capsys):
+    """A plan is for real GPUs, so NCCL: half-GPU learner ranks and rollout replicas (which join the FSDP and the
+    weight-sync groups) are refused, naming each key; whole GPUs fit. GPUs declared to Ray on a machine without
+    them run gloo (tests/test_train_placement.py) and are not refused."""
+    tiny = str(REPO / "configs" / "tiny.yaml")
+    split = ["--gpu-memory-gib", "80", "--json", "placement.mode=split", "learner.world_size=2", "rollout.num_actors=2"]
+    code = main([tiny, "--nodes", "1", "--gpus-per-node", "2", *split, "learner.num_gpus=0.5", "rollout.num_gpus=0.5"])
+    plan = json.loads(capsys.readouterr().out)
+    assert code != 0 and plan["fits"] is False
+    assert [p.split(":")[0] for p in plan["problems"]] == ["learner.num_gpus", "rollout.num_gpus",
+                                                           "learner.num_gpus + rollout.num_gpus"]
+    code = main([tiny, "--nodes", "1", "--gpus-per-node", "4", *split, "learner.num_gpus=1", "rollout.num_gpus=1"])
+    plan = json.loads(capsys.readouterr().out)
+    assert code == 0 and plan["fits"] is True, plan["problems"]

@@ -27,7 +27,14 @@ from typing import Any
 from rl.distributed import memory
 from rl.distributed.memory import DTYPE_BYTES, GIB, DecoderShape, LearnerSetup, RewardShape, RolloutSetup
 from rl.distributed.model_sizes import LoraSize, PolicySize, decoder_size, lora_size, policy_size, reward_shape
-from rl.distributed.placement import NodeInfo, Placement, Unit, assign, run_units
+from rl.distributed.placement import (
+    NodeInfo,
+    Placement,
+    Unit,
+    assign,
+    collective_sync,
+    run_units,
+)
 from rl.model.lora import LINEAR_LAYERS, LoraSettings
 from rl.optim import state_floats_per_parameter
 from rl.train_config import TrainSpec
@@ -117,7 +124,7 @@ def learner_setup(spec: TrainSpec, sizes: ModelSizes, checkpointing: bool | None
               "checkpointing": t.gradient_checkpointing if checkpointing is None else checkpointing,
               "accumulates": world > 1 and learner.grad_sync == "last_micro_batch" and
               rows_per_rank > t.batching.micro_batch_size,
-              "collective": spec.placement.mode == "split" and _collective_sync(spec),
+              "collective": spec.placement.mode == "split" and collective_sync(spec),
               "optimizer_states": state_floats_per_parameter(t.optimizer)}
     rb = DTYPE_BYTES[r.dtype]
     if sizes.lora is not None:  # adapters in fp32 (peft's default), the base frozen in the reference dtype
@@ -134,13 +141,6 @@ def learner_setup(spec: TrainSpec, sizes: ModelSizes, checkpointing: bool | None
                         reference_bytes=DTYPE_BYTES[learner.reference_dtype] if t.loss.kl_coef > 0 else 0,
                         sync_bytes=trained * rb, bucket_bytes=memory.bucket_bytes(trained * rb, largest * rb),
                         **common)
-
-
-def _collective_sync(spec: TrainSpec) -> bool:
-    """Whether a split run broadcasts the weights (NCCL on GPUs) rather than using the object store; planned as
-    on GPUs, since a plan is about GPUs."""
-    mode = spec.learner.weight_sync
-    return mode == "collective" or (mode == "auto" and spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0)
 
 
 def rollout_setup(spec: TrainSpec) -> RolloutSetup:

@@ -97,6 +97,34 @@ def run_units(spec: TrainSpec, rewards: Sequence[str]) -> list[Unit]:
     return units
 
 
+def collective_sync(spec: TrainSpec) -> bool:
+    """Whether a split run broadcasts the weights (NCCL on GPUs) rather than using the object store: "collective",
+    or "auto" with GPUs on both sides."""
+    mode = spec.learner.weight_sync
+    return mode == "collective" or (mode == "auto" and spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0)
+
+
+def nccl_share_problems(spec: TrainSpec) -> list[str]:
+    """On real GPUs no two actors of one NCCL group may share a GPU: NCCL refuses it ("Duplicate GPU detected").
+    Two actors can land on one GPU when their shares add up to at most 1 (Ray packs fractional GPUs). The groups:
+    the learner's ranks (FSDP, world size > 1; the workers in colocated mode) and, in split mode with a collective
+    weight sync, learner rank 0 with the rollout replicas. One problem per key (or pair of keys) to change."""
+    learner, rollout = spec.learner.num_gpus, spec.rollout.num_gpus
+    pairs = []  # (keys, what shares a GPU, the shares that fit on one GPU)
+    if spec.learner.world_size > 1:
+        who = "two learner ranks" if spec.placement.mode == "split" else "two colocated workers"
+        pairs.append(("learner.num_gpus", f"{who} (FSDP's group)", (learner, learner)))
+    if spec.placement.mode == "split" and collective_sync(spec):
+        if spec.rollout.num_actors > 1:
+            pairs.append(("rollout.num_gpus", "two rollout replicas (the weight-sync group)", (rollout, rollout)))
+        pairs.append(("learner.num_gpus + rollout.num_gpus", "learner rank 0 and a rollout replica (the weight-sync "
+                      "group)", (learner, rollout)))
+    return [f"{keys}: {' + '.join(f'{x:g}' for x in shares)} GPU lets {who} share a GPU, which NCCL refuses "
+            f"(\"Duplicate GPU detected\"); on real GPUs the actors of an NCCL group need shares that add up to "
+            f"more than 1 (e.g. {keys.split(' + ')[0]}=1)"
+            for keys, who, shares in pairs if sum(shares) <= 1 + EPS]
+
+
 def assign(units: Sequence[Unit], nodes: Sequence[NodeInfo], separate_nodes: bool = False) -> Placement:
     """First-fit placement of `units` on `nodes` (see the module docstring)."""
     placement = Placement(list(units))
