@@ -22,7 +22,7 @@ from rl.decoder import (
     image_validity,
     to_uint8_images,
 )
-from rl.decoder.cost import flux_step_flops
+from rl.decoder.cost import VAE_ACTIVATION_LIMIT, default_vae_batch_size, flux_step_flops, vae_widest_activation
 from rl.decoder.patch import FIXED_COLOURS, GLYPHS
 from rl.decoder.tiny import save_tiny_folders, tiny_xomni_decoder
 
@@ -72,7 +72,8 @@ def test_loads_from_xomni_and_flux_folders(decoder, tokens, reference, folders):
     loaded = XOmniDecoder.from_pretrained(xomni_path, flux_path, max_sequence_length=16)
     assert (loaded.num_inference_steps, loaded.cfg_scale) == (decoder.num_inference_steps, decoder.cfg_scale)
     torch.testing.assert_close(loaded(tokens, GRID, PROMPTS, SEEDS).images, reference.images)
-    assert XOmniDecoder.from_pretrained(xomni_path, flux_path, num_inference_steps=3).num_inference_steps == 3
+    overridden = XOmniDecoder.from_pretrained(xomni_path, flux_path, num_inference_steps=3, vae_batch_size=2)
+    assert (overridden.num_inference_steps, overridden.vae_batch_size) == (3, 2)
 
 
 def test_config_validator_reports_missing_folders(folders, tmp_path):
@@ -108,6 +109,40 @@ def test_chunking_does_not_change_images(tokens, reference):
     chunked = tiny_xomni_decoder(seed=0, cfg_scale=2.0, max_batch_size=2)
     torch.testing.assert_close(chunked(tokens, GRID, PROMPTS, SEEDS).images, reference.images,
                                atol=1e-5, rtol=0)
+
+
+def test_vae_slices_give_the_unsliced_images(decoder, tokens, reference):
+    """The reference decodes its 3 images in one VAE call (the tiny size's default); slices of 1 and of 2 (2 + 1)
+    give the same images in the same order. Not bit for bit: the CPU's float32 convolutions pick their kernel by
+    batch size, so sums differ in the last bits (1.5e-6 measured); images differ from each other by > 1e-3."""
+    height, width = (decoder.pixels_per_token * side for side in GRID)
+    assert default_vae_batch_size(decoder.vae.config, height, width) >= len(PROMPTS)
+    for size, slices in [(1, [1, 1, 1]), (2, [2, 1])]:
+        sliced = tiny_xomni_decoder(seed=0, cfg_scale=2.0, vae_batch_size=size)
+        batches = []
+        sliced.vae.decoder.register_forward_pre_hook(lambda module, args, seen=batches: seen.append(len(args[0])))
+        images = sliced(tokens, GRID, PROMPTS, SEEDS).images
+        assert batches == slices
+        torch.testing.assert_close(images, reference.images, atol=1e-5, rtol=0)
+
+
+def test_default_vae_batch_size_keeps_flux_vae_activations_within_the_limit():
+    """FLUX.1's VAE: the widest tensor is the [256, H, W] upsample output at full resolution, 2^28 elements per
+    1024 px image (the mid block's [L, L] attention scores tie with it), so 4 images per slice, where 8 would
+    make the issue's 2^31; at 384 px 2^30 // (256 * 384^2) = 28."""
+    flux_vae = {"block_out_channels": [128, 256, 512, 512], "mid_block_add_attention": True}
+    assert vae_widest_activation(flux_vae, 1024, 1024) == 256 * 1024 * 1024
+    assert default_vae_batch_size(flux_vae, 1024, 1024) == 4
+    assert 4 * vae_widest_activation(flux_vae, 1024, 1024) <= VAE_ACTIVATION_LIMIT
+    assert default_vae_batch_size(flux_vae, 384, 384) == 28
+    assert default_vae_batch_size(flux_vae, 2048, 2048) == 1  # never 0, though one image passes the limit
+    assert default_vae_batch_size(flux_vae, 4096, 4096) == 1
+
+
+def test_bad_vae_batch_size_raises_naming_the_key():
+    for bad in (0, -1, 2.0, True, "4"):
+        with pytest.raises(ValueError, match="vae_batch_size"):
+            tiny_xomni_decoder(vae_batch_size=bad)
 
 
 def test_codes_and_prompts_condition_the_image(decoder, tokens, reference):

@@ -2,6 +2,8 @@
 counts of the same models really instantiated, and the shipped shapes (configs/shapes/) reproduce the
 published sizes of Qwen2.5-7B and of FLUX.1-dev's parts."""
 
+import dataclasses
+
 import open_clip
 import torch
 from omegaconf import OmegaConf
@@ -9,6 +11,7 @@ from tiny_clip import register_tiny_clip
 
 from core.config import load_config
 from rl.decoder.tiny import save_tiny_folders, tiny_xomni_decoder
+from rl.distributed.memory import VAE_COPIES, decoder_activation_bytes
 from rl.distributed.model_sizes import decoder_size, lora_size, policy_size, reward_shape
 from rl.model.lora import LoraSettings
 from rl.model.policy import XOmniPolicy
@@ -43,13 +46,15 @@ def test_decoder_parts_equal_real_instantiation(tmp_path):
     decoder = tiny_xomni_decoder()
     xomni, flux = save_tiny_folders(decoder, tmp_path)
     shape, _ = decoder_size(node(_component_="rl.decoder.XOmniDecoder.from_pretrained", xomni_path=xomni,
-                                 flux_path=flux, dtype="bfloat16", max_batch_size=4))
+                                 flux_path=flux, dtype="bfloat16", max_batch_size=4, vae_batch_size=2))
     text = decoder.prompt_encoder
     assert dict(shape.parts) == {"VQ projector": count(decoder.projector),
                                  "decoder transformer": count(decoder.transformer), "VAE": count(decoder.vae),
                                  "CLIP text encoder": count(text.text_encoder),
                                  "T5 text encoder": count(text.text_encoder_2)}
     assert (shape.bytes, shape.max_batch_size, shape.cfg, shape.inner) == (2, 4, True, decoder.transformer.inner_dim)
+    assert shape.vae_batch_size == 2
+    assert list(shape.vae_config["block_out_channels"]) == list(decoder.vae.config.block_out_channels)
 
 
 def test_open_clip_reward_counts_equal_real_instantiation():
@@ -89,6 +94,12 @@ def test_shipped_shapes_reproduce_the_published_sizes():
     assert decoder.parts["decoder transformer"] - siglip_embed == 11_901_408_320  # FLUX.1-dev transformer
     assert decoder.parts["T5 text encoder"] == 4_762_310_656 and decoder.parts["CLIP text encoder"] == 123_060_480
     assert decoder.parts["VAE"] == 83_819_683
+    # At 1024 px (64 x 64 tokens) the VAE, the widest stage there, decodes a pass of 8 images in slices of 4
+    # (default_vae_batch_size for FLUX's VAE): its [n, 128, 1024, 1024] tensors count 4 images, not 8.
+    assert decoder.vae_batch_size is None and decoder.vae_config["block_out_channels"] == [128, 256, 512, 512]
+    one_slice = VAE_COPIES * 4 * 1024 * 1024 * 128 * decoder.bytes
+    assert decoder_activation_bytes(decoder, 32, 2, (64, 64)) == one_slice
+    assert decoder_activation_bytes(dataclasses.replace(decoder, vae_batch_size=8), 32, 2, (64, 64)) == 2 * one_slice
     hps, _ = reward_shape(cfg.rewards.hpsv2)
     clip, _ = reward_shape(cfg.rewards.clip_align)
     assert abs(hps.parameters / 986e6 - 1) < 0.01 and abs(clip.parameters / 428e6 - 1) < 0.01

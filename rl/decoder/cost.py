@@ -10,6 +10,10 @@ For FLUX.1-dev (19 double-stream and 38 single-stream blocks, width 3072) at 384
 is a second full forward): 28 steps with CFG are ~0.83 PFLOP per image. Most of it is the blocks' linear
 layers, 24 n d^2 per block: each token uses only its own stream's weights, and the modulation layers run once
 per image, so 2 x parameters x tokens (~2.6e13 per forward) overestimates the cost by ~1.7x.
+
+The VAE decodes a chunk's latents in slices (`XOmniDecoder`'s vae_batch_size); `default_vae_batch_size` picks a
+slice whose widest activation stays within VAE_ACTIVATION_LIMIT elements: 4 images for FLUX's VAE at 1024 px,
+28 at 384 px.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 TIMESTEP_CHANNELS = 256  # the sinusoidal timestep / guidance embedding width in FLUX's time_text_embed
+VAE_ACTIVATION_LIMIT = 2**30
+"""Elements of the widest VAE-decode tensor a default slice may make: half of INT_MAX, with room to spare for the
+CUDA kernels (upsampling, group norm) that index a tensor with 32-bit ints."""
 
 
 def _linear(rows: int, fan_in: int, fan_out: int) -> int:
@@ -50,3 +57,26 @@ def flux_step_flops(config: Mapping[str, Any], grid: tuple[int, int], text_token
     output = _linear(1, d, 2 * d) + _linear(n_img, d, out_channels)
     forward = config["num_layers"] * double + config["num_single_layers"] * single + embeddings + output
     return forward * (2 if cfg else 1)
+
+
+def vae_widest_activation(vae_config: Mapping[str, Any], height: int, width: int) -> int:
+    """Elements of the widest tensor diffusers' VAE `Decoder` makes for one height x width image.
+
+    With c = block_out_channels and n = len(c), level k runs at 1/2^k of the image's side (k = n-1: the latent).
+    The up block at level k outputs c[k] channels; its input, the previous block's 2x upsample, has c[k+1]. So
+    level k peaks at max(c[k], c[k+1]) x (H/2^k) x (W/2^k): for FLUX (c = 128, 256, 512, 512) level 0's [256, H, W].
+    The mid block's single-head attention scores [L, L] over the L latent pixels count as if materialised
+    (SDPA's math fallback); at 1024 px they equal level 0's 2^28, and grow faster beyond it.
+    """
+    channels = vae_config["block_out_channels"]
+    levels = len(channels)
+    widest = max(max(channels[k:k + 2]) * (height >> k) * (width >> k) for k in range(levels))
+    if vae_config.get("mid_block_add_attention", True):
+        widest = max(widest, ((height >> (levels - 1)) * (width >> (levels - 1))) ** 2)
+    return widest
+
+
+def default_vae_batch_size(vae_config: Mapping[str, Any], height: int, width: int) -> int:
+    """Images per VAE decode call when vae_batch_size is None: as many as keep the widest activation within
+    VAE_ACTIVATION_LIMIT elements, at least 1."""
+    return max(1, VAE_ACTIVATION_LIMIT // vae_widest_activation(vae_config, height, width))

@@ -24,6 +24,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 from core.devices import DtypeName, resolve_device, resolve_dtype
 from core.paths import LocalPath, resolve_local_path
 from rl.decoder.base import DecodedImages, check_decoder_inputs, image_validity
+from rl.decoder.cost import default_vae_batch_size
 from rl.decoder.flux_siglip import FluxSigLIPTransformer
 from rl.decoder.text import FluxPromptEncoder
 from rl.decoder.vq import VQProjector
@@ -49,6 +50,7 @@ class XOmniDecoder:
     num_inference_steps, cfg_scale: flow-matching steps and true-CFG scale (X-Omni's model config holds them).
     guidance_scale: value of FLUX's distilled-guidance embedding (X-Omni uses 1.0).
     max_batch_size: images per transformer pass (a pass holds 2x as many rows when cfg_scale != 1).
+    vae_batch_size: images per VAE decode call within a pass; None: `default_vae_batch_size` for the image size.
     """
 
     def __init__(
@@ -64,9 +66,12 @@ class XOmniDecoder:
         max_batch_size: int = 8,
         dtype: DtypeName | torch.dtype = "float32",
         device: str | None = None,
+        vae_batch_size: int | None = None,
     ):
         if num_inference_steps < 1 or max_batch_size < 1:
             raise ValueError("num_inference_steps and max_batch_size must be >= 1")
+        if vae_batch_size is not None and (type(vae_batch_size) is not int or vae_batch_size < 1):
+            raise ValueError(f"vae_batch_size must be an int >= 1 or None, got {vae_batch_size!r}")
         if scheduler.config.get("stochastic_sampling", False):
             raise ValueError("stochastic_sampling schedulers draw noise without the per-sample generators")
         if transformer.siglip_embed is None or transformer.siglip_embed.in_features != projector.z_channels:
@@ -82,6 +87,7 @@ class XOmniDecoder:
         self.scheduler, self.prompt_encoder = scheduler, prompt_encoder
         self.num_inference_steps, self.cfg_scale = num_inference_steps, float(cfg_scale)
         self.guidance_scale, self.max_batch_size = float(guidance_scale), max_batch_size
+        self.vae_batch_size = vae_batch_size
         self.latent_channels = vae.config.latent_channels
         self.pixels_per_token = 2 ** len(vae.config.block_out_channels)  # VAE /8 then 2x2 packing = 16
 
@@ -96,6 +102,7 @@ class XOmniDecoder:
         device: str | None = None,
         max_batch_size: int = 8,
         max_sequence_length: int = 512,
+        vae_batch_size: int | None = None,
     ) -> XOmniDecoder:
         """Load from an X-Omni model folder (its config.json `vision_config` names the projector file and
         the decoder's diffusers subfolder) and a FLUX.1-dev folder (VAE, scheduler, CLIP, T5).
@@ -109,6 +116,9 @@ class XOmniDecoder:
             device: "cuda", "cpu", ...; None or "auto" picks CUDA when available.
             max_batch_size: images per transformer pass (a pass holds 2x as many rows when cfg_scale != 1).
             max_sequence_length: T5 tokens per prompt.
+            vae_batch_size: images per VAE decode call (the VAE decodes a pass's images in slices of it); None:
+                as many as keep every VAE activation within 2^30 elements (rl/decoder/cost.py; FLUX's VAE: 4 at
+                1024 px, 28 at 384 px).
         """
         xomni_path = resolve_local_path(xomni_path, "xomni_path")
         flux_path = resolve_local_path(flux_path, "flux_path")
@@ -139,7 +149,7 @@ class XOmniDecoder:
                    FlowMatchEulerDiscreteScheduler.from_pretrained(os.path.join(flux_path, "scheduler")),
                    _load_prompt_encoder(flux_path, torch_dtype, max_sequence_length),
                    num_inference_steps=steps, cfg_scale=scale, max_batch_size=max_batch_size,
-                   dtype=torch_dtype, device=device)
+                   dtype=torch_dtype, device=device, vae_batch_size=vae_batch_size)
 
     def compile(self) -> XOmniDecoder:
         """torch.compile the FLUX transformer in place (`rollout.compile`); returns self.
@@ -224,11 +234,19 @@ class XOmniDecoder:
         return pack_latents(noise).to(self.device, self.dtype)
 
     def _to_pixels(self, latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Packed latents [n, h*w, 4c] -> images [n, 3, 16h, 16w] mapped from [-1, 1] to [0, 1]."""
-        latents = unpack_latents(latents, grid)
+        """Packed latents [n, h*w, 4c] -> images [n, 3, 16h, 16w] mapped from [-1, 1] to [0, 1].
+
+        The VAE decodes slices of vae_batch_size images: at 1024 px its full-resolution tensors are 2^28 elements
+        per image, so 8 at once pass the 32-bit indexing limit of some CUDA kernels. (AutoencoderKL's own
+        slicing decodes one image at a time, slower for small images.)
+        """
+        latents = unpack_latents(latents, grid)  # [n, c, 2h, 2w]
         config = self.vae.config
         latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
-        return self.vae.decode(latents, return_dict=False)[0] / 2 + 0.5
+        height, width = (self.pixels_per_token * side for side in grid)
+        size = self.vae_batch_size or default_vae_batch_size(config, height, width)
+        pixels = [self.vae.decode(part, return_dict=False)[0] for part in latents.split(size)]
+        return torch.cat(pixels) / 2 + 0.5
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

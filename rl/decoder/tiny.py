@@ -28,7 +28,8 @@ TEXT_WIDTH = 32
 
 
 def tiny_xomni_decoder(seed: int = 0, num_inference_steps: int = 2, cfg_scale: float = 2.0,
-                       max_sequence_length: int = 16, max_batch_size: int = 8) -> XOmniDecoder:
+                       max_sequence_length: int = 16, max_batch_size: int = 8,
+                       vae_batch_size: int | None = None) -> XOmniDecoder:
     """A random X-Omni decoder: 16 px per token, 4 latent channels, 32-wide SigLIP features."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -49,7 +50,7 @@ def tiny_xomni_decoder(seed: int = 0, num_inference_steps: int = 2, cfg_scale: f
         base_image_seq_len=256, max_image_seq_len=4096)
     return XOmniDecoder(projector, transformer, vae, scheduler, prompt_encoder,
                         num_inference_steps=num_inference_steps, cfg_scale=cfg_scale,
-                        max_batch_size=max_batch_size, device="cpu")
+                        max_batch_size=max_batch_size, device="cpu", vae_batch_size=vae_batch_size)
 
 
 def save_tiny_folders(decoder: XOmniDecoder, root: str | os.PathLike) -> tuple[str, str]:

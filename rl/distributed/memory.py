@@ -39,7 +39,7 @@ Learner rank (rl/distributed/learner.py), per phase of one update:
 Rollout replica (rl/distributed/rollout.py): full weights P*rb; the KV cache
   2 * n_l * kv_heads * head_dim * (prompt + T) * rows * rb (rows doubled by CFG) plus one layer's copy while
   DynamicCache grows it; the prefill (one layer's MLP and residual tensors for every prompt token); the
-  decoder's weights and its widest stage (a FLUX block over image + text tokens, the VAE's full-resolution
+  decoder's weights and its widest stage (a FLUX block over image + text tokens, one VAE slice's full-resolution
   stage, or T5 over the distinct prompts of a batch).
 
 The learner formulas were checked against the CPU allocator's peak (tests/test_memory_plan.py); the GPU
@@ -49,8 +49,10 @@ figures (FSDP buffers, decoder, rewards, margins) are estimates that have never 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from rl.decoder.cost import default_vae_batch_size
 from rl.distributed.weight_sync import BUCKET_BYTES
 from rl.model.policy import LOGPROB_CHUNK_ROWS
 
@@ -213,17 +215,19 @@ def kv_cache_bytes(shape: PolicyShape, rows: int, length: int, dtype_bytes: int)
 class DecoderShape:
     """The frozen decoder. parts: name -> parameters; bytes: per element of its dtype. inner: FLUX's inner
     width (0 when it has no transformer); text_tokens / text_ff: T5's padded length and 2 x d_ff (gated);
-    vae_channels: the VAE's first block width; cfg: true CFG (doubles the transformer's batch);
-    max_batch_size: images per transformer pass."""
+    vae_config: the VAE's config (block_out_channels, ...; empty when it has no VAE); cfg: true CFG (doubles the
+    transformer's batch); max_batch_size: images per transformer pass; vae_batch_size: images per VAE decode call
+    (None: `default_vae_batch_size` for the image size)."""
 
     parts: Mapping[str, int]
     bytes: int
     inner: int = 0
     text_tokens: int = 0
     text_ff: int = 0
-    vae_channels: int = 0
+    vae_config: Mapping[str, Any] = field(default_factory=dict)
     cfg: bool = False
     max_batch_size: int = 1
+    vae_batch_size: int | None = None
 
 
 def decoder_activation_bytes(d: DecoderShape, rows: int, distinct_prompts: int, grid: tuple[int, int]) -> int:
@@ -231,7 +235,11 @@ def decoder_activation_bytes(d: DecoderShape, rows: int, distinct_prompts: int, 
     h, w = grid
     images = min(d.max_batch_size, rows)
     flux = images * (2 if d.cfg else 1) * (h * w + d.text_tokens) * d.inner * FLUX_WIDTHS * d.bytes
-    vae = VAE_COPIES * images * (16 * h) * (16 * w) * d.vae_channels * d.bytes
+    vae = 0
+    if d.vae_config:  # the VAE decodes a pass's images one slice at a time
+        height, width = 16 * h, 16 * w
+        sliced = min(images, d.vae_batch_size or default_vae_batch_size(d.vae_config, height, width))
+        vae = VAE_COPIES * sliced * height * width * d.vae_config["block_out_channels"][0] * d.bytes
     text = distinct_prompts * d.text_tokens * d.text_ff * d.bytes
     return max(flux, vae, text)
 

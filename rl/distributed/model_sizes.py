@@ -99,7 +99,8 @@ def decoder_size(node: DictConfig) -> tuple[DecoderShape, str]:
         counts = {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
         shape = _decoder_shape(counts, next(decoder.transformer.parameters()).dtype, decoder.transformer.inner_dim,
                                decoder.prompt_encoder.max_sequence_length, decoder.prompt_encoder.text_encoder_2,
-                               decoder.vae.config.block_out_channels[0], decoder.cfg_scale, decoder.max_batch_size)
+                               dict(decoder.vae.config), decoder.cfg_scale, decoder.max_batch_size,
+                               decoder.vae_batch_size)
         return shape, str(node["_component_"])
     counts = {name: sum(p.numel() for p in m.parameters())
               for name, m in vars(decoder).items() if isinstance(m, nn.Module)}
@@ -134,15 +135,16 @@ def _pretrained_decoder(node: DictConfig) -> tuple[DecoderShape, str]:
     cfg_scale = kwargs.get("cfg_scale") if kwargs.get("cfg_scale") is not None else decoder.get("cfg_scale", 1.0)
     shape = _decoder_shape(counts, getattr(torch, dtype), modules["decoder transformer"].inner_dim,
                            kwargs.get("max_sequence_length", T5_MAX_TOKENS), modules["T5 text encoder"],
-                           vae_config["block_out_channels"][0], cfg_scale, kwargs.get("max_batch_size", 8))
+                           vae_config, cfg_scale, kwargs.get("max_batch_size", 8), kwargs.get("vae_batch_size"))
     return shape, f"{xomni_source}; {flux_source}"
 
 
 def _decoder_shape(counts: dict[str, int], dtype: torch.dtype, inner: int, text_tokens: int, t5: nn.Module,
-                   vae_channels: int, cfg_scale: float, max_batch_size: int) -> DecoderShape:
+                   vae_config: dict[str, Any], cfg_scale: float, max_batch_size: int,
+                   vae_batch_size: int | None) -> DecoderShape:
     return DecoderShape(parts=counts, bytes=torch.empty(0, dtype=dtype).element_size(), inner=inner,
-                        text_tokens=text_tokens, text_ff=2 * t5.config.d_ff, vae_channels=vae_channels,
-                        cfg=float(cfg_scale) != 1.0, max_batch_size=max_batch_size)
+                        text_tokens=text_tokens, text_ff=2 * t5.config.d_ff, vae_config=vae_config,
+                        cfg=float(cfg_scale) != 1.0, max_batch_size=max_batch_size, vae_batch_size=vae_batch_size)
 
 
 def reward_shape(node: DictConfig) -> tuple[RewardShape, str]:
