@@ -4,11 +4,13 @@ gloo group that has a backend for CUDA only (`"cuda:gloo"`): it refuses CPU tens
 tensors are on its device is not reachable here (a CPU rank's device is the CPU); scripts/gpu_check.sh covers it."""
 
 import ast
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from rl.distributed import collectives
 from rl.distributed.micro_batches import reduce_stats
@@ -71,3 +73,26 @@ def test_no_collective_is_called_outside_the_collectives_module():
                 if (receiver in ("dist", "torch.distributed") and name in COLLECTIVES) or name in GROUP_METHODS:
                     calls.append(f"{path.relative_to(REPO)}:{node.lineno} {receiver}.{name}(")
     assert calls == []
+
+
+def wait_alone(rank: int, port: int, out: str) -> None:
+    """Rank 0 all-reduces; rank 1 never does, so rank 0 waits until learner.collective_timeout_s (2 s) ends it."""
+    collectives.join_default_group(torch.device("cpu"), f"tcp://127.0.0.1:{port}", rank, 2, timeout_s=2.0)
+    if rank == 1:
+        time.sleep(20)
+        return
+    began = time.monotonic()
+    try:
+        collectives.all_reduce(torch.ones(1), dist.ReduceOp.SUM, "a test")
+        Path(out).write_text("returned")
+    except RuntimeError as e:
+        Path(out).write_text(f"{time.monotonic() - began:.1f} {e}")
+
+
+def test_a_collective_waits_no_longer_than_the_configured_timeout(tmp_path):
+    from rl.distributed.weight_sync import free_port
+
+    out = tmp_path / "rank0.txt"
+    mp.spawn(wait_alone, args=(free_port(), str(out)), nprocs=2, join=True)
+    waited, message = out.read_text().split(" ", 1)
+    assert float(waited) < 15 and "timed out" in message.lower(), message

@@ -129,7 +129,7 @@ def test_two_rank_lora_matches_one_rank_and_syncs_and_exports_merged_weights(spe
         for group in groups:
             group.ready()
         _, single, sharded = groups
-        sync = WeightSync(sharded, rollout, "collective", use_gpu=False, dtype="float32")
+        sync = WeightSync(sharded, rollout, "collective", use_gpu=False, dtype="float32", timeout_s=300)
         adapted_names = {name for bucket in sync.spec.buckets for name, _ in bucket}
         assert len(adapted_names) == 3 * 6 and all(n.endswith(("q_proj.weight", "v_proj.weight", "down_proj.weight"))
                                                    for n in adapted_names)

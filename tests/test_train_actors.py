@@ -101,7 +101,7 @@ def test_weight_sync_sends_the_trained_weights_only_and_they_arrive_equal(spec, 
                                    spec.rollout.grid, 1.0, 600))
     rollout = started(RolloutGroup(model, dataclasses.replace(spec.rollout, num_actors=2, dtype=dtype), 600))
     try:
-        sync = WeightSync(learner, rollout, mode, use_gpu=False, dtype=dtype)
+        sync = WeightSync(learner, rollout, mode, use_gpu=False, dtype=dtype, timeout_s=300)
         initial = rollout_weights(rollout)[0]
         sent_names = [name for bucket in sync.spec.buckets for name, _ in bucket]
         assert sorted(sent_names) == sorted(set(initial) - {"lm_head.weight", "model.lm_embed_tokens.weight"})

@@ -93,3 +93,35 @@ def test_a_joined_cluster_without_enough_gpus_fails_fast_with_the_numbers(cluste
     while ray.available_resources().get("GPU") != 4 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ray.available_resources().get("GPU") == 4
+
+
+def test_an_actor_resolves_to_a_gpu_only_when_ray_gave_it_one(cluster):
+    """Ray 2.60 leaves CUDA_VISIBLE_DEVICES as it is for an actor that asked for no GPU, so "auto" devices must ask
+    Ray, not CUDA. The GPU is mocked (none exists here): the accelerator and CUDA are said to be available."""
+
+    def resolved() -> str:
+        from unittest import mock
+
+        import torch
+
+        from core.devices import resolve_device
+
+        with (mock.patch.object(torch.accelerator, "current_accelerator", return_value=torch.device("cuda")),
+              mock.patch.object(torch.cuda, "is_available", return_value=True)):
+            return str(resolve_device(None))
+
+    probes = [ray.remote(num_gpus=gpus, num_cpus=0)(resolved).remote() for gpus in (0, 1)]
+    assert ray.get(probes) == ["cpu", "cuda"]
+
+
+def test_the_drivers_nccl_and_cuda_settings_reach_the_actors(monkeypatch):
+    """On a joined cluster the workers inherit `ray start`'s environment, so init_ray passes these on."""
+    from rl.distributed.actors import actor_env
+
+    for key, value in {"NCCL_DEBUG": "INFO", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "CUDA_LAUNCH_BLOCKING": "1",
+                       "CUDA_VISIBLE_DEVICES": "3", "TOKENIZERS_PARALLELISM": "true"}.items():
+        monkeypatch.setenv(key, value)
+    env = actor_env()
+    assert env["NCCL_DEBUG"] == "INFO" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    assert env["CUDA_LAUNCH_BLOCKING"] == "1" and "CUDA_VISIBLE_DEVICES" not in env  # Ray's to set per actor
+    assert env["TOKENIZERS_PARALLELISM"] == "false"

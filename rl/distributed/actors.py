@@ -25,6 +25,16 @@ from rl.train_config import LearnerConfig, RayConfig, RolloutConfig, TrainerConf
 
 # Environment of every actor: tokenizers' thread pool warns after fork; Ray's usage stats stay off.
 ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+# The driver's NCCL and CUDA settings, passed on: on a joined cluster the workers inherit the environment of
+# `ray start`, not the driver's. CUDA_VISIBLE_DEVICES is Ray's to set for each actor.
+FORWARDED_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_")
+NOT_FORWARDED = {"CUDA_VISIBLE_DEVICES"}
+
+
+def actor_env() -> dict[str, str]:
+    """The environment variables every actor of the run gets (Ray's job-level runtime_env)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES) and k not in NOT_FORWARDED}
+    return {**env, **ACTOR_ENV}
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -37,7 +47,7 @@ def init_ray(cfg: RayConfig) -> None:
     """
     if ray.is_initialized():
         return
-    env = dict(ACTOR_ENV)
+    env = actor_env()
     if cfg.address is None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
         env[CONFIG_DIRS_ENV] = os.pathsep.join(config_dirs())
@@ -221,8 +231,9 @@ class WeightSync:
     """Learner -> rollout actors after every update: the trained weights in the rollout `dtype`, by the object
     store or a collective broadcast (see rl/distributed/weight_sync.py). Calling it returns the bytes sent."""
 
-    def __init__(self, learner: LearnerGroup, rollout: RolloutGroup, mode: str, use_gpu: bool, dtype: str):
-        self.learner, self.rollout = learner, rollout
+    def __init__(self, learner: LearnerGroup, rollout: RolloutGroup, mode: str, use_gpu: bool, dtype: str,
+                 timeout_s: float):
+        self.learner, self.rollout, self.timeout_s = learner, rollout, timeout_s
         self.mode = ("collective" if use_gpu else "object_store") if mode == "auto" else mode
         self.spec = self.learner.run("sync_spec", dtype, stage="weight-sync plan")
         if self.mode == "collective":
@@ -232,8 +243,8 @@ class WeightSync:
         # Learner rank 0 is rank 0 of the group and hosts its store, so the address is taken on its node.
         host, port = self.learner.run("address", stage="weight-sync set-up")
         world = 1 + len(self.rollout.actors)
-        refs = [self.learner.ranks[0].join_weight_group.remote(host, port, world, backend)]
-        refs += [a.join_weight_group.remote(host, port, i + 1, world, backend)
+        refs = [self.learner.ranks[0].join_weight_group.remote(host, port, world, backend, self.timeout_s)]
+        refs += [a.join_weight_group.remote(host, port, i + 1, world, backend, self.timeout_s)
                  for i, a in enumerate(self.rollout.actors)]
         call(refs, "an actor joining the weight-sync group")
 

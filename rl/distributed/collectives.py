@@ -13,8 +13,19 @@ mistake while its group is NCCL only shows on a GPU (scripts/gpu_check.sh runs t
 
 from __future__ import annotations
 
+import datetime
+
 import torch
 import torch.distributed as dist
+
+
+def join_default_group(device: torch.device, address: str, rank: int, world_size: int, timeout_s: float) -> None:
+    """Join the default process group at `address` ("tcp://host:port") with the backend for `device`'s type
+    (gloo for the CPU, NCCL for CUDA) and bound to `device` when it is an accelerator, as NCCL wants."""
+    backend = dist.Backend.default_device_backend_map[device.type]
+    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s),
+                            device_id=None if device.type == "cpu" else device)
 
 
 def device_types(group: dist.ProcessGroup | None = None, backend: str | None = None) -> set[str]:
@@ -45,6 +56,19 @@ def all_gather_into_tensor(out: torch.Tensor, local: torch.Tensor, group: dist.P
     check_device(local, types, what)
     check_device(out, types, what)
     return dist.all_gather_into_tensor(out, local, group=group, async_op=True)
+
+
+def standalone_group(store: dist.Store, backend: str, rank: int, world_size: int,
+                     timeout_s: float) -> dist.ProcessGroup:
+    """A process group outside the default world (the weight sync's), on `store`, with `timeout_s` per collective."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+    if backend == "nccl":  # CUDA only: scripts/gpu_check.sh
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, world_size, options)
+    raise ValueError(f"weight-sync backend must be 'gloo' or 'nccl', got {backend!r}")
 
 
 def broadcast(group: dist.ProcessGroup, backend: str, tensor: torch.Tensor, what: str) -> dist.Work:

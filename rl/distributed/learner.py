@@ -37,10 +37,10 @@ import torch
 import torch.distributed as dist
 
 from core.components import instantiate
-from core.devices import resolve_dtype
+from core.devices import actor_device, resolve_dtype
+from rl.distributed import collectives
 from rl.distributed.learner_models import build_learner_policy
 from rl.distributed.micro_batches import Rows, accumulate, complete_prefix, micro_plan, reduce_stats
-from rl.distributed.rollout import pick_device
 from rl.distributed.weight_sync import (
     Bucket,
     CollectiveGroup,
@@ -85,7 +85,7 @@ class Learner:
         self.model_cfg, self.trainer, self.learner = model, trainer, learner
         self.grid, self.temperature, self.rank, self.seed = tuple(grid), temperature, rank, seed
         self.world_size = learner.world_size
-        self.device = pick_device(learner.num_gpus)
+        self.device = actor_device(learner.num_gpus)
         self.nonfinite_in_row = 0
         # "auto" is resolved by validate_train_config; a learner built without a spec takes the sampler's.
         self.recompute = trainer.loss.old_logprobs == "recompute"
@@ -100,9 +100,8 @@ class Learner:
 
     def setup(self, master_addr: str | None = None, master_port: int | None = None) -> None:
         if self.world_size > 1:
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}",
-                                    rank=self.rank, world_size=self.world_size)
+            collectives.join_default_group(self.device, f"tcp://{master_addr}:{master_port}", self.rank,
+                                           self.world_size, self.learner.collective_timeout_s)
         tokenizer = instantiate(self.model_cfg["tokenizer"], "model.tokenizer")
         self.policy = self._build_policy(trainable=True)
         # With LoRA the reference is the frozen base itself (adapters off); otherwise a frozen copy.
@@ -297,8 +296,8 @@ class Learner:
     def _gathered(self, buckets: list[list[SyncItem]], dtype: torch.dtype) -> Iterator[Bucket]:
         return gathered_buckets(buckets, dtype, dist.group.WORLD if self.world_size > 1 else None)
 
-    def join_weight_group(self, host: str, port: int, world_size: int, backend: str) -> None:
-        self._sync_group = CollectiveGroup(host, port, 0, world_size, backend)
+    def join_weight_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+        self._sync_group = CollectiveGroup(host, port, 0, world_size, backend, timeout_s)
 
     @torch.no_grad()
     def broadcast_weights(self) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from core.components import instantiate
+from core.devices import actor_device
 from rl.decoder import to_uint8_images
 from rl.distributed.weight_sync import Bucket, CollectiveGroup, SyncSpec, load_bucket
 from rl.evaluation.monitors import image_statistics, thumbnails
@@ -54,11 +55,6 @@ class RolloutResult:
                    max(r.decode_s for r in results), stats, torch.cat(small) if small else None)
 
 
-def pick_device(num_gpus: float) -> torch.device:
-    """The actor's device: its GPU when Ray gave it one, else the CPU."""
-    return torch.device("cuda") if num_gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
-
-
 class RolloutWorker:
     """One replica of the policy (inference only) and the frozen decoder.
 
@@ -67,7 +63,7 @@ class RolloutWorker:
     """
 
     def __init__(self, model: Mapping[str, Any], rollout: RolloutConfig):
-        self.device = pick_device(rollout.num_gpus)
+        self.device = actor_device(rollout.num_gpus)
         self.dtype = getattr(torch, rollout.dtype)
         tokenizer = instantiate(model["tokenizer"], "model.tokenizer")
         # Read tensor by tensor straight into the rollout dtype on this actor's device.
@@ -112,8 +108,9 @@ class RolloutWorker:
         for bucket in buckets:
             load_bucket(params, bucket)
 
-    def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str) -> None:
-        self._group = CollectiveGroup(host, port, rank, world_size, backend)
+    def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
+                          timeout_s: float) -> None:
+        self._group = CollectiveGroup(host, port, rank, world_size, backend, timeout_s)
 
     def receive_weights(self, spec: SyncSpec) -> None:
         """Trained weights broadcast by the learner, bucket by bucket as `spec` lists them."""

@@ -172,12 +172,7 @@ class CollectiveGroup:
         timeout = datetime.timedelta(seconds=timeout_s)
         store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
         store = dist.PrefixStore("xomni-weight-sync", store)
-        if backend == "nccl":
-            self._pg = dist.ProcessGroupNCCL(store, rank, world_size)
-        elif backend == "gloo":
-            self._pg = dist.ProcessGroupGloo(store, rank, world_size, timeout)
-        else:
-            raise ValueError(f"weight-sync backend must be 'gloo' or 'nccl', got {backend!r}")
+        self._pg = collectives.standalone_group(store, backend, rank, world_size, timeout_s)
         self.rank, self.world_size, self.backend = rank, world_size, backend
         self._store = store  # the group needs its store alive
 

@@ -96,7 +96,7 @@ class Trainer:
         self.sync_weights = ColocatedSync(self.learner, spec.rollout.dtype) if colocated else \
             WeightSync(self.learner, self.rollout, spec.learner.weight_sync,
                        use_gpu=on_gpus and spec.learner.num_gpus > 0 and spec.rollout.num_gpus > 0,
-                       dtype=spec.rollout.dtype)
+                       dtype=spec.rollout.dtype, timeout_s=spec.learner.collective_timeout_s)
         if spec.eval.every:
             self.evaluator = Evaluator(spec, self.rollout, self.rewards, self.run_dir)
         self.step = self.unscored_in_row = 0

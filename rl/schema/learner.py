@@ -32,6 +32,10 @@ class LearnerConfig:
     """When sharded: "last_micro_batch" reduce-scatters gradients once per optimizer step (earlier micro-batches
     accumulate unsharded fp32 gradients: one full gradient copy per GPU); "every_micro_batch" after each
     micro-batch (sharded gradient memory, more communication)."""
+    collective_timeout_s: Annotated[float, Gt(0)] = 1800.0
+    """How long a rank of the learner's process group or of the weight-sync group waits in a collective before it
+    fails (NCCL's default is 10 minutes): above the longest step a rank can spend alone, such as a 7B sharded
+    checkpoint save to shared storage."""
     weight_sync: Literal["auto", "object_store", "collective"] = "auto"
     """How trained weights reach the rollout actors: "auto" (an NCCL broadcast when the learner and rollout actors
     have GPUs, else the object store), "object_store" or "collective". Colocated placement copies them within
