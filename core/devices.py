@@ -4,6 +4,7 @@ branches as a GPU node. CUDA-only: the `set_device_index` call in `actor_device`
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Literal, get_args
 
@@ -30,11 +31,20 @@ def may_use_gpu() -> bool:
     return bool(ray.get_gpu_ids())
 
 
+# Colocated workers load and free models of very different sizes at every phase switch; expandable segments let
+# the caching allocator reuse that memory instead of fragmenting it. Set for GPU actors unless the user set it.
+ALLOC_CONF = ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+
 def actor_device(num_gpus: float) -> torch.device:
     """The device of an actor that asked Ray for `num_gpus`: its GPU, made the current device (NCCL, DCP and
-    `torch.device("cuda")` all use the current one), else the CPU (no accelerator, or GPUs only declared to Ray)."""
+    `torch.device("cuda")` all use the current one), else the CPU (no accelerator, or GPUs only declared to Ray).
+    Call it before anything allocates on the GPU: it sets the allocator's configuration (`ALLOC_CONF`)."""
+    if num_gpus <= 0:
+        return torch.device("cpu")
+    os.environ.setdefault(*ALLOC_CONF)  # read when CUDA allocates first, so also set where GPUs are only declared
     accelerator = torch.accelerator.current_accelerator(check_available=True)
-    if num_gpus <= 0 or accelerator is None:
+    if accelerator is None:
         return torch.device("cpu")
     torch.accelerator.set_device_index(0)  # Ray shows an actor only its own GPUs: the first of them is index 0
     return torch.device(accelerator.type, 0)

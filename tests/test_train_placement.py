@@ -119,9 +119,11 @@ def test_the_drivers_nccl_and_cuda_settings_reach_the_actors(monkeypatch):
     from rl.distributed.actors import actor_env
 
     for key, value in {"NCCL_DEBUG": "INFO", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "CUDA_LAUNCH_BLOCKING": "1",
-                       "CUDA_VISIBLE_DEVICES": "3", "TOKENIZERS_PARALLELISM": "true"}.items():
+                       "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False", "CUDA_VISIBLE_DEVICES": "3",
+                       "TOKENIZERS_PARALLELISM": "true"}.items():
         monkeypatch.setenv(key, value)
     env = actor_env()
     assert env["NCCL_DEBUG"] == "INFO" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
     assert env["CUDA_LAUNCH_BLOCKING"] == "1" and "CUDA_VISIBLE_DEVICES" not in env  # Ray's to set per actor
+    assert env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:False"  # the user's, kept
     assert env["TOKENIZERS_PARALLELISM"] == "false"

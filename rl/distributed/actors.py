@@ -25,9 +25,9 @@ from rl.train_config import LearnerConfig, RayConfig, RolloutConfig, TrainerConf
 
 # Environment of every actor: tokenizers' thread pool warns after fork; Ray's usage stats stay off.
 ACTOR_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
-# The driver's NCCL and CUDA settings, passed on: on a joined cluster the workers inherit the environment of
-# `ray start`, not the driver's. CUDA_VISIBLE_DEVICES is Ray's to set for each actor.
-FORWARDED_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_")
+# The driver's NCCL, CUDA and CUDA allocator settings, passed on: on a joined cluster the workers inherit the
+# environment of `ray start`, not the driver's. CUDA_VISIBLE_DEVICES is Ray's to set for each actor.
+FORWARDED_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_", "PYTORCH_CUDA_ALLOC_CONF")
 NOT_FORWARDED = {"CUDA_VISIBLE_DEVICES"}
 
 
