@@ -8,8 +8,10 @@ Weights paths left `???` are planned from the shapes in configs/shapes/, so the 
 
     python -m rl.plan configs/xomni.yaml --nodes 1 --gpus-per-node 8 --gpu-memory-gib 80
 
-`--json` prints {"fits", "devices": [{"node", "gpu", "bytes", "parts"}], "hosts": [{"node", "peak_bytes"}],
-"policy_parameters", "problems"}. `rl.train` runs the same plan on the nodes Ray reports before any actor starts.
+`--json` prints {"fits", "devices": [{"node", "gpu", "bytes", "parts", "pinned_host_bytes"}], "hosts": [{"node",
+"peak_bytes"}], "policy_parameters", "problems"}; pinned_host_bytes: the host memory a GPU's colocated worker pins
+for what it offloads (0 without one), also in the host's peak. `rl.train` runs the same plan on the nodes Ray
+reports before any actor starts.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def plan_run(spec: TrainSpec, nodes: list[NodeInfo], sizes: ModelSizes | None = 
 
 def as_json(plan: Plan) -> dict:
     return {"fits": plan.fits,
-            "devices": [{"node": d.node, "gpu": d.gpu, "bytes": d.bytes, "parts": d.parts} for d in plan.devices],
+            "devices": [{"node": d.node, "gpu": d.gpu, "bytes": d.bytes, "parts": d.parts,
+                         "pinned_host_bytes": d.pinned_host_bytes} for d in plan.devices],
             "hosts": [{"node": h.node, "peak_bytes": h.peak_bytes} for h in plan.hosts],
             "policy_parameters": plan.sizes.policy.shape.parameters, "problems": plan.problems}
 
@@ -162,6 +165,8 @@ def _device_table(devices: list[Device]) -> list[str]:
     else:
         verdict = f"{d.capacity / GIB:.1f} GiB per GPU: " + ("fits" if d.bytes <= d.capacity else "DOES NOT FIT")
     lines.append(f"  peak {d.bytes / GIB:.2f} GiB of {verdict}")
+    if d.pinned_host_bytes:
+        lines.append(f"  pinned host memory {d.pinned_host_bytes / GIB:.2f} GiB (the worker's offloaded state)")
     return lines
 
 

@@ -13,6 +13,8 @@ import torch
 from train_helpers import REPO, tiny_spec
 
 from rl.distributed.colocated import Offload
+from rl.distributed.host_staging import MIN_CHUNK_BYTES, packed_host_bytes
+from rl.distributed.memory import GIB
 from rl.driver.trainer import Trainer
 from rl.evaluation.metrics import read_metrics
 
@@ -27,6 +29,7 @@ SPLIT = ("learner.world_size=2", "learner.num_gpus=0.5", "rollout.num_actors=2",
          "placement.gpu_memory_gib=16", "trainer.pipeline.streaming=false")
 # Wall-clock figures differ between any two runs; everything else must match.
 TIMED = ("time/", "rollout/tokens_per_s", "rollout/images_per_s")
+PINNED = "memory/pinned_host_gib"  # colocated runs only
 
 
 def states(trainer: Trainer) -> list[dict]:
@@ -45,7 +48,8 @@ def states(trainer: Trainer) -> list[dict]:
                 "synced": [item.name for bucket in worker._sync_buckets for item in bucket],
                 "rollout_bytes": {n: t.untyped_storage().nbytes() for n, t in replica.items()},
                 "decoder_bytes": [t.untyped_storage().nbytes()
-                                  for t in tensors_in(worker.replica.decoder, worker.device)]}
+                                  for t in tensors_in(worker.replica.decoder, worker.device)],
+                "host_bytes": (worker.optimizer_state.host_bytes, worker.decoder.host_bytes)}
 
     return ray.get([w.__ray_call__.remote(read) for w in trainer.learner.ranks])
 
@@ -55,7 +59,12 @@ def same(a: float, b: float) -> bool:
 
 
 def comparable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith(TIMED)} for row in rows]
+    return [{k: v for k, v in row.items() if not k.startswith(TIMED) and k != PINNED} for row in rows]
+
+
+def one_buffer_each(sizes: list[int]) -> int:
+    """Host bytes of one pinned buffer per storage, each rounded up to a power of two by the allocator (before)."""
+    return sum(1 << (size - 1).bit_length() for size in sizes)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +105,57 @@ def test_offload_moves_storages_and_keeps_the_tensors():
     dropped.offload([b])
     assert b.untyped_storage().nbytes() == 0 and dropped.active
     dropped.restore()  # room again, contents for the caller to write (the weight sync)
-    assert b.untyped_storage().nbytes() == 12 and not dropped.active
+    assert b.untyped_storage().nbytes() == 12 and not dropped.active and dropped.host_bytes == 0
+
+
+def test_packed_host_bytes_are_within_5_percent_of_the_storages():
+    """Sized without allocating: 3,000 storages of 1 KB to 2 GiB, log-uniform (AdamW shards and decoder tensors
+    span that range), about 250 GiB in all."""
+    generator = torch.Generator().manual_seed(0)
+    sizes = (2 ** (10 + 21 * torch.rand(3000, generator=generator, dtype=torch.float64))).long().tolist()
+    packed, total = packed_host_bytes(sizes), sum(sizes)
+    assert total <= packed < 1.05 * total and packed - total < MIN_CHUNK_BYTES + 512 * len(sizes)
+    assert one_buffer_each(sizes) > 1.3 * total  # what pinning one buffer per storage cost
+    assert packed_host_bytes([39 * GIB]) == 39 * GIB  # one buffer would round up to 64 GiB
+    assert packed_host_bytes([]) == 0 and packed_host_bytes([1]) == MIN_CHUNK_BYTES
+
+
+def test_offload_packs_storages_into_chunks_it_reuses():
+    """Storages of several dtypes and odd sizes (one straddling the boundary of the 2 MiB and the 1 MiB chunk, one
+    shared by two tensors) come back bit-exactly, twice, from the same chunks."""
+    generator = torch.Generator().manual_seed(0)
+    big = torch.randn(3 * MIN_CHUNK_BYTES // 8, generator=generator)  # 1.5 MiB: the next storage straddles 2 MiB
+    tensors = [big, torch.randn(MIN_CHUNK_BYTES // 2, generator=generator).bfloat16(),
+               torch.randint(-128, 127, (7,), dtype=torch.int8, generator=generator), big[5:], torch.tensor(3.5),
+               torch.randn(300, 17, generator=generator).double()]
+    sizes = [t.untyped_storage().nbytes() for i, t in enumerate(tensors) if i != 3]  # big[5:] is big's storage
+    kept, chunks = Offload(keep=True), []
+    for _ in range(2):
+        expected = [t.clone() for t in tensors]
+        assert kept.offload(tensors) == sum(sizes) and kept.host_bytes == packed_host_bytes(sizes) == 3 << 20
+        chunks.append([(chunk.data_ptr(), chunk.numel()) for chunk in kept._staging.chunks])
+        kept.restore()
+        assert all(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+                   for a, b in zip(tensors, expected, strict=True))
+        assert tensors[3].data_ptr() == big.data_ptr() + 5 * 4  # still a view of `big`
+        for t in tensors:
+            t.add_(1)  # new contents for the second cycle
+    assert chunks[0] == chunks[1] and [n for _, n in chunks[0]] == [2 << 20, 1 << 20]  # allocated once
+    kept.restore()  # nothing offloaded: a no-op (to_rollout restores whatever was offloaded, maybe nothing)
+    assert torch.equal(tensors[-1], expected[-1] + 1) and kept.host_bytes == 3 << 20
+
+
+def test_offload_holds_within_5_percent_of_what_it_offloads():
+    """60 storages of 1 KB to 4 MB, log-uniform (~30 MB): one host buffer each, rounded to powers of two as the
+    pinned allocator does, held far more."""
+    generator = torch.Generator().manual_seed(0)
+    sizes = (2 ** (10 + 12 * torch.rand(60, generator=generator, dtype=torch.float64))).long().tolist()
+    tensors = [torch.empty(n // 4) for n in sizes]
+    sizes = [t.untyped_storage().nbytes() for t in tensors]
+    staged = Offload(keep=True)
+    staged.offload(tensors)
+    assert staged.host_bytes == packed_host_bytes(sizes)
+    assert sum(sizes) <= staged.host_bytes < 1.05 * sum(sizes) and one_buffer_each(sizes) > 1.3 * sum(sizes)
 
 
 def test_colocated_phases_resume_and_match_split(tmp_path, capsys, split_rows):
@@ -105,7 +164,8 @@ def test_colocated_phases_resume_and_match_split(tmp_path, capsys, split_rows):
         assert "node 0 GPU 0: worker 0 (learner rank 0 + rollout replica 0), reward ocr" in out
         assert "decoder and text encoders offloaded to the host while learning" in out
         trainer.fit()  # one step, then the sync and the checkpoint: the workers are arranged for rolling out
-        for state in states(trainer):
+        parked = states(trainer)
+        for state in parked:
             assert state["optimizer_bytes"] and not any(state["optimizer_bytes"])  # AdamW state off the device...
             assert state["optimizer_on_host"] == sum(state["optimizer_sizes"])  # ...and whole on the host
             assert state["grads_freed"] and state["resharded"]
@@ -134,6 +194,10 @@ def test_colocated_phases_resume_and_match_split(tmp_path, capsys, split_rows):
     assert resumed.resume_from is not None and "resumed from" in capsys.readouterr().out
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] == [r["step"] for r in split_rows]
+    # Step 1's update ran before the AdamW state was first staged (after it), step 2's after: its chunks held since.
+    decoder_chunks, all_chunks = (max(s["host_bytes"][1] for s in parked), max(sum(s["host_bytes"]) for s in parked))
+    assert 0 < decoder_chunks < all_chunks and PINNED not in split_rows[0]
+    assert [round(r[PINNED] * GIB) for r in rows] == [decoder_chunks, all_chunks]
     colocated, split = comparable(rows), comparable(split_rows)
     assert colocated[0].keys() == split[0].keys()
     for ours, theirs in zip(colocated, split, strict=True):

@@ -10,8 +10,9 @@ from omegaconf import OmegaConf
 from train_helpers import REPO
 
 from core.config import load_config
+from rl.distributed.host_staging import packed_host_bytes
 from rl.distributed.memory import GIB
-from rl.distributed.memory_plan import make_plan, model_sizes
+from rl.distributed.memory_plan import DECODER_PARTS, make_plan, model_sizes, staged_sizes
 from rl.distributed.placement import NodeInfo
 from rl.plan import main
 from rl.train_config import validate_train_config
@@ -124,3 +125,22 @@ def test_a_plan_refuses_two_nccl_ranks_on_one_gpu_and_fits_with_whole_gpus(capsy
     code = main([tiny, "--nodes", "1", "--gpus-per-node", "4", *split, "learner.num_gpus=1", "rollout.num_gpus=1"])
     plan = json.loads(capsys.readouterr().out)
     assert code == 0 and plan["fits"] is True, plan["problems"]
+
+
+def test_each_colocated_worker_pins_its_offloaded_state_packed_as_offload_packs_it(capsys):
+    """The AdamW state and (offloaded while learning) the decoder parts, packed by host_staging's rule: within 0.01%
+    of their bytes, where one pinned buffer per part rounded to a power of two would hold 1.4x; the host's peak
+    counts the pinned figure."""
+    _, plan = plan_json(capsys, *ONE_NODE)
+    spec = validate_train_config(load_config(PAPER), files=False)
+    sizes = model_sizes(spec)
+    planned = make_plan(spec, [NodeInfo(0, 8, None, 80 * GIB)], sizes)
+    for device, ours in zip(plan["devices"], planned.devices, strict=True):
+        optimizer, decoder = staged_sizes(spec, sizes, ours.offload_decoder)
+        assert ours.offload_decoder and optimizer == [ours.phases["optimizer step"]["optimizer state"]]
+        assert sorted(decoder) == sorted(ours.phases["rolling out"][k] for k in DECODER_PARTS)
+        pinned = device["pinned_host_bytes"]
+        assert pinned == packed_host_bytes(optimizer) + packed_host_bytes(decoder) == ours.pinned_host_bytes
+        assert sum(optimizer + decoder) <= pinned < 1.0001 * sum(optimizer + decoder)
+        assert sum(1 << (n - 1).bit_length() for n in optimizer + decoder) > 1.4 * pinned
+    assert planned.hosts[0].parts["worker actors"] == 8 * plan["devices"][0]["pinned_host_bytes"]

@@ -23,10 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from rl.distributed.actors import LearnerGroup, RolloutGroup, call, placed
+from rl.distributed.host_staging import HostStaging
 from rl.distributed.learner import Learner
+from rl.distributed.memory import GIB
 from rl.distributed.rollout import RolloutResult, RolloutWorker
 from rl.distributed.weight_sync import load_bucket
 from rl.train_config import LearnerConfig, RolloutConfig, TrainerConfig
@@ -37,14 +40,15 @@ SEARCH_DEPTH = 5  # attribute levels searched for a decoder's or a cache's tenso
 class Offload:
     """The storages of some tensors, taken off their device and put back.
 
-    keep: copy each storage to host memory first (pinned on a GPU) and copy it back on `restore`; without it the
-    contents are dropped and `restore` hands back uninitialised storage for the caller to fill. Storages shared
-    by several tensors move once."""
+    keep: copy each storage to host memory first and copy it back on `restore`; without it the contents are
+    dropped and `restore` hands back uninitialised storage for the caller to fill. Storages shared by several
+    tensors move once. The host copies live in packed chunks (rl/distributed/host_staging.py; pinned with `pin`,
+    a GPU's copies), reused from one offload to the next while their sizes stay the same."""
 
     def __init__(self, keep: bool, pin: bool = False):
-        self.keep, self.pin = keep, pin
-        self._held: list[tuple[torch.UntypedStorage, int, torch.UntypedStorage | None]] = []
-        self._host: dict[int, torch.UntypedStorage] = {}  # reused host buffers, by position and size
+        self.keep = keep
+        self._held: list[tuple[torch.UntypedStorage, int]] = []
+        self._staging = HostStaging(pin)
 
     @property
     def active(self) -> bool:
@@ -53,7 +57,12 @@ class Offload:
     @property
     def nbytes(self) -> int:
         """Bytes currently off the device."""
-        return sum(size for _, size, _ in self._held)
+        return sum(size for _, size in self._held)
+
+    @property
+    def host_bytes(self) -> int:
+        """Bytes of host buffers held (pinned with `pin`), offloaded or not: they stay for the next offload."""
+        return self._staging.nbytes
 
     def offload(self, tensors: Iterable[torch.Tensor]) -> int:
         """Take the tensors' storages off the device (no-op while already offloaded); returns the bytes freed."""
@@ -66,28 +75,20 @@ class Offload:
             if size == 0 or storage.data_ptr() in seen:
                 continue
             seen.add(storage.data_ptr())
-            host = self._host_buffer(len(self._held), size) if self.keep else None
-            if host is not None:
-                host.copy_(storage)
-            self._held.append((storage, size, host))
-        for storage, _, _ in self._held:
+            self._held.append((storage, size))
+        if self.keep:
+            self._staging.stage([storage for storage, _ in self._held])
+        for storage, _ in self._held:
             storage.resize_(0)
         return self.nbytes
 
     def restore(self) -> None:
         """Give every offloaded storage its bytes back (and its contents, when kept)."""
-        for storage, size, host in self._held:
+        for storage, size in self._held:
             storage.resize_(size)
-            if host is not None:
-                storage.copy_(host)
+        if self.keep:
+            self._staging.unstage([storage for storage, _ in self._held])
         self._held = []
-
-    def _host_buffer(self, index: int, size: int) -> torch.UntypedStorage:
-        buffer = self._host.get(index)
-        if buffer is None or buffer.nbytes() != size:
-            buffer = torch.empty(size, dtype=torch.uint8, pin_memory=self.pin).untyped_storage()
-            self._host[index] = buffer
-        return buffer
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -215,6 +216,25 @@ class ColocatedWorker(Learner):
     def load(self, path: str) -> None:
         self.to_learning()  # the sync that follows a load refills the replica
         super().load(path)
+
+    def train(self, advantages: torch.Tensor) -> dict[str, float]:
+        """Learner.train's stats plus `memory/pinned_host_gib`: the largest `host_bytes` of any worker (pinned on a
+        GPU; on the CPU the same staging bytes, unpinned). Every rank calls train, so the max is a collective."""
+        stats = super().train(advantages)
+        return stats | {"memory/pinned_host_gib": self._largest_over_ranks(self.host_bytes) / GIB}
+
+    @property
+    def host_bytes(self) -> int:
+        """Host staging bytes this worker holds (pinned on a GPU): the AdamW state's chunks, once it has been
+        offloaded (after the first update), and the decoder's, with offload_decoder."""
+        return self.optimizer_state.host_bytes + self.decoder.host_bytes
+
+    def _largest_over_ranks(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        largest = torch.tensor([value], device=self.device)  # NCCL reduces device tensors only
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        return int(largest.item())
 
     def ping(self) -> bool:
         return True

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rl.distributed import memory
+from rl.distributed.host_staging import packed_host_bytes
 from rl.distributed.memory import DTYPE_BYTES, GIB, DecoderShape, LearnerSetup, RewardShape, RolloutSetup
 from rl.distributed.model_sizes import LoraSize, PolicySize, decoder_size, lora_size, policy_size, reward_shape
 from rl.distributed.placement import (
@@ -71,7 +72,8 @@ def model_sizes(spec: TrainSpec) -> ModelSizes:
 @dataclass
 class Device:
     """One GPU: the units on it, per unit its parts at the unit's peak (colocated workers: per phase), the total
-    and the GPU's memory (None: unknown)."""
+    and the GPU's memory (None: unknown); pinned_host_bytes: the host memory its colocated worker pins to stage
+    what it offloads (`staged_sizes` packed as rl/distributed/host_staging.py allocates it)."""
 
     node: int
     gpu: int
@@ -81,6 +83,7 @@ class Device:
     bytes: int
     capacity: int | None
     offload_decoder: bool = False
+    pinned_host_bytes: int = 0
 
 
 @dataclass
@@ -202,7 +205,8 @@ def _device(spec: TrainSpec, sizes: ModelSizes, node: NodeInfo, gpu: int, units:
                   for n, parts in phases.items()}
     parts = dict(_peak(phases))
     parts["margin"] = memory.margin_bytes(parts, processes=len(units))
-    return Device(node.index, gpu, units, phases, parts, sum(parts.values()), node.gpu_memory, offload)
+    pinned = sum(staged_host_bytes(spec, sizes, offload) for u in units if u.kind == "worker")
+    return Device(node.index, gpu, units, phases, parts, sum(parts.values()), node.gpu_memory, offload, pinned)
 
 
 def _merge(parts: list[dict[str, int]]) -> dict[str, int]:
@@ -253,10 +257,24 @@ def _unit_host_bytes(spec: TrainSpec, sizes: ModelSizes, unit: Unit, on_cpu: boo
     loading = {"learner": policy, "rollout": max(policy, decoder), "worker": max(policy, decoder)}.get(unit.kind)
     if loading is None:  # a reward: its weights file is read in fp32
         loading = sizes.rewards[unit.reward][0].parameters * 4
-    steady = 0
-    if unit.kind == "worker":  # AdamW state waits on the host while rolling out (gradients are freed)
-        steady = phases["optimizer step"]["optimizer state"] + (decoder if offload_decoder else 0)
+    steady = staged_host_bytes(spec, sizes, offload_decoder) if unit.kind == "worker" else 0
     return max(loading, steady)
+
+
+def staged_sizes(spec: TrainSpec, sizes: ModelSizes, offload_decoder: bool) -> list[list[int]]:
+    """What a colocated worker stages on the host, per Offload that keeps its contents (each packs its own chunks),
+    one size per part (the plan knows no tensors): the AdamW state while rolling out (gradients are freed) and,
+    with offload_decoder, each decoder part while learning."""
+    optimizer = memory.learner_phases(sizes.policy.shape, learner_setup(spec, sizes))["optimizer step"]
+    decoder = [count * sizes.decoder.bytes for count in sizes.decoder.parts.values() if count]
+    return [[optimizer["optimizer state"]], decoder if offload_decoder else []]
+
+
+def staged_host_bytes(spec: TrainSpec, sizes: ModelSizes, offload_decoder: bool) -> int:
+    """The host memory a colocated worker pins for `staged_sizes`, packed as host_staging allocates it. Packed per
+    tensor, the real chunks can hold ALIGN bytes more per tensor (under a MiB over X-Omni's 2,712), and FSDP's
+    first rank holds a little more AdamW state than the average the plan counts."""
+    return sum(packed_host_bytes(part) for part in staged_sizes(spec, sizes, offload_decoder))
 
 
 def _over(plan: Plan) -> list[str]:
