@@ -1,18 +1,21 @@
 """The learner in-process (no Ray): GRPO updates on the tiny policy with samples from the real sampler."""
 
 import dataclasses
+import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from train_helpers import tiny_spec, trainer_with
 
 from core.components import instantiate
 from rl.decoder import to_uint8_images
-from rl.distributed.learner import Learner, TrainBatch
+from rl.distributed.learner import Learner, TrainBatch, mixed_precision
 from rl.distributed.weight_sync import load_bucket
 from rl.grpo import group_advantages
 from rl.model.loading import build_policy
 from rl.model.sampler import sample_image_tokens
+from rl.model.tiny import tiny_policy
 from rl.model.tokenizer import PromptFormat
 from rl.seeding import sample_seed
 from rl.train_config import LearnerConfig
@@ -178,3 +181,41 @@ def test_rows_added_in_chunks_give_the_update_of_the_whole_batch(spec):
         chunked.add_rows(start, batch.tokens[start:stop], batch.old_logprobs[start:stop])
     assert chunked._rows.done == 3  # every micro-batch's no-grad passes ran before train
     assert chunked.train(batch.advantages) == whole.update(batch)
+
+
+class WeightCasts(TorchDispatchMode):
+    """Weak references to every bf16 copy made of `params` (the tensors autocast casts)."""
+
+    def __init__(self, params):
+        super().__init__()
+        self.params, self.copies = {p.data_ptr() for p in params}, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in self.params \
+                and out.dtype == torch.bfloat16:
+            self.copies.append(weakref.ref(out))
+        return out
+
+    def alive(self) -> int:
+        return sum(ref() is not None for ref in self.copies)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_mixed_precision_holds_one_layers_weight_copies_under_gradient_checkpointing(checkpointing):
+    """What rl/distributed/memory.py counts for the learner's autocast at world size 1: under checkpointing no
+    earlier layer's bf16 weight copies are alive when the last layer runs (autocast's cache would keep them all);
+    without it backward needs them all."""
+    policy = tiny_policy(seed=0, num_hidden_layers=4)
+    policy.model.gradient_checkpointing = checkpointing
+    policy.train()
+    vocab, tracked = policy.config.vocab_size, WeightCasts(policy.parameters())
+    alive = []
+    dict(policy.named_modules())["model.layers.3"].register_forward_hook(lambda *_: alive.append(tracked.alive()))
+    ids = torch.cat([torch.randint(0, 100, (2, 9)), vocab + torch.randint(0, 16, (2, 3))], dim=1)
+    with tracked, mixed_precision(torch.device("cpu"), enabled=True):
+        policy.token_logprobs(ids, torch.ones_like(ids), num_image_tokens=3).logprobs.sum().backward()
+    layer = sum(1 for name, _ in policy.named_parameters() if name.startswith("model.layers.0.")
+                and name.endswith("weight") and "norm" not in name)
+    assert len(tracked.copies) > 3 * layer  # every layer's weights were cast
+    assert alive[0] == 0 if checkpointing else alive[0] > 3 * layer

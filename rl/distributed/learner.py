@@ -263,8 +263,7 @@ class Learner:
         input_ids, attention_mask = sequences
         num_image_tokens = self.grid[0] * self.grid[1]
         # Unsharded mixed precision: autocast (FSDP applies its MixedPrecisionPolicy itself).
-        autocast = self.learner.mixed_precision and self.world_size == 1
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=autocast):
+        with mixed_precision(self.device, self.learner.mixed_precision and self.world_size == 1):
             return model.token_logprobs(input_ids, attention_mask, num_image_tokens,
                                         temperature=self.temperature, with_entropy=with_entropy)
 
@@ -351,6 +350,14 @@ class Learner:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def mixed_precision(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 autocast without its weight-cast cache: the cache keeps a bf16 copy of every fp32 weight it cast until
+    the forward ends, the whole model's worth even under gradient checkpointing, where the memory plan counts one
+    layer's (rl/distributed/memory.py). Uncached, a layer's copies go when its checkpointed forward ends, and the
+    recompute casts again (one more read of the fp32 weights)."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=enabled, cache_enabled=False)
 
 
 def _local_data(param: torch.Tensor) -> torch.Tensor:
