@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rl.distributed import collectives
 from rl.distributed.actors import LearnerGroup, RolloutGroup, call, placed
 from rl.distributed.host_staging import HostStaging
 from rl.distributed.learner import Learner
@@ -233,7 +234,7 @@ class ColocatedWorker(Learner):
         if self.world_size == 1:
             return value
         largest = torch.tensor([value], device=self.device)  # NCCL reduces device tensors only
-        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        collectives.all_reduce(largest, dist.ReduceOp.MAX, "the largest worker's pinned host bytes")
         return int(largest.item())
 
     def ping(self) -> bool:
