@@ -36,6 +36,13 @@ def may_use_gpu() -> bool:
 ALLOC_CONF = ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
+def free_cached_memory(device: torch.device) -> None:
+    """Give the caching allocator's free blocks back (the CPU has none): between phases whose tensors differ in
+    size, so the next phase's allocations do not fragment around the last one's cached blocks."""
+    if device.type != "cpu":
+        torch.accelerator.empty_cache()
+
+
 def actor_device(num_gpus: float) -> torch.device:
     """The device of an actor that asked Ray for `num_gpus`: its GPU, made the current device (NCCL, DCP and
     `torch.device("cuda")` all use the current one), else the CPU (no accelerator, or GPUs only declared to Ray).

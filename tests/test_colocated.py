@@ -54,6 +54,29 @@ def states(trainer: Trainer) -> list[dict]:
     return ray.get([w.__ray_call__.remote(read) for w in trainer.learner.ranks])
 
 
+def spied_saves(trainer: Trainer, path: str) -> list[tuple[dict, str]]:
+    """Every worker's `save(path)`, noting what its device held when the learner's state was written, and its
+    layout after."""
+    def save(worker) -> tuple[dict, str]:  # nested: Ray pickles it by value
+        from rl.distributed.learner import Learner
+
+        seen, original = {}, Learner.save
+
+        def spy(self, target: str) -> None:
+            seen.update(layout=self.layout, optimizer_on_device=not self.optimizer_state.active,
+                        rollout_released=self.rollout_weights.active, decoder_offloaded=self.decoder.active)
+            original(self, target)
+
+        Learner.save = spy
+        try:
+            worker.save(path)
+        finally:
+            Learner.save = original
+        return seen, worker.layout
+
+    return ray.get([w.__ray_call__.remote(save) for w in trainer.learner.ranks])
+
+
 def same(a: float, b: float) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
@@ -170,6 +193,12 @@ def test_colocated_phases_resume_and_match_split(tmp_path, capsys, split_rows):
             assert state["optimizer_on_host"] == sum(state["optimizer_sizes"])  # ...and whole on the host
             assert state["grads_freed"] and state["resharded"]
             assert all(state["rollout_bytes"].values()) and all(state["decoder_bytes"])
+
+        # Saved in the plan's learning phase (AdamW on the device, the rollout side released), then re-synced.
+        for layout, after in spied_saves(trainer, str(tmp_path / "spied")):
+            assert layout == {"layout": "learning", "optimizer_on_device": True, "rollout_released": True,
+                              "decoder_offloaded": True} and after == "rollout"
+        assert states(trainer) == parked  # re-synced in process: the rollout layout as before the save
 
         ray.get([w.to_learning.remote() for w in trainer.learner.ranks])
         for state in states(trainer):

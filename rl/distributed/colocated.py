@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.devices import free_cached_memory
 from rl.distributed import collectives
 from rl.distributed.actors import LearnerGroup, RolloutGroup, call, placed
 from rl.distributed.host_staging import HostStaging
@@ -147,6 +148,7 @@ class ColocatedWorker(Learner):
         self.decoder = Offload(keep=True, pin=pin)
         self.rollout_weights = Offload(keep=False)  # rewritten by the next sync
         self.kv_cache = Offload(keep=False)  # reset before every use
+        self.layout = "built"  # then "rollout" or "learning": what the device holds (to_rollout, to_learning)
 
     # -- phases --------------------------------------------------------------------------------------
 
@@ -157,8 +159,10 @@ class ColocatedWorker(Learner):
         if self.rollout_weights.active:
             raise RuntimeError("the rollout replica's trained weights were released for the update and not synced "
                                "since: call sync_replica (the driver's sync_weights) after update")
+        free_cached_memory(self.device)
         self.decoder.restore()
         self.kv_cache.restore()
+        self.layout = "rollout"
 
     def to_learning(self) -> None:
         """Rollout state off the device: trained weights and static KV cache released, the decoder on the host
@@ -170,9 +174,9 @@ class ColocatedWorker(Learner):
         self.kv_cache.offload(tensors_in(compiled._cache, self.device) if compiled is not None else [])
         if self.offload_decoder:
             self.decoder.offload(tensors_in(self.replica.decoder, self.device))
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()  # the learner's allocations may need other block sizes than the replica's
+        free_cached_memory(self.device)
         self.optimizer_state.restore()
+        self.layout = "learning"
 
     def _park_learner(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -209,10 +213,12 @@ class ColocatedWorker(Learner):
         return copied
 
     def save(self, path: str) -> None:
-        """The checkpoint needs the AdamW state: on the device for the save, then back on the host."""
-        self.optimizer_state.restore()
+        """The checkpoint needs the AdamW state on the device: saved from the learning layout (the plan's learning
+        phase; restoring AdamW beside the rollout layout would hold both), then the replica re-synced in process
+        and the rollout layout back."""
+        self.to_learning()
         super().save(path)
-        self._park_learner()
+        self.sync_replica()
 
     def load(self, path: str) -> None:
         self.to_learning()  # the sync that follows a load refills the replica
