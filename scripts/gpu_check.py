@@ -1,9 +1,11 @@
-"""The GPU check behind scripts/gpu_check.sh: random weights at the real shapes, no downloads, no Ray. Prints
-one JSON object (and writes it to $OUT/gpu_check.json when OUT is set). Each measurement is guarded: one that
-fails records its error and the others still run.
+"""The GPU check behind scripts/gpu_check.sh: random weights at the real shapes, no downloads, no Ray. Runs in
+stages; each finished stage appends one JSON line to $OUT/gpu_check.jsonl at once (flushed and synced), so a
+timeout or a crash keeps every stage before it. gpu_check.sh runs each stage in a process of its own under the
+stage's time budget (`--list`), so one stage that hangs or takes the CUDA context down costs only itself.
 
-    python scripts/gpu_check.py            # on one H100/H200: 7B-shaped X-Omni, FLUX-12B-shaped transformer
-    python scripts/gpu_check.py --smoke    # tiny shapes on the CPU (what tests/test_gpu_check.py runs)
+    python scripts/gpu_check.py --list            # the stages and their budgets (s)
+    python scripts/gpu_check.py --only decoder    # one stage, on one H100/H200
+    python scripts/gpu_check.py --smoke           # every stage at tiny shapes on the CPU (tests/test_gpu_check.py)
 
 Measured, each against a baseline from the same run:
   sampler:     `sample_image_tokens` eager and compiled (`rollout.compile`) vs transformers' generate() on a
@@ -185,12 +187,20 @@ def weight_sync(args: argparse.Namespace) -> dict:
             "bytes_per_s": round(sent / seconds), "gb_per_s": round(sent / seconds / 1e9, 2)}
 
 
-def main(argv: list[str] | None = None) -> dict:
+# Stages in the order gpu_check.sh runs them, with their budgets on one H100 in seconds (process start and
+# imports included; 285 s in all, so the check fits 5 minutes). The smoke mode's budget is SMOKE_BUDGET_S each.
+BUDGET_S = {"sampler_b16": 45, "sampler_b64": 60, "learner_full": 45, "learner_lora": 45, "decoder": 60,
+            "weight_sync": 30}
+SMOKE_BUDGET_S = 240  # a cold CPU start of one stage on the 2-core CI machine, with room to spare
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (the test's mode)")
-    parser.add_argument("--only", nargs="*", default=None,
-                        help="measurements to run (sampler_b16 sampler_b64 learner_full learner_lora decoder "
-                             "weight_sync); default all")
+    parser.add_argument("--list", action="store_true", help="print each stage and its budget in seconds, then exit")
+    parser.add_argument("--only", nargs="*", default=None, help=f"stages to run ({' '.join(BUDGET_S)}); default all")
+    parser.add_argument("--out", default=None, help="JSONL file to append to (default: $OUT/gpu_check.jsonl, or "
+                                                    "./gpu_check.jsonl without OUT)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per figure (median); 3, smoke 1")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled sampler")
     parser.add_argument("--micro-batch", type=int, default=None, help="learner rows per micro-batch; 4, smoke 2")
@@ -202,23 +212,50 @@ def main(argv: list[str] | None = None) -> dict:
     args.repeats = args.repeats or (1 if args.smoke else 3)
     args.micro_batch = args.micro_batch or (2 if args.smoke else 4)
     args.decoder_batch = args.decoder_batch or (1 if args.smoke else 4)
+    args.out = Path(args.out or Path(os.environ.get("OUT", "."), "gpu_check.jsonl"))
+    unknown = sorted(set(args.only or ()) - set(BUDGET_S))
+    if unknown:
+        parser.error(f"unknown stages {unknown}; the stages are {list(BUDGET_S)}")
+    return args
+
+
+def stages(args: argparse.Namespace) -> dict[str, Callable[[], dict]]:
+    return {"sampler_b16": lambda: sampler(args, 16 if not args.smoke else 2),
+            "sampler_b64": lambda: sampler(args, 64 if not args.smoke else 4),
+            "learner_full": lambda: learner(args, lora=False), "learner_lora": lambda: learner(args, lora=True),
+            "decoder": lambda: decoder(args), "weight_sync": lambda: weight_sync(args)}
+
+
+def append_line(path: Path, record: dict) -> None:
+    """One JSON line, on disk before the next stage starts (a kill or a crash later keeps it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the stages asked for; returns their records (each also appended to `--out` and printed)."""
+    args = parse_args(argv)
+    if args.list:
+        for name, budget in BUDGET_S.items():
+            print(name, SMOKE_BUDGET_S if args.smoke else budget)
+        return []
     if args.smoke:
         args.compile = False  # compiling takes minutes on a CPU; the CPU tests cover compiled == eager
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --smoke for the CPU check")
-    checks = {"sampler_b16": lambda: sampler(args, 16 if not args.smoke else 2),
-              "sampler_b64": lambda: sampler(args, 64 if not args.smoke else 4),
-              "learner_full": lambda: learner(args, lora=False), "learner_lora": lambda: learner(args, lora=True),
-              "decoder": lambda: decoder(args), "weight_sync": lambda: weight_sync(args)}
-    results = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu",
-               "torch": torch.__version__, "smoke": args.smoke}
-    for name in args.only or checks:
-        guarded(results, name, checks[name])
-    text = json.dumps(results, indent=2)
-    print(text, flush=True)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu_check.json").write_text(text)
-    return results
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu"
+    records, run = [], stages(args)
+    for name in args.only or BUDGET_S:
+        results: dict = {}
+        guarded(results, name, run[name])
+        record = {"stage": name, "device": device, "torch": torch.__version__, "smoke": args.smoke, **results[name]}
+        append_line(args.out, record)
+        print(json.dumps(record), flush=True)
+        records.append(record)
+    return records
 
 
 if __name__ == "__main__":
