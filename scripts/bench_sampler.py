@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> dict:
 
     grid, variants, compile_s = tuple(args.grid), {"ours": ours(tuple(args.grid))}, None
     if args.compile:
-        compiled = CompiledDecodeStep(policy)
+        compiled = CompiledDecodeStep(policy, args.batch)
         # The first call compiles for this batch and cache size; later calls reuse the graph.
         compile_s = median_seconds(ours(grid, compiled), device, 1, warmup=False)
         variants["ours_compiled"] = ours(grid, compiled)

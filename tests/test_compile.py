@@ -8,9 +8,11 @@ inductor's on-disk cache holds them). Deselect with `-m "not compile"`.
 import numpy as np
 import pytest
 import torch
+from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
 
+from rl.compiled_shapes import row_buckets
 from rl.distributed.rollout import RolloutWorker
-from rl.model.sampler import SamplingParams
+from rl.model.sampler import CompiledDecodeStep, SamplingParams, sample_image_tokens
 from rl.seeding import sample_seed
 from rl.train_config import RolloutConfig
 
@@ -54,7 +56,8 @@ def _seeds(kind: str, step: int = 0) -> list[int]:
 
 
 def _generate(worker, prompts, step=0):
-    return worker.generate(prompts, _seeds("policy", step), _seeds("decoder", step))
+    rows = len(prompts)
+    return worker.generate(prompts, _seeds("policy", step)[:rows], _seeds("decoder", step)[:rows])
 
 
 def _assert_same(eager, compiled):
@@ -91,3 +94,26 @@ def test_other_prompt_widths_and_new_weights_reuse_the_graphs(workers):
     _assert_same(*results)
     _assert_same(_generate(eager, PROMPTS), again)
     assert not torch.equal(again[0].tokens, before)  # the new weights were used
+
+
+def test_rows_pad_to_a_few_shapes_and_the_graphs_are_counted(workers):
+    """3 prompts pad to the 4-row graphs (no recompile) and draw what eager draws; 1 prompt compiles the sampler's
+    1-row graph, one of the buckets 1, 2, 4 of batch_size 4 (the decoder is left at its one graph: compiling
+    costs a minute a graph here). The shapes recorded are the graphs dynamo holds, and RolloutResult's
+    compiled_graphs (`rollout/compiled_graphs`) counts them."""
+    eager, compiled = workers
+    _generate(compiled, PROMPTS)  # compiled already, unless this test runs alone
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        three = _generate(compiled, PROMPTS[:3])
+    _assert_same(_generate(eager, PROMPTS[:3]), three)
+    one = compiled.format.encode(PROMPTS[:1], compiled.grid)
+    sample_image_tokens(compiled.policy, one, compiled.sampling, _seeds("policy")[:1], compiled.compiled)
+
+    widths = [compiled.format.encode(p, compiled.grid).input_ids.shape[1] for p in (PROMPTS, PROMPTS[:3], [PROMPTS[0]])]
+    sampler, decoder = compiled.compiled.shapes, compiled.decoder.compiled_shapes
+    assert sampler == {(4, 64), (1, 64)} <= CompiledDecodeStep.shapes_for(4, 6, widths)
+    assert {rows for rows, _, _ in decoder} == {8} and len(row_buckets(4)) == 3  # 4 images and their CFG rows
+    assert len(_debug_get_cache_entry_list(CompiledDecodeStep._logits.__code__)) == len(sampler)
+    assert len(_debug_get_cache_entry_list(type(compiled.decoder.transformer).forward.__code__)) == len(decoder)
+    assert three[0].compiled_graphs == 2 and compiled.compiled_graphs() == 3
+    assert _generate(eager, PROMPTS[:1])[0].compiled_graphs == 0

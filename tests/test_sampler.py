@@ -9,7 +9,8 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from rl.model.sampler import SamplingParams, sample_image_tokens
+from rl.compiled_shapes import graph_limit, padded_rows, row_buckets
+from rl.model.sampler import CompiledDecodeStep, SamplingParams, sample_image_tokens
 from rl.model.tiny import tiny_policy, tiny_tokenizer
 from rl.model.tokenizer import PromptFormat, image_prefix, load_tokenizer
 from rl.seeding import counter_uniforms, sample_seed
@@ -263,3 +264,54 @@ def test_bad_arguments_are_rejected(policy, fmt):
     for bad in (dict(temperature=0), dict(top_p=0), dict(min_p=1), dict(cfg_scale=0.5), dict(top_k=-1)):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
+
+
+# -- compiled shapes ---------------------------------------------------------------------------------
+
+def test_row_buckets_and_the_shapes_a_run_compiles():
+    assert row_buckets(64) == (1, 2, 4, 8, 16, 32, 64) and row_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert row_buckets(1) == (1,) and [padded_rows(n, 5) for n in range(1, 6)] == [1, 2, 4, 4, 5]
+    with pytest.raises(ValueError, match="1 to 5 rows"):
+        padded_rows(6, 5)
+    # Widths 10 and 41 fill 33 and 64 slots (one 64-slot cache), 42 fills 65 (128); CFG doubles the rows.
+    shapes = CompiledDecodeStep.shapes_for(5, 24, [10, 41, 42], cfg=True)
+    assert shapes == {(rows, slots) for rows in (2, 4, 8, 10) for slots in (64, 128)}
+    with pytest.raises(ValueError, match="max_rows"):
+        CompiledDecodeStep(tiny_policy(seed=0), max_rows=0)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(cfg_scale=3.0, top_p=0.9)])
+def test_padding_rows_change_no_real_row(policy, fmt, params):
+    """The compiled path with its compiled function run eagerly (stance force_eager). 3 prompts padded to 4 rows
+    draw bitwise what they draw beside a real 4th prompt: the padding's content reaches no real row. Against
+    the 3 unpadded, the tokens are equal and the log-probs differ by the rounding of another batch shape (CPU
+    matmuls block 3 and 4 rows differently: 1e-6 measured, the compiled-vs-eager bound 1e-5)."""
+    seeds = _seeds(4)
+    three, four = fmt.encode(PROMPTS[:3], GRID), fmt.encode(PROMPTS[:3] + ["a dog"], GRID)
+    assert four.input_ids.shape == (4, three.input_ids.shape[1])  # the 4th prompt is no wider
+    padding, exact = CompiledDecodeStep(policy, max_rows=8), CompiledDecodeStep(policy, max_rows=3)
+    with torch.compiler.set_stance("force_eager"):
+        padded = sample_image_tokens(policy, three, params, seeds[:3], padding)
+        beside = sample_image_tokens(policy, four, params, seeds, padding)
+        unpadded = sample_image_tokens(policy, three, params, seeds[:3], exact)
+    assert padded.tokens.shape == (3, 24) and padded.prompts.input_ids.shape[0] == 3
+    assert torch.equal(padded.tokens, beside.tokens[:3]) and torch.equal(padded.logprobs, beside.logprobs[:3])
+    assert torch.equal(padded.tokens, unpadded.tokens)
+    torch.testing.assert_close(padded.logprobs, unpadded.logprobs, atol=1e-5, rtol=0)
+    assert torch.equal(padded.tokens, sample_image_tokens(policy, three, params, seeds[:3]).tokens)  # eager
+    doubled = 2 if params.cfg_scale > 1 else 1
+    assert padding.shapes == {(4 * doubled, 64)} and exact.shapes == {(3 * doubled, 64)}
+
+
+def test_passing_the_graph_limit_is_an_error_not_eager():
+    """dynamo runs a function eagerly once it holds recompile_limit graphs; under graph_limit it may hold that
+    many (here 9, past the default 8) and one more is an error."""
+    def double(x):
+        return 2 * x
+
+    compiled = torch.compile(double, dynamic=False, backend="eager")  # dynamo alone: no inductor, fast
+    with graph_limit(9):
+        for n in range(1, 10):
+            compiled(torch.ones(n))
+        with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+            compiled(torch.ones(10))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 
 from core.devices import DtypeName, resolve_device, resolve_dtype
 from core.paths import LocalPath, resolve_local_path
+from rl.compiled_shapes import graph_limit, pad_rows, padded_rows
 from rl.decoder.base import DecodedImages, check_decoder_inputs, image_validity
 from rl.decoder.cost import default_vae_batch_size
 from rl.decoder.flux_siglip import FluxSigLIPTransformer
@@ -88,6 +90,7 @@ class XOmniDecoder:
         self.num_inference_steps, self.cfg_scale = num_inference_steps, float(cfg_scale)
         self.guidance_scale, self.max_batch_size = float(guidance_scale), max_batch_size
         self.vae_batch_size = vae_batch_size
+        self.compiled_shapes: set[tuple[int, int, int]] | None = None  # set by compile()
         self.latent_channels = vae.config.latent_channels
         self.pixels_per_token = 2 ** len(vae.config.block_out_channels)  # VAE /8 then 2x2 packing = 16
 
@@ -154,11 +157,20 @@ class XOmniDecoder:
     def compile(self) -> XOmniDecoder:
         """torch.compile the FLUX transformer in place (`rollout.compile`); returns self.
 
-        Shapes are static per (rows, image tokens, text tokens): each chunk size compiles once, the denoising
-        steps reuse the graph. Tested against eager on the CPU; never run on a GPU.
+        Shapes are static per (rows, image tokens, text tokens), the text padded to a fixed length: a pass's
+        images are padded up to one of `row_buckets(max_batch_size)` (rl/compiled_shapes.py; 1, 2, 4, 8 at the
+        default 8), so one grid compiles at most that many graphs (`compiled_shapes` holds them), all denoising
+        steps reusing one. Passes run with dynamo's recompile limit raised to the shapes seen, and hitting it is an
+        error, never a silent fall back to eager. Tested against eager on the CPU; never run on a GPU.
         """
         self.transformer.compile(dynamic=False)
+        self.compiled_shapes = set()
         return self
+
+    @property
+    def compiled_graphs(self) -> int:
+        """The transformer's graphs compiled so far: one per shape (0 when not compiled)."""
+        return len(self.compiled_shapes or ())
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, grid: tuple[int, int], prompts: Sequence[str],
@@ -177,6 +189,9 @@ class XOmniDecoder:
                       pooled: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """n images: tokens [n, h*w] -> float [n, 3, 16h, 16w] in [0, 1], not yet clamped."""
         h, w = grid
+        num_images = tokens.shape[0]
+        if self.compiled_shapes is not None:
+            tokens, states, pooled, seeds = self._pad_chunk(tokens, states, pooled, seeds)
         features = self.projector.decode(tokens.to(self.device), h, w)  # [n, C, h, w]
         siglip = features.flatten(2).transpose(1, 2)  # [n, h*w, C], raster order = packed latent order
         cond = self._conditioning(siglip, states, pooled, grid)
@@ -186,10 +201,28 @@ class XOmniDecoder:
         mu = calculate_shift(h * w, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
                              cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
         self.scheduler.set_timesteps(sigmas=sigmas, mu=mu, device=self.device)
-        for t in self.scheduler.timesteps:
-            velocity = self._velocity(latents, t, cond)
-            latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
-        return self._to_pixels(latents, grid)
+        with self._graph_limit(cond):
+            for t in self.scheduler.timesteps:
+                velocity = self._velocity(latents, t, cond)
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+        return self._to_pixels(latents[:num_images], grid)  # the padding rows go before the VAE
+
+    def _pad_chunk(self, tokens: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor,
+                   seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """A compiled pass's n images padded to `padded_rows(n, max_batch_size)` by repeating the last one: tokens
+        [n', h*w], states [n', L_txt, d_t5], pooled [n', d_clip], n' seeds. Each image's noise comes from its own
+        seed and rows do not mix, so the padding changes no real image."""
+        rows = padded_rows(tokens.shape[0], self.max_batch_size)
+        seeds = list(seeds) + [seeds[-1]] * (rows - len(seeds))
+        return pad_rows(tokens, rows), pad_rows(states, rows), pad_rows(pooled, rows), seeds
+
+    def _graph_limit(self, cond: _Conditioning) -> AbstractContextManager:
+        """Compiled: records this pass's transformer shape (rows, image tokens, text tokens) and gives dynamo room
+        for one graph per shape seen (use as `with`). Eager: nothing."""
+        if self.compiled_shapes is None:
+            return nullcontext()
+        self.compiled_shapes.add((cond.states.shape[0], cond.siglip.shape[1], cond.states.shape[1]))
+        return graph_limit(len(self.compiled_shapes))
 
     def _conditioning(self, siglip: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor,
                       grid: tuple[int, int]) -> _Conditioning:

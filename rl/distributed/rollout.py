@@ -35,6 +35,8 @@ class RolloutResult:
     sample_s / decode_s: seconds spent sampling tokens and decoding images.
     image_stats: name -> float [N], the monitors' per-image statistics (rl/evaluation/monitors.py), computed
     here so the driver never fetches the images for them. thumbnails: uint8 [N, s, s, 3] for image diversity.
+    compiled_graphs: with `rollout.compile`, the graphs (distinct shapes) the actor's sampler and decoder have
+    compiled so far, all calls counted (0 without compile); merged, the most of any actor.
     """
 
     tokens: torch.Tensor
@@ -44,6 +46,7 @@ class RolloutResult:
     decode_s: float
     image_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     thumbnails: torch.Tensor | None = None
+    compiled_graphs: int = 0
 
     @classmethod
     def merge(cls, results: Sequence[RolloutResult]) -> RolloutResult:
@@ -52,7 +55,8 @@ class RolloutResult:
         small = [r.thumbnails for r in results if r.thumbnails is not None]
         return cls(torch.cat([r.tokens for r in results]), torch.cat([r.logprobs for r in results]),
                    torch.cat([r.valid for r in results]), max(r.sample_s for r in results),
-                   max(r.decode_s for r in results), stats, torch.cat(small) if small else None)
+                   max(r.decode_s for r in results), stats, torch.cat(small) if small else None,
+                   max(r.compiled_graphs for r in results))
 
 
 class RolloutWorker:
@@ -76,7 +80,7 @@ class RolloutWorker:
         self.grid = (int(rollout.grid[0]), int(rollout.grid[1]))
         self.batch_size = rollout.batch_size
         self.sampling = SamplingParams(**vars(rollout.sampling))
-        self.compiled = CompiledDecodeStep(self.policy) if rollout.compile else None
+        self.compiled = CompiledDecodeStep(self.policy, rollout.batch_size) if rollout.compile else None
         if rollout.compile and hasattr(self.decoder, "compile"):  # the demo's PatchDecoder has nothing to compile
             self.decoder.compile()
         self._group: CollectiveGroup | None = None
@@ -99,8 +103,13 @@ class RolloutWorker:
             valid.append(decoded.valid.cpu())
             images += to_uint8_images(decoded.images)
         result = RolloutResult(torch.cat(tokens), torch.cat(logprobs), torch.cat(valid), sample_s, decode_s,
-                               image_statistics(images), thumbnails(images))
+                               image_statistics(images), thumbnails(images), self.compiled_graphs())
         return result, images
+
+    def compiled_graphs(self) -> int:
+        """Graphs compiled so far by the sampler's decode step and the decoder's transformer (0 without compile)."""
+        sampler = len(self.compiled.shapes) if self.compiled is not None else 0
+        return sampler + getattr(self.decoder, "compiled_graphs", 0)  # the demo's PatchDecoder compiles nothing
 
     def load_weights(self, *buckets: Bucket) -> None:
         """Trained weights from the object store: buckets of (name, full tensor in the rollout dtype)."""

@@ -19,12 +19,14 @@ float rounding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
 
 import torch
 from transformers.cache_utils import Cache
 
+from rl.compiled_shapes import graph_limit, pad_rows, padded_rows, row_buckets
 from rl.model.policy import XOmniPolicy
 from rl.model.tokenizer import PromptBatch
 from rl.seeding import counter_uniforms
@@ -79,19 +81,40 @@ class CompiledDecodeStep:
 
     A static cache gives every step the same shapes, so one graph serves all h*w steps. Its length is the
     prompt width + h*w - 1 rounded up to `cache_bucket` slots, so batches whose prompts pad to different widths
-    reuse the graph; each new (rows, slots) pair compiles once (a shorter last batch included). The cache is
-    kept between calls and reset, as transformers' generate() does: a fresh one would hand the compiled graph
-    new buffers. The prefill (one pass over the prompts) stays eager. Tested equal to eager on the CPU;
-    never run on a GPU.
+    reuse the graph. A batch's rows are padded up to one of `row_buckets(max_rows)` (rl/compiled_shapes.py;
+    the padding rows repeat the last row and are dropped), so a run compiles one graph per (rows, slots) pair of
+    `shapes_for`: 7 per cache length at max_rows 64. Calls run with dynamo's recompile limit raised to the
+    shapes seen, and hitting it is an error: the step never falls back to eager silently.
+
+    The cache is kept between calls and reset, as transformers' generate() does: a fresh one would hand the
+    compiled graph new buffers. The prefill (one pass over the prompts) stays eager. Tested equal to eager on
+    the CPU; never run on a GPU.
     """
 
-    def __init__(self, policy: XOmniPolicy, cache_bucket: int = 64):
-        if cache_bucket < 1:
-            raise ValueError(f"cache_bucket must be >= 1, got {cache_bucket}")
-        self.policy, self.cache_bucket = policy, cache_bucket
+    def __init__(self, policy: XOmniPolicy, max_rows: int, cache_bucket: int = 64):
+        if max_rows < 1 or cache_bucket < 1:
+            raise ValueError(f"max_rows and cache_bucket must be >= 1, got {max_rows} and {cache_bucket}")
+        self.policy, self.max_rows, self.cache_bucket = policy, max_rows, cache_bucket
         self._compiled = torch.compile(self._logits, dynamic=False)
         self._cache: Cache | None = None
         self._cache_shape: tuple[int, int] | None = None
+        self.shapes: set[tuple[int, int]] = set()  # the (rows, slots) it has run: one graph each
+
+    @staticmethod
+    def shapes_for(max_rows: int, num_image_tokens: int, prompt_widths: Iterable[int], cfg: bool = False,
+                   cache_bucket: int = 64) -> set[tuple[int, int]]:
+        """Every (rows, slots) shape a run can compile: batches of 1..max_rows prompts padding to
+        `prompt_widths` tokens, h*w = `num_image_tokens`, with CFG's unconditional rows when `cfg`."""
+        slots = {-(-(width + num_image_tokens - 1) // cache_bucket) * cache_bucket for width in prompt_widths}
+        return {((2 if cfg else 1) * rows, length) for rows in row_buckets(max_rows) for length in slots}
+
+    def padded_rows(self, num_rows: int) -> int:
+        """The rows a batch of `num_rows` prompts (1..max_rows) is padded to (before CFG doubles them)."""
+        return padded_rows(num_rows, self.max_rows)
+
+    def graph_limit(self) -> AbstractContextManager:
+        """dynamo's settings for one sampling call (use as `with`): room for the shapes seen and this call's."""
+        return graph_limit(len(self.shapes) + 1)
 
     def new_cache(self, num_rows: int, length: int) -> tuple[Cache, int]:
         """An empty static cache for `num_rows` rows (the kept one, reset) and its number of slots (>= length)."""
@@ -104,6 +127,7 @@ class CompiledDecodeStep:
 
     def __call__(self, step_ids: torch.Tensor, mask: torch.Tensor, cache: Cache) -> torch.Tensor:
         """step_ids long [R, 1], mask [R, slots] -> image logits [R, K] (model dtype); extends `cache`."""
+        self.shapes.add((mask.shape[0], mask.shape[1]))
         return self._compiled(step_ids, mask, cache)
 
     def _logits(self, step_ids: torch.Tensor, mask: torch.Tensor, cache: Cache) -> torch.Tensor:
@@ -115,8 +139,8 @@ def sample_image_tokens(policy: XOmniPolicy, prompts: PromptBatch, params: Sampl
     """Draw exactly h*w image tokens for every row of `prompts` (N rows; repeat a prompt G times for G
     samples), row i driven by `seeds[i]` alone. Returns tensors on the policy's device.
 
-    compiled: run the per-token forward compiled on a static cache (built for this `policy`); None = eager,
-    on a growing `DynamicCache`.
+    compiled: run the per-token forward compiled on a static cache (built for this `policy`), the N rows (at most
+    `compiled.max_rows`) padded to a row bucket; None = eager, on a growing `DynamicCache`.
     """
     if len(seeds) != prompts.input_ids.shape[0]:
         raise ValueError(f"need one seed per prompt row: {prompts.input_ids.shape[0]} rows, {len(seeds)} seeds")
@@ -127,10 +151,18 @@ def sample_image_tokens(policy: XOmniPolicy, prompts: PromptBatch, params: Sampl
         raise ValueError("compiled was built for another policy")
     prompts = prompts.to(policy.mm_head.weight.device)
     uniforms = counter_uniforms(seeds, prompts.num_image_tokens).to(prompts.input_ids.device)  # [N, T] float64
-    with torch.inference_mode():
-        tokens, logprobs = _decode(policy, prompts, params, uniforms, compiled)
+    if compiled is None:
+        with torch.inference_mode():
+            tokens, logprobs = _decode(policy, prompts, params, uniforms, None)
+    else:  # Padded with copies of the last row (one graph per bucket), dropped after: every row draws from its
+        # own uniforms, so the copies shift no real row's draws.
+        rows = compiled.padded_rows(len(seeds))
+        padded = replace(prompts, input_ids=pad_rows(prompts.input_ids, rows),
+                         attention_mask=pad_rows(prompts.attention_mask, rows))
+        with torch.inference_mode(), compiled.graph_limit():
+            tokens, logprobs = _decode(policy, padded, params, pad_rows(uniforms, rows), compiled)
     # Cloned outside inference mode: inference tensors could not be saved for backward by the learner.
-    return ImageSamples(tokens.clone(), logprobs.clone(), prompts)
+    return ImageSamples(tokens[:len(seeds)].clone(), logprobs[:len(seeds)].clone(), prompts)
 
 
 def _decode(policy: XOmniPolicy, prompts: PromptBatch, params: SamplingParams, uniforms: torch.Tensor,

@@ -36,9 +36,15 @@ class RolloutConfig:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     """How image tokens are drawn (X-Omni: temperature 1.0, min_p 0.03, top_p 1.0, top_k 50, no CFG)."""
     compile: bool = False
-    """torch.compile the sampler's per-token step (on a static KV cache) and the decoder's transformer. The first
-    batch of each shape pays the compile time (minutes on a CPU); the result equals eager up to float rounding
-    (tested on the CPU; never run on a GPU)."""
+    """torch.compile the sampler's per-token step (on a static KV cache) and the decoder's transformer. Shapes are
+    bucketed: a batch's rows are padded (the padding dropped) up to a power of two below batch_size or batch_size
+    itself, a decoder pass's images likewise up to the decoder's max_batch_size, so the sampler compiles
+    ceil(log2(batch_size)) + 1 graphs per KV-cache length (7 at 64; the length, prompt width + h*w - 1 rounded up
+    to 64 slots, is one for prompts within a 64-token band) and the decoder ceil(log2(max_batch_size)) + 1 (4 at
+    8). dynamo's recompile limit is raised to the shapes seen, and hitting it is an error, never a silent fall
+    back to eager; `rollout/compiled_graphs` logs the graphs compiled so far (the most of any actor; 0 when off).
+    Each graph pays its compile time once (minutes on a CPU); the result equals eager up to float rounding (tested
+    on the CPU; never run on a GPU)."""
 
 
 @dataclass
