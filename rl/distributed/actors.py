@@ -18,6 +18,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from core.paths import CONFIG_DIRS_ENV, config_dirs
 from rl.distributed.cluster import bundle
+from rl.distributed.colocated import ColocatedWorker
 from rl.distributed.learner import Learner, TrainBatch
 from rl.distributed.reward_pool import RunAborted
 from rl.distributed.rollout import RolloutResult, RolloutWorker
@@ -257,3 +258,28 @@ class WeightSync:
         calls = [r.broadcast_weights.remote() for r in self.learner.ranks]
         calls += [a.receive_weights.remote(self.spec) for a in self.rollout.actors]
         return call(calls, "an actor during weight sync", self.learner.timeout_s)[0]  # learner rank 0's bytes
+
+
+def colocated_groups(model: Mapping[str, Any], trainer: TrainerConfig, learner: LearnerConfig,
+                     rollout: RolloutConfig, timeout_s: float | None, seed: int, offload_decoder: bool,
+                     group: Any = None) -> tuple[LearnerGroup, RolloutGroup]:
+    """`learner.world_size` ColocatedWorkers, bundle i of `group` each, seen by the driver as a learner group
+    and as a rollout group (the same actors; the learner group owns the placement group)."""
+    options, group = placed(ColocatedWorker, learner.world_size, learner.num_cpus + rollout.num_cpus,
+                             learner.num_gpus, group)
+    workers = [o.remote(model, trainer, learner, rollout, rollout.sampling.temperature, rank, seed, offload_decoder)
+               for rank, o in enumerate(options)]
+    return LearnerGroup.of(workers, timeout_s, group), RolloutGroup.of(workers, timeout_s, rollout.batch_size)
+
+
+class ColocatedSync:
+    """The driver's `sync_weights` in colocated placement: every worker copies the gathered buckets into its own
+    replica. Calling it returns the bytes one replica received (what a split run's sync sends)."""
+
+    def __init__(self, learner: LearnerGroup, dtype: str):
+        self.learner = learner
+        self.spec = learner.run("sync_spec", dtype, stage="weight-sync plan")
+
+    def __call__(self) -> int:
+        return call([w.sync_replica.remote() for w in self.learner.ranks], "a colocated worker during weight sync",
+                    self.learner.timeout_s)[0]

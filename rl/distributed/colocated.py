@@ -9,6 +9,9 @@ and a rollout replica, and time-shares the GPU between them, as verl's hybrid en
     weight sync   the learner's buckets (FSDP shards gathered per bucket in the rollout dtype) are copied
                   into the replica's parameters in this process: no broadcast, no host copy.
 
+The worker itself imports no Ray (scripts/gpu_check_step.py runs it in a plain process); the driver's handles on
+it, `colocated_groups` and `ColocatedSync`, are in rl/distributed/actors.py.
+
 Offloading keeps every tensor object (modules, the optimizer and compiled graphs hold them) and moves or drops
 its storage only: a device storage resized to 0 bytes is freed, and one resized back is refilled from its host
 copy (or by the sync). The same holds on the CPU, where the tests watch storage sizes change.
@@ -28,7 +31,6 @@ from torch import nn
 
 from core.devices import free_cached_memory
 from rl.distributed import collectives
-from rl.distributed.actors import LearnerGroup, RolloutGroup, call, placed
 from rl.distributed.host_staging import HostStaging
 from rl.distributed.learner import Learner
 from rl.distributed.memory import GIB
@@ -245,28 +247,3 @@ class ColocatedWorker(Learner):
 
     def ping(self) -> bool:
         return True
-
-
-def colocated_groups(model: Mapping[str, Any], trainer: TrainerConfig, learner: LearnerConfig,
-                     rollout: RolloutConfig, timeout_s: float | None, seed: int, offload_decoder: bool,
-                     group: Any = None) -> tuple[LearnerGroup, RolloutGroup]:
-    """`learner.world_size` ColocatedWorkers, bundle i of `group` each, seen by the driver as a learner group
-    and as a rollout group (the same actors; the learner group owns the placement group)."""
-    options, group = placed(ColocatedWorker, learner.world_size, learner.num_cpus + rollout.num_cpus,
-                             learner.num_gpus, group)
-    workers = [o.remote(model, trainer, learner, rollout, rollout.sampling.temperature, rank, seed, offload_decoder)
-               for rank, o in enumerate(options)]
-    return LearnerGroup.of(workers, timeout_s, group), RolloutGroup.of(workers, timeout_s, rollout.batch_size)
-
-
-class ColocatedSync:
-    """The driver's `sync_weights` in colocated placement: every worker copies the gathered buckets into its own
-    replica. Calling it returns the bytes one replica received (what a split run's sync sends)."""
-
-    def __init__(self, learner: LearnerGroup, dtype: str):
-        self.learner = learner
-        self.spec = learner.run("sync_spec", dtype, stage="weight-sync plan")
-
-    def __call__(self) -> int:
-        return call([w.sync_replica.remote() for w in self.learner.ranks], "a colocated worker during weight sync",
-                    self.learner.timeout_s)[0]

@@ -18,9 +18,8 @@ import torch
 from core.components import instantiate
 from core.config import to_container
 from rewards.ensemble import Combiner
-from rl.distributed.actors import LearnerGroup, RolloutGroup, WeightSync, init_ray
+from rl.distributed.actors import ColocatedSync, LearnerGroup, RolloutGroup, WeightSync, colocated_groups, init_ray
 from rl.distributed.cluster import cluster_nodes, placement_groups, wait_started
-from rl.distributed.colocated import ColocatedSync, colocated_groups
 from rl.distributed.memory import GIB
 from rl.distributed.memory_plan import Plan
 from rl.distributed.pipeline import StepRollout, UpdateInFlight, stream_rollout
