@@ -226,6 +226,7 @@ class Trainer:
                    "advantage/zero_frac": (advantages == 0).float().mean().item(),
                    "rollout/invalid_frac": 1 - rollout.valid.float().mean().item(),
                    "rollout/tokens_per_s": rollout.tokens.numel() / max(rollout.sample_s, 1e-9),
+                   "rollout/compiled_graphs": float(rollout.compiled_graphs),
                    "rollout/images_per_s": len(prompts) / max(timer.seconds["time/rollout_s"], 1e-9)}
         return StepRollout(step, prompts, rollout.tokens, rollout.logprobs, advantages, metrics, grid,
                            self.weights_version, handed)
