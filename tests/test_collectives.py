@@ -76,10 +76,13 @@ def test_no_collective_is_called_outside_the_collectives_module():
 
 
 def wait_alone(rank: int, port: int, out: str) -> None:
-    """Rank 0 all-reduces; rank 1 never does, so rank 0 waits until learner.collective_timeout_s (2 s) ends it."""
+    """Rank 0 all-reduces; rank 1 never does, so rank 0 waits until learner.collective_timeout_s (2 s) ends it.
+    Rank 1 stays in the group until rank 0 has its answer (a rank that left would end the wait early)."""
     collectives.join_default_group(torch.device("cpu"), f"tcp://127.0.0.1:{port}", rank, 2, timeout_s=2.0)
     if rank == 1:
-        time.sleep(20)
+        deadline = time.monotonic() + 20
+        while not Path(out).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
         return
     began = time.monotonic()
     try:
