@@ -45,3 +45,19 @@ def test_sample_grid_puts_each_prompt_on_a_row_with_scores_under_images():
     top, bottom = grid[: grid.shape[0] // 2], grid[grid.shape[0] // 2:]
     assert (top[..., 0] > 200).sum() > (bottom[..., 0] > 200).sum()  # red images in the first row
     assert ((bottom[..., 2] > 200) & (bottom[..., 0] < 50)).sum() > 1000  # blue ones in the second
+
+
+def test_a_large_group_wraps_at_eight_columns_into_a_near_square_grid():
+    """The tiny config's logged grid (4 prompts x 32 samples of 16 x 48 px): 8 columns and 4 lines a prompt, not one
+    line 6,276 px wide; image i of a group sits in line i // 8, column i % 8 of its prompt's band."""
+    red, blue = np.zeros((16, 48, 3), np.uint8), np.zeros((16, 48, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 255, 255
+    first = [blue if i == 9 else red for i in range(32)]
+    rows = [(f"prompt {p}", first if p == 0 else [red] * 32, [{"total": 0.5, "ocr": 0.25}] * 32) for p in range(4)]
+    grid = sample_grid(rows)
+    height, width = grid.shape[:2]
+    assert width == 8 * (192 + 4) + 4 and 0.5 < height / width < 2
+    ys, xs = np.nonzero((grid[..., 2] > 200) & (grid[..., 0] < 50))
+    assert (xs.mean() - 4) // (192 + 4) == 1  # column 1
+    band = height / 4  # four prompts, each 4 lines of images
+    assert ys.max() < band and (ys.mean() / band * 4) // 1 == 1  # the first prompt's second line
