@@ -12,8 +12,10 @@ import json
 import logging
 import math
 import os
+import statistics
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+# The ETA's per-step time is the median of this many recent steps: the first step carries the actors' start-up and
+# compilation, and a step with an evaluation or a checkpoint is longer than the rest, so an average since the start
+# would keep overestimating what is left.
+RECENT_STEPS = 10
 # The policy loss is not shown: on-policy its value is ~0 by construction (ratio 1, centred advantages).
 _CONSOLE_KEYS = (("reward/mean", "reward"), ("eval/reward/mean", "eval reward"), ("kl/k3_mean", "kl"),
                  ("entropy/mean", "entropy"), ("actor/grad_norm", "grad"), ("rollout/tokens_per_s", "tok/s"))
@@ -28,15 +34,18 @@ _CONSOLE_KEYS = (("reward/mean", "reward"), ("eval/reward/mean", "eval reward"),
 
 class MetricsWriter:
     """Writes scalars for each step; `start_step` is the step the run starts (or resumes) after (-1: a fresh
-    run that logs a step-0 row, the evaluation of the initial policy)."""
+    run that logs a step-0 row, the evaluation of the initial policy). `clock` gives seconds (a test's fake clock)."""
 
     def __init__(self, run_dir: str | os.PathLike, total_steps: int, start_step: int = 0,
-                 tensorboard: bool = True, wandb: Mapping | None = None, config: Mapping | None = None):
+                 tensorboard: bool = True, wandb: Mapping | None = None, config: Mapping | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.total_steps = total_steps
         self.start_step = start_step
-        self._started = time.monotonic()
+        self._clock = clock
+        self._last_row = clock()
+        self._step_times: deque[float] = deque(maxlen=RECENT_STEPS)  # seconds between consecutive step rows
         truncate_metrics(self.path, start_step)
         self._tb = None
         if tensorboard:
@@ -47,6 +56,10 @@ class MetricsWriter:
         self._wandb = _init_wandb(wandb, config, run_dir) if wandb else None
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        now = self._clock()
+        if step > 0:  # the step-0 row is an evaluation of the initial policy, not a training step
+            self._step_times.append(now - self._last_row)
+        self._last_row = now
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -70,14 +83,21 @@ class MetricsWriter:
             self._wandb.log({tag: wandb.Image(image)}, step=step)
 
     def console_line(self, step: int, record: Mapping[str, float]) -> str:
-        done = step - max(self.start_step, 0)  # the step-0 row is an evaluation, not a training step
-        per_step = (time.monotonic() - self._started) / max(done, 1)
-        eta = per_step * (self.total_steps - step)
+        """`step i/N | reward ... | s/step | ETA`, the time per step being the median of the recent steps' ("ETA -"
+        before the first step)."""
         parts = [f"step {step}/{self.total_steps}"]
         parts += [f"{label} {record[key]:.4g}" for key, label in _CONSOLE_KEYS
                   if isinstance(record.get(key), (int, float))]
-        parts += [f"{per_step:.1f}s/step", f"ETA {_duration(eta)}"]
+        per_step = self.seconds_per_step()
+        if per_step is None:
+            parts.append("ETA -")  # nothing measured yet
+        else:
+            parts += [f"{per_step:.1f}s/step", f"ETA {_duration(per_step * (self.total_steps - step))}"]
         return " | ".join(parts)
+
+    def seconds_per_step(self) -> float | None:
+        """Median seconds between the last `RECENT_STEPS` step rows; None before the first."""
+        return statistics.median(self._step_times) if self._step_times else None
 
     def close(self) -> None:
         if self._tb is not None:
