@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import math
 import os
 import re
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,10 @@ _MAX_TOKENS = {"number": 64, "yes_probability": 1}
 _TOP_LOGPROBS = 20  # the most OpenAI's API and vLLM's default --max-logprobs allow
 _BACKOFF_S, _MAX_BACKOFF_S = 0.5, 30.0
 _JPEG_QUALITY = 95
+# A run of this many characters of the key (or the whole key, if shorter) is masked: short enough to hide a
+# key a server shows by its tail ("...3f9c2b7e"), long enough that an answer's own words never match.
+_KEY_RUN = 8
+_MASK = "***"
 
 
 class JudgeError(Exception):
@@ -67,7 +73,8 @@ class VLMJudgeReward:
         retries: further attempts, with exponential backoff (or the server's Retry-After), after a
             connection error, a 429 or a 5xx answer.
         api_key_env: name of the environment variable holding the API key, read at every call and sent as
-            a Bearer token; None sends no key. The key itself is never stored, logged or written anywhere.
+            a Bearer token; None sends no key. The key itself is never stored, logged or written anywhere:
+            every text that comes back from the server is masked before it is parsed (see `KeyMask`).
 
     Answers are greedy (temperature 0). A row whose request fails after its retries, or whose answer
     cannot be read, scores NaN; `details["nan_reason"]` names why (e.g. "http_500", "timeout",
@@ -104,9 +111,10 @@ class VLMJudgeReward:
                  metadata: Sequence[Mapping[str, Any]] | None = None) -> RewardOutput:
         """Scores float32 [N] for `images[i]` judged against `prompts[i]`; `metadata` is not used."""
         check_batch(images, prompts, metadata)
-        headers = self._headers()  # a missing key fails the whole call, before any request
+        key = self._key()  # a missing key fails the whole call, before any request
+        headers, mask = ({} if key is None else {"Authorization": f"Bearer {key}"}), KeyMask(key)
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(images)))) as pool:
-            rows = list(pool.map(lambda pair: self._judge(*pair, headers), zip(images, prompts, strict=True)))
+            rows = list(pool.map(lambda pair: self._judge(*pair, headers, mask), zip(images, prompts, strict=True)))
         errors = [error for _, _, error in rows]
         reasons = [None if error is None else error.reason for error in errors]
         counts = Counter(r for r in reasons if r is not None)
@@ -117,20 +125,21 @@ class VLMJudgeReward:
         return RewardOutput(torch.tensor([score for score, _, _ in rows], dtype=torch.float32),
                             {"answer": [answer for _, answer, _ in rows], "nan_reason": reasons})
 
-    def _headers(self) -> dict[str, str]:
+    def _key(self) -> str | None:
+        """The API key from the environment now (a rotated key is picked up), or None when none is configured."""
         if self.api_key_env is None:
-            return {}
+            return None
         key = os.environ.get(self.api_key_env)
         if not key:
             raise RuntimeError(f"the environment variable {self.api_key_env!r} named by api_key_env is not set "
                                "in this process (on a cluster: on every node)")
-        return {"Authorization": f"Bearer {key}"}
+        return key
 
-    def _judge(self, image: ImageLike, prompt: str, headers: Mapping[str, str]
+    def _judge(self, image: ImageLike, prompt: str, headers: Mapping[str, str], mask: KeyMask
                ) -> tuple[float, str | None, JudgeError | None]:
         """(score, answer, None), or (NaN, the answer if any, why) when this row cannot be scored."""
         try:
-            body = self._request(self._payload(image, prompt), headers)
+            body = self._request(self._payload(image, prompt), headers, mask)
             answer, score = _read_answer(body, self.template)
             return score, answer, None
         except JudgeError as e:
@@ -159,8 +168,9 @@ class VLMJudgeReward:
             pil.save(buffer, format="PNG")
         return f"data:image/{self.image_format};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
-    def _request(self, payload: dict[str, Any], headers: Mapping[str, str]) -> Any:
-        """The decoded JSON body of a 2xx answer, retrying connection errors, 429 and 5xx; else JudgeError."""
+    def _request(self, payload: dict[str, Any], headers: Mapping[str, str], mask: KeyMask) -> Any:
+        """The decoded JSON body of a 2xx answer, key masked, retrying connection errors, 429 and 5xx; else
+        JudgeError. Nothing the server sent is read before `mask` has gone over it."""
         error, retry_after = None, None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -176,13 +186,14 @@ class VLMJudgeReward:
             if code == 429 or code >= 500:
                 error, retry_after = JudgeError(f"http_{code}", f"HTTP {code}"), response.headers.get("retry-after")
                 continue
+            text = mask(response.text)
             if code >= 400:  # the request itself is wrong (unknown model, bad key, ...): no retry
-                raise JudgeError(f"http_{code}", f"HTTP {code}: {_redact(response.text, headers)[:300]}")
+                raise JudgeError(f"http_{code}", f"HTTP {code}: {text[:300]}")
             try:
-                return response.json()
+                # Masked again once decoded: JSON may spell the key with \u escapes the text pass cannot see.
+                return mask.strings(json.loads(text))
             except ValueError:
-                raise JudgeError("bad_response",
-                                 f"the body is not JSON: {_redact(response.text, headers)[:200]!r}") from None
+                raise JudgeError("bad_response", f"the body is not JSON: {text[:200]!r}") from None
         raise JudgeError(error.reason, f"{error} after {self.retries + 1} attempts")
 
 
@@ -259,7 +270,43 @@ def _yes_probability(choice: Mapping[str, Any]) -> float:
     return mass["yes"] / (mass["yes"] + mass["no"])
 
 
-def _redact(text: str, headers: Mapping[str, str]) -> str:
-    """`text` with the API key masked, should a server or proxy echo the request's headers in its answer."""
-    key = headers.get("Authorization", "").removeprefix("Bearer ")
-    return text.replace(key, "***") if key else text
+class KeyMask:
+    """Replaces the API key by "***" in a text, in every form a server or proxy may echo it: literal,
+    JSON-escaped (also with `\\/`), URL-encoded (either hex case, `+` or `%20` for spaces), and any run of
+    `_KEY_RUN` or more of its characters (a key shown by its tail). A key of None masks nothing."""
+
+    def __init__(self, key: str | None):
+        runs = set()
+        for form in _key_forms(key) if key else ():
+            width = min(_KEY_RUN, len(form))
+            runs.update(form[i:i + width] for i in range(len(form) - width + 1))
+        # A lookahead finds a run at every position (longest first), so overlapping runs join into one stretch.
+        alternatives = "|".join(map(re.escape, sorted(runs, key=len, reverse=True)))
+        self.pattern = re.compile(f"(?=({alternatives}))") if runs else None
+
+    def __call__(self, text: str) -> str:
+        if self.pattern is None:
+            return text
+        out, end = [], 0  # end: where the text written so far, or the stretch being masked, ends
+        for match in self.pattern.finditer(text):
+            if match.start() > end or not out:  # a new stretch
+                out += [text[end:match.start()], _MASK]
+            end = max(end, match.end(1))
+        return "".join([*out, text[end:]])
+
+    def strings(self, value: Any) -> Any:
+        """`value` (decoded JSON) with every string in it, keys included, masked."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, list):
+            return [self.strings(v) for v in value]
+        if isinstance(value, dict):
+            return {self(k): self.strings(v) for k, v in value.items()}
+        return value
+
+
+def _key_forms(key: str) -> set[str]:
+    escaped = json.dumps(key)[1:-1]
+    encoded = {urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key, safe="")}
+    encoded |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), e) for e in encoded}
+    return {key, escaped, escaped.replace("/", "\\/"), *encoded}

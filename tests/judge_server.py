@@ -6,8 +6,11 @@ asked for, a first token with P("Yes") = 0.9 b and P(" no") = 0.9 (1 - b) among 
 Markers in the image's prompt (which reaches the server inside the judge's question) change the answer:
 `[slow=S]` waits S seconds, `[fail=K]` answers 500 to the first K attempts of that question, `[status=N]`
 always answers N, `[malformed]` answers words without a number or Yes/No, `[badjson]` sends a body that is
-not JSON, `[echo]` answers 400 with the request's headers in its body. The server counts requests in
-flight (`max_in_flight`) and keeps each request's headers, body and decoded image size.
+not JSON, `[echo]` answers 400 with the request's headers in its body, and `[echo=SHAPE]` echoes the request's
+Authorization header in one of the reply shapes of `ECHO_SHAPES`. `JudgeServer(echo=True)` echoes it in every
+answer that it scores as usual, in the text after the answer and in a field of its own. The server counts
+requests in flight (`max_in_flight`) and keeps each request's headers, body, decoded image size and the score
+it meant to give (`score`, the brightness).
 """
 
 from __future__ import annotations
@@ -19,18 +22,34 @@ import math
 import re
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 from PIL import Image
 
+# How `[echo=SHAPE]` carries the header `auth` ("Bearer KEY"); b is the image's brightness.
+ECHO_SHAPES = {
+    "no_choices": lambda auth, b: (200, json.dumps({"error": "no model loaded", "you_sent": auth})),
+    "text": lambda auth, b: (200, json.dumps(_completion(f"Request from {auth}."))),  # no number but the key's
+    "number": lambda auth, b: (200, json.dumps(_completion(f"{auth} Score: {10 * b:.4f}"))),  # the key's first
+    "tail": lambda auth, b: (200, json.dumps(_completion(f"key ...{auth[-14:]} refused"))),  # its last characters
+    "url": lambda auth, b: (200, json.dumps(_completion(
+        f"see /login?key={urllib.parse.quote(auth.removeprefix('Bearer '), safe='')}"))),
+    "unicode": lambda auth, b: (200, json.dumps(_completion("@")).replace(
+        '"@"', '"' + "".join(f"\\u{ord(c):04x}" for c in auth) + '"')),  # JSON's \u escapes, every character
+    "400": lambda auth, b: (400, json.dumps({"error": f"invalid key {auth}"})),
+    "500": lambda auth, b: (500, json.dumps({"error": f"upstream rejected {auth}"})),
+    "nonjson": lambda auth, b: (200, f"<html>proxy error for {auth}</html>"),
+}
+
 
 class JudgeServer:
-    """`with JudgeServer(api_key=None) as server:` serves on `server.base_url` until the block ends."""
+    """`with JudgeServer(api_key=None, echo=False) as server:` serves on `server.base_url` until the block ends."""
 
-    def __init__(self, api_key: str | None = None):
-        self.api_key = api_key
+    def __init__(self, api_key: str | None = None, echo: bool = False):
+        self.api_key, self.echo = api_key, echo
         self.lock = threading.Lock()
         self.in_flight = self.max_in_flight = 0
         self.requests: list[dict] = []  # {"headers": {...}, "body": {...}}
@@ -59,14 +78,19 @@ class JudgeServer:
         question = next(part["text"] for part in content if part["type"] == "text")
         url = next(part["image_url"]["url"] for part in content if part["type"] == "image_url")
         image = decode_image(url)
+        brightness = float(np.asarray(image, dtype=np.float64).mean() / 255)
         with self.lock:
-            self.requests.append({"headers": headers, "body": body, "image_size": image.size})
+            self.requests.append({"headers": headers, "body": body, "image_size": image.size, "score": brightness})
             self.attempts[question] += 1
             attempt = self.attempts[question]
-        if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
+        auth = headers.get("authorization", "")
+        if self.api_key is not None and auth != f"Bearer {self.api_key}":
             return 401, b'{"error": "Unauthorized"}'
         if "[echo]" in question:  # a careless proxy that echoes the request's headers in its error
             return 400, json.dumps({"error": "bad request", "headers": headers}).encode()
+        if match := re.search(r"\[echo=(\w+)\]", question):
+            status, text = ECHO_SHAPES[match.group(1)](auth, brightness)
+            return status, text.encode()
         if match := re.search(r"\[slow=([\d.]+)\]", question):
             time.sleep(float(match.group(1)))
         if match := re.search(r"\[status=(\d+)\]", question):
@@ -75,11 +99,15 @@ class JudgeServer:
             return 500, b'{"error": "injected failure"}'
         if "[badjson]" in question:
             return 200, b"<html>Bad Gateway</html>"
-        brightness = float(np.asarray(image, dtype=np.float64).mean() / 255)
         if body.get("logprobs"):
-            return 200, json.dumps(_yes_no_completion(brightness, "[malformed]" in question)).encode()
-        text = "I cannot judge this image." if "[malformed]" in question else f"Score: {10 * brightness:.4f}"
-        return 200, json.dumps(_completion(text)).encode()
+            reply = _yes_no_completion(brightness, "[malformed]" in question)
+        else:
+            reply = _completion("I cannot judge this image." if "[malformed]" in question
+                                else f"Score: {10 * brightness:.4f}")
+        if self.echo:  # scored as usual, the header riding along
+            reply["choices"][0]["message"]["content"] += f" (asked by {auth})"
+            reply["you_sent"] = auth
+        return 200, json.dumps(reply).encode()
 
 
 def decode_image(data_url: str) -> Image.Image:

@@ -7,21 +7,27 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from judge_server import JudgeServer
+from judge_server import ECHO_SHAPES, JudgeServer
 from PIL import Image
 from train_helpers import REPO, save_config, tiny_config
 
-from rewards.vlm_judge import VLMJudgeReward
+from rewards.score import main as score_main
+from rewards.vlm_judge import KeyMask, VLMJudgeReward
 
 KEY_ENV = "XOMNI_TEST_JUDGE_KEY"
 SECRET = "sk-test-4f9c2b7e-never-log-me"
+# Echoed by a careless server: "-123456" is a number a parser reads first; "/", "+" and "=" change when encoded.
+ECHOED = "sk-test-123456/abcd+efgh="
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +129,50 @@ def test_the_api_key_is_sent_and_never_logged(monkeypatch, caplog):
     assert SECRET not in caplog.text + repr(judge) + json.dumps(output.details) + str(missing.value)
 
 
+def traces(key: str) -> set[str]:
+    """What must not appear anywhere: every 8 characters in a row of the key, literal or URL-encoded."""
+    forms = (key, urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key, safe=""))
+    return {form[i:i + 8] for form in forms for i in range(len(form) - 7)}
+
+
+def leaked(text: str | bytes, key: str) -> list[str]:
+    data = text.encode() if isinstance(text, str) else text
+    return sorted(t for t in traces(key) if t.encode() in data)
+
+
+def test_the_key_mask_covers_every_form_a_server_can_echo():
+    mask = KeyMask(ECHOED)
+    echoes = [ECHOED, json.dumps(ECHOED), ECHOED.replace("/", "\\/"), urllib.parse.quote(ECHOED, safe=""),
+              urllib.parse.quote(ECHOED, safe="").replace("%2F", "%2f"), urllib.parse.quote_plus(ECHOED),
+              "..." + ECHOED[-8:], ECHOED[3:12]]
+    for echo in echoes:
+        masked = mask(f"before {echo} after")
+        assert masked.startswith("before ") and masked.endswith(" after") and "***" in masked, echo
+        assert leaked(masked, ECHOED) == [] and "123456" not in masked, (echo, masked)
+    assert mask("Score: 7, est-123") == "Score: 7, est-123"  # fewer than 8 of the key's characters: kept
+    assert KeyMask(None)("Bearer sk") == "Bearer sk"
+
+
+def test_an_echoed_key_is_masked_before_it_is_parsed_or_goes_anywhere(monkeypatch, caplog):
+    monkeypatch.setenv(KEY_ENV, ECHOED)
+    caplog.set_level(logging.DEBUG)
+    shapes = list(ECHO_SHAPES)
+    with JudgeServer(api_key=ECHOED) as server:
+        judge = VLMJudgeReward(server.base_url, "judge", "quality_1_10", retries=0, api_key_env=KEY_ENV)
+        output = judge([grey(102)] * len(shapes), [f"[echo={shape}]" for shape in shapes], [{}] * len(shapes))
+    reasons = dict(zip(shapes, output.details["nan_reason"], strict=True))
+    # "unparseable", not "out_of_range": no number was read out of the key.
+    assert reasons == {"no_choices": "bad_response", "text": "unparseable", "number": None, "tail": "unparseable",
+                       "url": "unparseable", "unicode": "unparseable", "400": "http_400", "500": "http_500",
+                       "nonjson": "bad_response"}
+    scores = dict(zip(shapes, output.scores.tolist(), strict=True))
+    assert scores["number"] == pytest.approx(0.4, abs=1e-4)  # the judge's own "Score: 4.0", after the key
+    assert output.details["answer"][shapes.index("number")] == "Bearer *** Score: 4.0000"
+    assert all(math.isnan(v) for shape, v in scores.items() if shape != "number")
+    assert "not scored" in caplog.text
+    assert leaked(caplog.text + json.dumps(output.details), ECHOED) == []
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"prompt": "Rate this image."}, "must contain '{prompt}' or name a shipped template"),
     ({"prompt": "alignment_yes_no", "parse": "number"}, "is read with parse='yes_probability'"),
@@ -156,9 +206,9 @@ def files_containing(folder: Path, needle: str) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
 
 
-def run_module(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def run_module(args: list[str], cwd: Path, **env_vars: str) -> subprocess.CompletedProcess:
     env = {**os.environ, KEY_ENV: SECRET, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", **env_vars}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
 
@@ -184,19 +234,63 @@ def test_the_judge_in_offline_scoring(tmp_path):
     assert SECRET not in done.stdout + done.stderr and files_containing(tmp_path, SECRET) == []
 
 
+def test_an_echoed_key_reaches_no_byte_of_offline_scoring(tmp_path, monkeypatch, capfd, caplog):
+    """Every reply shape of `ECHO_SHAPES` in `rewards.score`: scores.jsonl, report.html, scores.csv, runs.jsonl,
+    the thumbnails, stdout, stderr and the log hold no trace of the key, and only the real score is read."""
+    monkeypatch.setenv(KEY_ENV, ECHOED)
+    images = tmp_path / "images"
+    images.mkdir()
+    for shape in ECHO_SHAPES:
+        Image.fromarray(grey(102)).save(images / f"{shape}.png")
+        (images / f"{shape}.txt").write_text(f"a grey card [echo={shape}]")
+    with JudgeServer(api_key=ECHOED) as server:
+        config = {"rewards": {"judge": judge_component(server)}, "ensemble": {"weights": {"judge": 1.0}}}
+        (tmp_path / "judge.yaml").write_text(json.dumps(config))
+        out = tmp_path / "out"
+        assert score_main(["--images", str(images), "--config", str(tmp_path / "judge.yaml"), "--out", str(out)]) == 0
+    records = {r["image"]: r for r in map(json.loads, (out / "scores.jsonl").read_text().splitlines())}
+    scored = {key: r["judge"] for key, r in records.items() if r["judge"] is not None}
+    assert scored == {"number.png": pytest.approx(0.4, abs=1e-4)}
+    assert records["text.png"]["details"]["judge"] == {"answer": "Request from Bearer ***.",
+                                                       "nan_reason": "unparseable"}
+    captured = capfd.readouterr()
+    assert leaked(captured.out + captured.err + caplog.text, ECHOED) == []
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert {"scores.jsonl", "report.html", "scores.csv", "runs.jsonl"} <= {p.name for p in written}
+    assert [p for p in written if leaked(p.read_bytes(), ECHOED)] == []
+
+
 def test_the_judge_as_a_reward_actor_in_training(tmp_path):
+    """Both servers echo the key in every answer, which still scores: `judge` after its answer, `echo` before
+    its number, which a parser would read first (a failed row's answer goes to the warning in Ray's worker
+    log). The key reaches no file of the run and no log of Ray's (its temp folder is made short, for Ray's
+    socket paths, and searched), and every score is the one the server meant."""
     run_dir = tmp_path / "run"
-    with JudgeServer(api_key=SECRET) as server:
-        cfg = tiny_config(run_dir, {"judge": judge_component(server, "alignment_yes_no")},
-                          ("trainer.steps=1", "ensemble.batch_size=3"))
-        done = run_module(["rl.train", str(save_config(cfg, tmp_path / "judge.yaml"))], REPO)
-        assert done.returncode == 0, done.stderr[-3000:]
-        requests = list(server.requests)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="xr-", dir="/tmp"))
+    try:
+        with JudgeServer(api_key=SECRET, echo=True) as server, JudgeServer(api_key=SECRET) as echo_server:
+            echo = {**judge_component(echo_server, "Rate {prompt} [echo=number] from 0 to 10."), "parse": "number",
+                    "max_score": 10}
+            cfg = tiny_config(run_dir, {"judge": judge_component(server, "alignment_yes_no"), "echo": echo},
+                              ("trainer.steps=1", "ensemble.batch_size=3"))
+            done = run_module(["rl.train", str(save_config(cfg, tmp_path / "judge.yaml"))], REPO,
+                              RAY_TMPDIR=str(ray_tmp))
+            assert done.returncode == 0, done.stderr[-3000:]
+            requests, echoed = list(server.requests), list(echo_server.requests)
+        ray_logs = [p for p in ray_tmp.rglob("*.err") if p.is_file()]
+        assert ray_logs and [p for p in ray_tmp.rglob("*") if p.is_file() and leaked(p.read_bytes(), SECRET)] == []
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1]
     m = metrics[0]  # 2 prompts x 4 samples, every one judged
     assert m["reward/judge/count"] == 8 and m["reward/judge/nan_frac"] == 0 and 0 <= m["reward/judge/mean"] <= 1
+    for name, served in (("judge", requests), ("echo", echoed)):
+        assert m[f"reward/{name}/nan_frac"] == 0 and len(served) == 8
+        assert m[f"reward/{name}/mean"] == pytest.approx(np.mean([r["score"] for r in served]), abs=1e-4), name
     assert len(requests) == 8 and all(r["headers"]["authorization"] == f"Bearer {SECRET}" for r in requests)
     assert all(r["body"]["logprobs"] for r in requests)
     assert (run_dir / "checkpoints" / "step_00000001" / "config.yaml").is_file()  # the final step is saved
     assert SECRET not in done.stdout + done.stderr and files_containing(tmp_path, SECRET) == []
+    assert leaked(done.stdout + done.stderr, SECRET) == []
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and leaked(p.read_bytes(), SECRET)] == []
