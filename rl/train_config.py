@@ -210,7 +210,7 @@ def _check_values(spec: TrainSpec, files: bool) -> list[str]:
         problems.append("checkpoint.export_final: needs model.policy to be rl.model.policy.XOmniPolicy.from_pretrained "
                         "(its folder is the base the final policy is exported over)")
     return (problems + validate_optimization(t.optimizer, t.lr_scheduler) + _check_eval(spec.eval, files)
-            + _check_monitor(spec) + _check_placement(spec))
+            + _check_monitor(spec) + _check_placement(spec) + spec.logging.problems())
 
 
 def _check_eval(e: EvalConfig, files: bool) -> list[str]:

@@ -103,7 +103,8 @@ class Trainer:
             self.restore(self.resume_from)
         # A fresh run keeps no row of an earlier one in run.dir, not even its step-0 evaluation.
         self.metrics = MetricsWriter(self.run_dir, spec.trainer.steps, self.step if self.resume_from else -1,
-                                     spec.logging.tensorboard, spec.logging.wandb, to_container(cfg))
+                                     spec.logging.tensorboard, spec.logging.wandb_options(spec.run.name),
+                                     to_container(cfg))
         history = read_metrics(self.metrics.path) if self.metrics.path.exists() else []
         self.alerts = DriftAlerts(spec.monitor.alerts, spec.monitor.stop_on_alert, history)
 

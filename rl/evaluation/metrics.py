@@ -9,7 +9,6 @@ drops every line, including an earlier run's step-0 evaluation row.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import statistics
@@ -20,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
 METRICS_FILE = "metrics.jsonl"
+WANDB_ID_FILE = "wandb_run_id"
 # The ETA's per-step time is the median of this many recent steps: the first step carries the actors' start-up and
 # compilation, and a step with an evaluation or a checkpoint is longer than the rest, so an average since the start
 # would keep overestimating what is left.
@@ -53,7 +51,7 @@ class MetricsWriter:
 
             # purge_step hides events a crashed run wrote after the checkpoint we resume from.
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
-        self._wandb = _init_wandb(wandb, config, run_dir) if wandb else None
+        self._wandb = _init_wandb(wandb, config, Path(run_dir), fresh=start_step < 0) if wandb else None
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         now = self._clock()
@@ -143,10 +141,14 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def _init_wandb(options: Mapping, config: Mapping | None, run_dir) -> object | None:
-    try:
-        import wandb
-    except ImportError:
-        log.warning("logging.wandb is set but wandb is not installed; skipping W&B")
-        return None
-    return wandb.init(config=dict(config or {}), dir=str(run_dir), resume="allow", **dict(options))
+def _init_wandb(options: Mapping, config: Mapping | None, run_dir: Path, fresh: bool) -> object:
+    """`wandb.init` with `options`, writing under `run_dir`. The run id is kept in <run_dir>/wandb_run_id: a resumed
+    run (`fresh` False) continues that W&B run, so its curves go on from the checkpoint's step; a fresh one starts a
+    new W&B run. An `id` in `options` wins."""
+    import wandb  # checked by the config (logging.wandb) before the run starts
+
+    id_file = run_dir / WANDB_ID_FILE
+    run_id = options.get("id") or (None if fresh or not id_file.exists() else id_file.read_text().strip())
+    run = wandb.init(config=dict(config or {}), dir=str(run_dir), resume="allow", **{**dict(options), "id": run_id})
+    id_file.write_text(run.id)
+    return run

@@ -67,10 +67,27 @@ class LoggingConfig:
 
     tensorboard: bool = True
     """Write TensorBoard event files to <run.dir>/tensorboard."""
-    wandb: dict | None = None
-    """null, or keyword arguments for `wandb.init` (used only when wandb is installed: `pip install -e
-    ".[wandb]"`)."""
+    wandb: bool | dict | None = None
+    """Also log to Weights & Biases: true (project = run.name), or keyword arguments for `wandb.init` (project
+    defaults to run.name); null or false: off. Needs the `wandb` package (`pip install -e ".[wandb]"`), checked
+    before anything starts. A resumed run continues the same W&B run (its id is kept in <run.dir>/wandb_run_id)."""
     images_every: Annotated[int, Ge(0)] = 10
     """Every N steps log a grid of samples per prompt with each image's rewards written under it (0: never)."""
     images_prompts: Annotated[int, Ge(1)] = 4
     """Prompts shown in that grid."""
+
+    def wandb_options(self, run_name: str) -> dict | None:
+        """Keyword arguments for `wandb.init` (None: W&B is off)."""
+        if not self.wandb:
+            return None
+        return {"project": run_name, **(self.wandb if isinstance(self.wandb, dict) else {})}
+
+    def problems(self) -> list[str]:
+        """What makes this section unusable although each value has the right type."""
+        if self.wandb:
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                return ['logging.wandb: W&B logging was asked for but the wandb package is not installed: '
+                        'pip install -e ".[wandb]" (or set logging.wandb=null)']
+        return []
