@@ -25,6 +25,9 @@ from rewards.records import error_pattern
 from rewards.store import json_default, write_atomic
 
 THUMB_PX = 160
+# Inside <script>, "</" ends the element and "<!--<script>" swallows the rest of the page; JSON's \u escapes keep
+# every character the HTML parser reacts to out of the embedded data (they occur only inside JSON strings).
+_HTML_SAFE_JSON = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 ASSETS = Path(__file__).parent / "report_assets"
 # The ids report.js fills in; the browser test checks each one exists and has content.
 SECTIONS = (("histograms", "Distribution per reward"), ("task-means", "Mean per task"),
@@ -61,8 +64,7 @@ def page(title: str, body: str, script: str = "", data: Any = None) -> str:
     """A complete HTML page with the shared stylesheet; `data` is embedded as JSON in <script id=data>."""
     blob = ""
     if data is not None:
-        # "</" would end the script element early; JSON allows the escaped form.
-        text = json.dumps(data, ensure_ascii=False, default=json_default, allow_nan=False).replace("</", "<\\/")
+        text = json.dumps(data, ensure_ascii=False, default=json_default, allow_nan=False).translate(_HTML_SAFE_JSON)
         blob = f"<script type='application/json' id='data'>{text}</script>"
     css = (ASSETS / "report.css").read_text(encoding="utf-8")
     code = f"<script>{script}</script>" if script else ""

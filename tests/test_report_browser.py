@@ -22,9 +22,11 @@ from headless_chromium import chromium, console_errors, missing  # noqa: E402
 pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no headless Chromium: {missing()}")
 
 # (image, grey level, prompt): three text prompts (TextCount applies), three others, two unreadable rows.
+# Two prompts are markup that would end or swallow the page's script elements if the embedded JSON let it through.
+HOSTILE = "a light grey card <!--<script> & more"
 ROWS = [("sign0.png", 30, 'a sign that reads "OPEN"'), ("sign1.png", 90, 'a sign that reads "SALE" and "NOW"'),
         ("sign2.png", 150, 'a sign that reads "EXIT"'), ("grey0.png", 60, "a grey card"),
-        ("grey1.png", 120, "a grey card</script><b>"), ("grey2.png", 240, "a light grey card")]
+        ("grey1.png", 120, "a grey card</script><b>"), ("grey2.png", 240, HOSTILE)]
 
 
 def scored_output(tmp_path):
@@ -62,6 +64,8 @@ def test_report_renders_its_summary_in_headless_chromium(tmp_path):
     report = scored_output(tmp_path)
     text = report.read_text()
     assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", text), "the report must not load anything"
+    embedded = text[text.index("id='data'>"):]
+    assert not re.search("[<>&]", embedded[len("id='data'>"):embedded.index("</script>")])  # all \u escaped
     with chromium() as driver:
         driver.get(report.as_uri())
         assert console_errors(driver) == []
@@ -78,6 +82,7 @@ def test_report_renders_its_summary_in_headless_chromium(tmp_path):
         assert count(driver, "#rows tbody tr") == 8
         assert driver.find_element("id", "counts").text == "8 of 8 images shown, 2 of them with errors."
         assert "a grey card</script><b>" in driver.find_element("id", "rows").text  # shown as text, not markup
+        assert HOSTILE in driver.find_element("id", "rows").text
 
         Select(driver.find_element("id", "filter-task")).select_by_value("text")
         assert count(driver, "#rows tbody tr") == 3 and count(driver, "#task-means tbody tr") == 1
