@@ -72,7 +72,8 @@ def test_a_stage_past_its_budget_is_reported_and_the_next_still_runs(tmp_path):
     stage that overruns (a real one takes minutes to overrun)."""
     stub = tmp_path / "python"
     stub.write_text('#!/bin/sh\ncase "$*" in *--list*) printf "hangs 1\\nfine 30\\n";;\n'
-                    '  *"--only hangs"*) sleep 30;;\n  *"--only fine"*) echo \'{"stage": "fine"}\' >> "$OUT/gpu_check.jsonl";;\n'
+                    '  *"--only hangs"*) sleep 30;;\n'
+                    '  *"--only fine"*) echo \'{"stage": "fine"}\' >> "$OUT/gpu_check.jsonl";;\n'
                     'esac\n')
     stub.chmod(0o755)
     done = subprocess.run(["bash", "scripts/gpu_check.sh", "--smoke"], cwd=REPO, capture_output=True, text=True,
