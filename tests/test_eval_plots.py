@@ -1,6 +1,6 @@
-"""scripts/plot_metrics.py draws evaluation curves (sparse rows) beside the training ones, and the monitors."""
+"""The curves (rl/evaluation/curves.py, drawn by scripts/plot_metrics.py and at the end of rl.train): evaluation
+curves (sparse rows) beside the training ones, and the monitors."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,9 +9,7 @@ import numpy as np
 from PIL import Image
 from train_helpers import REPO
 
-spec = importlib.util.spec_from_file_location("plot_metrics", REPO / "scripts" / "plot_metrics.py")
-plot_metrics = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(plot_metrics)
+from rl.evaluation import curves
 
 ROWS = [{"step": 0, "eval/reward/mean": 0.1, "eval/reward/ocr/mean": 0.1, "eval/reward/gold/mean": 0.5,
          "eval/monitor/saturation": 0.3}]
@@ -22,14 +20,14 @@ ROWS[4] |= {"eval/reward/mean": 0.3, "eval/reward/ocr/mean": None, "eval/reward/
 
 
 def test_eval_series_are_the_evaluated_steps_beside_the_training_curve():
-    layout = dict(plot_metrics.panels({"run": ROWS}, monitors=True))
+    layout = dict(curves.panels({"run": ROWS}, monitors=True))
     assert layout["reward/mean"] == ["reward/mean", "eval/reward/mean"]
     assert layout["reward/gold/mean"] == ["reward/gold/mean", "eval/reward/gold/mean"]  # a gold reward: eval only
     assert layout["monitor/saturation"] == ["monitor/saturation", "eval/monitor/saturation"]
-    assert "monitor/alerts" not in layout and "monitor/saturation" not in dict(plot_metrics.panels({"run": ROWS}))
-    steps, values = plot_metrics.series(ROWS, "eval/reward/ocr/mean", window=3)
+    assert "monitor/alerts" not in layout and "monitor/saturation" not in dict(curves.panels({"run": ROWS}))
+    steps, values = curves.series(ROWS, "eval/reward/ocr/mean", window=3)
     assert steps.tolist() == [0, 2] and values.tolist() == [0.1, 0.2]  # null at step 4, never smoothed
-    steps, values = plot_metrics.series(ROWS, "reward/mean", window=1)
+    steps, values = curves.series(ROWS, "reward/mean", window=1)
     assert steps.tolist() == [1, 2, 3, 4] and np.allclose(values, [0.1, 0.2, 0.3, 0.4])
 
 

@@ -30,7 +30,7 @@ EVAL = ("trainer.steps=4", "checkpoint.every=1", "checkpoint.keep=2", "eval.ever
         "eval.samples_per_prompt=2",
         f"eval.prompts=[{REPO / 'prompts/data/glyph_words_eval.jsonl'}]", "eval.grid_prompts=2",
         "rewards.brightness._component_=tests.fault_rewards.MeanPixel", "gating.default=[brightness]",
-        "monitor.gold=[brightness]")
+        "monitor.gold=[brightness]", "logging.curves=true")
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +80,11 @@ def test_eval_rows_survive_a_sigkill_and_resume_once_each(straight):
     config = save_config(cfg, root / "eval.yaml")
     killed_at = kill_after_checkpoint(config, broken, 2)
     assert 2 <= killed_at < 4
+    assert not (broken / "curves.png").exists()  # drawn when a run ends
 
     resumed = train(config, f"run.dir={broken}", "resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert Image.open(broken / "curves.png").size == Image.open(root / "straight" / "curves.png").size
     got = read_metrics(broken / "metrics.jsonl")
     assert [r["step"] for r in got] == [0, 1, 2, 3, 4]  # each evaluation once: 0 and 2 kept, 4 redone
     assert [r["step"] for r in got if "eval/reward/mean" in r] == [0, 2, 4]

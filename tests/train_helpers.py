@@ -25,9 +25,10 @@ from rl.train_config import TrainSpec, validate_train_config
 REPO = Path(__file__).resolve().parents[1]
 # Small and fast; a KL term, one optimizer step per update and the frozen text embedding of the paper config, as
 # the tests expect, whatever the demo is tuned to.
-SMALL = ["logging.tensorboard=false", "logging.images_every=0", "rollout.prompts_per_step=2",
-         "rollout.group_size=4", "rollout.batch_size=8", "trainer.batching.micro_batch_size=8", "checkpoint.every=0",
-         "trainer.loss.kl_coef=0.01", "trainer.batching.mini_batches=1", "trainer.freeze_text_embedding=true"]
+SMALL = ["logging.tensorboard=false", "logging.images_every=0", "logging.curves=false",
+         "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.batch_size=8",
+         "trainer.batching.micro_batch_size=8", "checkpoint.every=0", "trainer.loss.kl_coef=0.01",
+         "trainer.batching.mini_batches=1", "trainer.freeze_text_embedding=true"]
 
 
 def tiny_config(run_dir: Path, rewards: dict | None = None, overrides: tuple[str, ...] = ()) -> DictConfig:

@@ -138,6 +138,10 @@ class Trainer:
                 self.save()
         if self.spec.checkpoint.export_final:  # the last step always saves
             self.export_final(latest_checkpoint(self.run_dir))
+        if self.spec.logging.curves:  # drawn again by every run that ends, so it shows the resumed steps too
+            from rl.evaluation.curves import plot  # matplotlib: only when drawn
+
+            plot([self.metrics.path], self.run_dir / "curves.png")
 
     def _evaluate(self, step: int) -> dict[str, float]:
         metrics, grid = self.evaluator(step)

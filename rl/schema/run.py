@@ -75,6 +75,9 @@ class LoggingConfig:
     """Every N steps log a grid of samples per prompt with each image's rewards written under it (0: never)."""
     images_prompts: Annotated[int, Ge(1)] = 4
     """Prompts shown in that grid."""
+    curves: bool = True
+    """At the end of every run, resumed ones included, draw <run.dir>/curves.png from metrics.jsonl (reward, KL,
+    each reward and its evaluation; `scripts/plot_metrics.py` compares runs)."""
 
     def wandb_options(self, run_name: str) -> dict | None:
         """Keyword arguments for `wandb.init` (None: W&B is off)."""
