@@ -7,7 +7,8 @@ a checkpoint or an exported model written under umask 022 could not be read by o
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -23,3 +24,21 @@ def honour_umask(paths: Iterable[str | os.PathLike]) -> None:
     mask = umask()
     for path in map(Path, paths):
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+@contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """An OSError raised in the block that names no file gets `path`: a write to an open file that fails (a
+    full disk) names nothing, and the one line a command prints for it (core.cli) should say where."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        cause = e.strerror or last_line(e)  # Ray's wrapped errors have only their text
+        raise OSError(e.errno, cause, str(path)) from e
+
+
+def last_line(e: BaseException) -> str:
+    """The last line of an error's text (a wrapped remote error's text is its whole traceback)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[-1]

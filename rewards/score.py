@@ -27,10 +27,12 @@ from tqdm import tqdm
 from core.cli import command
 from core.components import instantiate
 from core.config import ConfigError, load_config
+from core.files import naming
+from core.lock import exclusive
 from rewards import manifest
 from rewards.ensemble import Combiner
 from rewards.fingerprint import input_fingerprint, reward_fingerprint
-from rewards.manifest import ManifestError, Row, load_image, read_rows
+from rewards.manifest import ManifestError, Row, fit_size, image_size, load_image, read_rows
 from rewards.records import FIXED_KEYS, RowState, compose, error_pattern, same_content
 from rewards.report import save_thumbnail, write_html
 from rewards.runner import Scored, reward_device, score_rows
@@ -49,6 +51,9 @@ from rewards.store import (
     write_atomic,
 )
 from rewards.summary import summarize, write_csv
+
+# 40 MP: any generated image and most photos fit; a batch of 16 such RGB images holds ~2 GB.
+MAX_PIXELS = 40_000_000
 
 # The layouts are described once, in rewards/manifest.py's docstring (its second paragraph).
 _EPILOG = f"""layouts (detected from --prompts):
@@ -84,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated rewards to run; the others are not validated or loaded")
     parser.add_argument("--rescore", metavar="NAME,NAME", help="recompute these rewards even where stored")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default 16)")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                        help=f"images with more pixels are downsized on load, aspect kept (default {MAX_PIXELS:_}); "
+                             "the row's details.image says from and to what size")
+    parser.add_argument("--on-large", choices=("downsize", "error"), default="downsize",
+                        help="what becomes of an image over --max-pixels: downsized (default) or a row error")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
     return parser
 
@@ -103,6 +113,8 @@ class Job:
     out: Path
     images_dir: Path
     batch_size: int
+    max_pixels: int
+    on_large: str
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -112,7 +124,8 @@ def _names(value: str | None) -> list[str] | None:
 def prepare(args: argparse.Namespace) -> Job:
     """Validate everything before any reward is built; ConfigError / ManifestError list the problems."""
     only, rescore = _names(args.only), _names(args.rescore) or []
-    problems = [f"--batch-size: must be >= 1, got {args.batch_size}"] if args.batch_size < 1 else []
+    problems = [f"--{name}: must be >= 1, got {value}" for name, value in
+                (("batch-size", args.batch_size), ("max-pixels", args.max_pixels)) if value < 1]
     cfg = load_config(args.config, args.overrides)
     problems += validate_reward_sections(cfg, only)
     selected = [n for n in cfg.get("rewards") or {} if only is None or n in only]
@@ -127,7 +140,7 @@ def prepare(args: argparse.Namespace) -> Job:
     nodes = {name: cfg.rewards[name] for name in combiner.names}
     return Job(cfg, only, rescore, combiner, {n: reward_fingerprint(v) for n, v in nodes.items()},
                {n: reward_device(v) for n, v in nodes.items()}, layout, rows, Path(args.out), Path(args.images),
-               args.batch_size)
+               args.batch_size, args.max_pixels, args.on_large)
 
 
 @command
@@ -138,7 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    job.out.mkdir(parents=True, exist_ok=True)
+    # One scorer per OUT_DIR (two would both score everything); a failed write names OUT_DIR at least.
+    with exclusive(job.out, "--out"), naming(job.out):
+        return score_job(job, argv)
+
+
+def score_job(job: Job, argv: Sequence[str] | None) -> int:
+    """Score what `job` still needs into its OUT_DIR, write the table and the report; the exit status."""
     repair(job.out / SCORES)
     history = read_jsonl(job.out / SCORES)
     current = latest(history)
@@ -177,10 +196,19 @@ def plan(job: Job, cache: ResultCache) -> list[RowState]:
     gates, reward_meta, _ = job.combiner.gate([s.row.prompt for s in ok], [s.row.metadata for s in ok])
     for state, gate, meta in zip(ok, gates, reward_meta, strict=True):
         try:
-            state.input = input_fingerprint(state.row.path, state.row.prompt, meta)
-        except OSError as e:
+            size = image_size(state.row.path)
+            target = fit_size(size, job.max_pixels)
+            state.input = input_fingerprint(state.row.path, state.row.prompt, meta,
+                                            target if target != size else None)
+        except Exception as e:  # missing, not an image, or over PIL's decompression-bomb limit: this row only
             state.fail(f"cannot read image: {type(e).__name__}: {e}")
             continue
+        if target != size and job.on_large == "error":
+            state.fail(f"image too large: {size[0]}x{size[1]} is over --max-pixels {job.max_pixels} "
+                       "(--on-large downsize scores it downsized)")
+            continue
+        if target != size:
+            state.resized = {"from": list(size), "to": list(target), "max_pixels": job.max_pixels}
         state.gate, state.reward_meta = gate, meta
         for name in (n for n in job.combiner.names if n in gate.weights):
             found = None if name in job.rescore else cache.get(state.row.key, state.input, name,
@@ -214,7 +242,7 @@ def score_pending(job: Job, rewards: dict[str, Any], pending: Sequence[RowState]
             ready, images = [], []
             for state in batch:
                 try:
-                    image = load_image(state.row.path)
+                    image = load_image(state.row.path, job.max_pixels)
                 except Exception as e:  # missing, truncated or not an image: this row only
                     state.fail(f"cannot read image: {type(e).__name__}: {e}")
                     continue

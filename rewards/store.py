@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.files import naming
+
 SCORES, RUNS, CONFIG = "scores.jsonl", "runs.jsonl", "config.yaml"
 PROVENANCE = "provenance"
 
@@ -32,10 +34,14 @@ PROVENANCE = "provenance"
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` (UTF-8): written to a temporary file beside it, then renamed."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with naming(path), open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:  # a full disk: `path` keeps its earlier content
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -65,14 +71,24 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def append_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    """Append `records` in one write, flushed and fsynced (a crash keeps whole lines or none of the last)."""
+    """Append `records` in one write, fsynced (a crash keeps whole lines or none of the last; a failed write is
+    undone)."""
     if not records:
         return
-    text = "".join(json.dumps(r, ensure_ascii=False, default=json_default) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    data = "".join(json.dumps(r, ensure_ascii=False, default=json_default) + "\n" for r in records).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:  # a full disk: the lines written before stay whole, and the error names the file
+            os.ftruncate(fd, start)
+            raise OSError(e.errno, e.strerror, str(path)) from e
+    finally:
+        os.close(fd)
 
 
 def json_default(value: Any) -> Any:

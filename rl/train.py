@@ -20,11 +20,13 @@ import ray
 
 from core.cli import command
 from core.config import load_config
+from core.files import naming
+from core.lock import exclusive
 from rl.distributed.reward_pool import RunAborted
 from rl.driver.trainer import Trainer
 from rl.evaluation.metrics import METRICS_FILE
 from rl.state.checkpoint import latest_checkpoint
-from rl.train_config import validate_train_config
+from rl.train_config import TrainSpec, validate_train_config
 
 
 def where_outputs_are(run_dir: Path, config: str) -> str:
@@ -54,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     spec = validate_train_config(load_config(args.config, args.overrides))  # before Ray starts or a model loads
+    # One run per run.dir, for its whole life (core/lock.py); a failed write names run.dir at least.
+    with exclusive(spec.run.dir, "run.dir"), naming(spec.run.dir):
+        return train(spec, args.config)
+
+
+def train(spec: TrainSpec, config: str) -> int:
+    """Run `spec` to its end; the exit status (1: the run stopped, with where its outputs are)."""
     ours = not ray.is_initialized()  # a Ray the caller started (a notebook, a test) is left running
     trainer = None
     try:
@@ -62,12 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunAborted as e:
         print(f"run stopped: {e}", file=sys.stderr)
         if trainer is not None:
-            print(where_outputs_are(trainer.run_dir, args.config), file=sys.stderr)
+            print(where_outputs_are(trainer.run_dir, config), file=sys.stderr)
         return 1
     finally:
         if ours and ray.is_initialized():
             ray.shutdown()
-    print(where_outputs_are(trainer.run_dir, args.config), flush=True)
+    print(where_outputs_are(trainer.run_dir, config), flush=True)
     return 0
 
 

@@ -3,6 +3,7 @@ modules that ask for it. (The torchvision fix for this machine's CPU torch is th
 installs into .venv: core/torchvision_compat.py.)"""
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,16 @@ def _no_shared_ray_where_unused(request):
 def _shared_ray_stopped_at_the_end():
     yield
     _stop_shared_ray()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB filesystem (tmpfs) for the disk-full tests; skipped where this process may not mount one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
