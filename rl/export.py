@@ -31,7 +31,7 @@ from pathlib import Path
 from core.files import honour_umask
 from rl.model.policy import save_policy_state
 from rl.model.weights import CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, SafetensorsWeights
-from rl.state.checkpoint import MARKER, is_complete
+from rl.state.checkpoint import MARKER, CorruptCheckpoint, is_complete, verify_checkpoint
 from rl.state.learner_checkpoint import LEARNER_DIR, CheckpointWeights
 
 INFO_NAME = "export_info.json"
@@ -80,6 +80,11 @@ def check_export(checkpoint: Path, base: Path, out: Path, overwrite: bool) -> Ch
         problems.append(f"--checkpoint: {checkpoint} is not a complete training checkpoint (no {MARKER} marker)")
     elif not (checkpoint / LEARNER_DIR).is_dir():
         problems.append(f"--checkpoint: {checkpoint} holds no {LEARNER_DIR}/ (not a training checkpoint)")
+    else:
+        try:
+            verify_checkpoint(checkpoint)
+        except CorruptCheckpoint as e:
+            problems.append(f"--checkpoint: {e}")
     try:
         base_weights = SafetensorsWeights(base)
     except (OSError, ValueError) as e:

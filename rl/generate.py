@@ -48,7 +48,7 @@ from rl.model.policy import CONFIG_NAME, XOmniPolicy
 from rl.model.sampler import SamplingParams, sample_image_tokens
 from rl.model.tokenizer import PromptFormat
 from rl.seeding import sample_seed
-from rl.state.checkpoint import is_complete
+from rl.state.checkpoint import CorruptCheckpoint, is_complete, verify_checkpoint
 from rl.state.learner_checkpoint import LEARNER_DIR
 from rl.train_config import MODEL_COMPONENTS, RolloutConfig
 
@@ -174,6 +174,10 @@ def _use_checkpoint(cfg: Any, checkpoint: str, dtype_name: str) -> list[str]:
     if (path / LEARNER_DIR).is_dir():
         if not is_complete(path):
             return [f"--checkpoint: {path} is an incomplete training checkpoint (no COMPLETE marker)"]
+        try:
+            verify_checkpoint(path)
+        except CorruptCheckpoint as e:
+            return [f"--checkpoint: {e}"]
         cfg.model.policy = {"_component_": "rl.state.learner_checkpoint.trained_policy", "checkpoint": str(path),
                             "base": cfg.model.policy}
         return []

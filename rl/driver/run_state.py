@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import platform
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,15 @@ from omegaconf import OmegaConf
 from core.config import ConfigError
 from rl.distributed.pipeline import StepRollout
 from rl.evaluation.metrics import METRICS_FILE
-from rl.state.checkpoint import checkpoint_root, is_complete, latest_checkpoint, save_checkpoint
+from rl.state.checkpoint import (
+    CorruptCheckpoint,
+    checkpoint_root,
+    is_complete,
+    latest_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from rl.train_config import TrainSpec
 
 TRAINER_STATE = "trainer_state.json"
@@ -40,10 +49,10 @@ PACKAGES = ("xomni-rl", "torch", "transformers", "diffusers", "ray", "open_clip_
 
 
 def find_resume_checkpoint(spec: TrainSpec, run_dir: Path) -> Path | None:
-    """The checkpoint named by `resume` (null: none; "auto": the newest complete one in run_dir, or none
-    yet; a path: that one). A checkpoint written with another seed or group size is refused (the run could
-    not reproduce its own samples), and one that trained other weights (LoRA or not, a frozen or trained text
-    embedding) too. Another learner.world_size is fine: the learner's files reshard."""
+    """The checkpoint named by `resume` (null: none; "auto": the newest complete one in run_dir that verifies,
+    or none yet; a path: that one, if it verifies). A checkpoint written with another seed or group size is
+    refused (the run could not reproduce its own samples), and one that trained other weights (LoRA or not, a
+    frozen or trained text embedding) too. Another learner.world_size is fine: the learner's files reshard."""
     if spec.resume is None:
         earlier = latest_checkpoint(run_dir) is not None or (run_dir / METRICS_FILE).exists()
         if earlier and not spec.run.overwrite:
@@ -52,12 +61,19 @@ def find_resume_checkpoint(spec: TrainSpec, run_dir: Path) -> Path | None:
         if earlier:
             shutil.rmtree(checkpoint_root(run_dir), ignore_errors=True)
         return None
-    path = latest_checkpoint(run_dir) if spec.resume == "auto" else Path(spec.resume)
-    if path is None:
-        print(f"resume=auto: no complete checkpoint in {run_dir}; starting from step 0", flush=True)
-        return None
-    if not is_complete(path):
-        raise ConfigError([f"resume: {path} is not a complete checkpoint (no COMPLETE marker)"])
+    if spec.resume == "auto":
+        path = newest_that_verifies(run_dir)
+        if path is None:
+            print(f"resume=auto: no complete checkpoint in {run_dir}; starting from step 0", flush=True)
+            return None
+    else:
+        path = Path(spec.resume)
+        if not is_complete(path):
+            raise ConfigError([f"resume: {path} is not a complete checkpoint (no COMPLETE marker)"])
+        try:
+            verify_checkpoint(path)
+        except CorruptCheckpoint as e:
+            raise CorruptCheckpoint(f"resume={path}: {e}") from None
     state = read_trainer_state(path)
     problems = []
     checks = [("run.seed", state["seed"], spec.run.seed),
@@ -74,9 +90,35 @@ def find_resume_checkpoint(spec: TrainSpec, run_dir: Path) -> Path | None:
     return path
 
 
+def newest_that_verifies(run_dir: Path) -> Path | None:
+    """resume=auto's checkpoint: the newest complete one that verifies, each newer one skipped with a warning
+    naming its bad file; None when there is none yet. Checkpoints that all fail verification are an error:
+    starting over would bury them under a new run."""
+    found = list_checkpoints(run_dir)
+    for _, path in reversed(found):
+        try:
+            verify_checkpoint(path)
+            read_trainer_state(path)
+        except CorruptCheckpoint as e:
+            print(f"warning: resume=auto: {e}; trying the checkpoint before it", file=sys.stderr, flush=True)
+            continue
+        return path
+    if found:
+        raise CorruptCheckpoint(f"resume=auto: none of the {len(found)} checkpoints in {checkpoint_root(run_dir)} "
+                                "verifies (see the warnings above); resume=PATH one of them after repairing it, or "
+                                "start over with run.overwrite=true")
+    return None
+
+
 def read_trainer_state(path: Path) -> dict[str, Any]:
-    with open(Path(path) / TRAINER_STATE) as f:
-        return json.load(f)
+    """A checkpoint's trainer_state.json; CorruptCheckpoint when it does not parse (a checkpoint written before
+    checksums, edited or damaged since)."""
+    file = Path(path) / TRAINER_STATE
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CorruptCheckpoint(f"checkpoint file {file} is missing or not valid JSON ({e})") from e
 
 
 def write_checkpoint(run_dir: Path, step: int, spec: TrainSpec, learner: Any, prompts: Any, combiner: Any,
