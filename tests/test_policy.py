@@ -101,8 +101,9 @@ def test_missing_unexpected_and_ignored_keys(policy, tmp_path):
     weights["model.layers.99.extra.weight"] = torch.zeros(1)
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"missing 1 \[model.layers.1.mlp.up_proj.weight\].*"
-                                         r"unexpected 1 \[model.layers.99.extra.weight\]"):
+                                         r"unexpected 1 \[model.layers.99.extra.weight\]") as error:
         XOmniPolicy.from_pretrained(str(tmp_path))
+    assert f"weights in {tmp_path / 'model.safetensors'} do not match" in str(error.value)  # the file is named
 
 
 def test_wrong_shapes_folders_and_model_type_are_clear_errors(policy, tmp_path):

@@ -13,6 +13,8 @@ import re
 import torch
 from torch import nn
 
+from core.weights import check_weight_names
+
 GROUP_NORM_GROUPS = 32  # fixed in X-Omni's ResidualBlock
 
 
@@ -66,7 +68,8 @@ class VQProjector(nn.Module):
         # quant_conv.* belongs to the encoder side, which decoding never uses.
         decode_state = {k.replace("quantize.embedding.", "codebook."): v
                         for k, v in state.items() if not k.startswith("quant_conv.")}
-        projector.load_state_dict(decode_state, strict=True)
+        check_weight_names(projector.state_dict(), decode_state, where=os.fspath(path))
+        projector.load_state_dict(decode_state)
         return projector
 
     def decode(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:

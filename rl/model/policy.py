@@ -115,7 +115,7 @@ class XOmniPolicy(nn.Module):
         folder = resolve_local_path(str(path), "path")
         weights = SafetensorsWeights(folder)
         policy = cls._empty(weights.config, torch_dtype, device, attn_implementation)
-        check_matches(policy, weights, where=folder)
+        check_matches(policy, weights, where=weights.source)
         fill(policy, weights)
         return policy
 

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from core.weights import check_weight_names
 from rl.model.xomni_model import XOmniConfig
 
 CONFIG_NAME = "config.json"
@@ -55,7 +56,11 @@ class SafetensorsWeights:
         self.config = read_config(self.folder)
         self._files: dict[str, str] = {}
         self._shapes: dict[str, torch.Size] = {}
-        for filename in _weight_files(self.folder):
+        filenames = _weight_files(self.folder)
+        # What an error names: the one weights file, or the index that lists the shards.
+        index = os.path.join(self.folder, WEIGHTS_INDEX_NAME)
+        self.source = index if os.path.isfile(index) else os.path.join(self.folder, filenames[0])
+        for filename in filenames:
             path = os.path.join(self.folder, filename)
             with safe_open(path, framework="pt") as f:
                 for key in f.keys():
@@ -152,17 +157,8 @@ def check_matches(module: nn.Module, weights: PolicyWeights, where: str,
     wanted = {source_name(k): v.shape for k, v in module.state_dict(keep_vars=True).items()}
     wanted.pop(None, None)
     have = weights.shapes()
-    missing, unexpected = sorted(wanted.keys() - have.keys()), sorted(have.keys() - wanted.keys())
-    if missing or unexpected:
-        raise ValueError(f"weights in {where} do not match the X-Omni model: "
-                         f"missing {_preview(missing)}; unexpected {_preview(unexpected)}")
+    check_weight_names(wanted, have, where)
     for name, shape in wanted.items():
         if have[name] != shape:
             raise ValueError(f"{name} in {where} has shape {list(have[name])}, expected {list(shape)} from config.json")
 
-
-def _preview(keys: list[str], limit: int = 10) -> str:
-    if not keys:
-        return "none"
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"{len(keys)} [{', '.join(keys[:limit])}{more}]"
