@@ -1,6 +1,7 @@
 """Compatibility with X-Omni's own code: the tiny projector and decoder transformer in
 tests/data/xomni_tiny/ were written, and their outputs computed, by X-Omni's model code."""
 
+import json
 import os
 
 import pytest
@@ -86,3 +87,28 @@ def test_decoder_equals_diffusers_flux_pipeline_without_siglip():
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
     # The comparison can fail: CFG moves the pictures well beyond the tolerance.
     assert (reference - without_cfg).abs().max() > 1e-2
+
+
+ZH_REFERENCE = os.path.join(os.path.dirname(__file__), "data", "xomni_zh_tiny")
+ZH_INPUTS = ("hidden_states", "timestep", "img_ids", "guidance", "siglip_tensor")
+
+
+@pytest.mark.parametrize("zero_siglip", [False, True])
+def test_zh_transformer_matches_xomni(zero_siglip):
+    """X-Omni-Zh's text-free decoder, called as its pipeline calls it: the positive branch with the SigLIP
+    tensor and the negative CFG branch with a zeroed one."""
+    model = FluxSigLIPTransformer.from_pretrained(os.path.join(ZH_REFERENCE, "decoder_transformer")).eval()
+    data = load_file(os.path.join(ZH_REFERENCE, "zh_decoder_expected.safetensors"))
+    with open(os.path.join(ZH_REFERENCE, "zh_meta.json")) as f:
+        meta = json.load(f)
+    inputs = {k: data[k] for k in ZH_INPUTS}
+    assert inputs["siglip_tensor"].shape[1:] == (meta["grid"][0] * meta["grid"][1], meta["siglip_channels"])
+    if zero_siglip:
+        inputs["siglip_tensor"] = torch.zeros_like(inputs["siglip_tensor"])
+    with torch.no_grad():
+        sample = model(**inputs)
+    assert model.variant == "zh"
+    torch.testing.assert_close(sample, data["sample_with_zero_siglip" if zero_siglip else "sample"],
+                               atol=1e-5, rtol=0)
+    # The two branches must differ well beyond the tolerance, or matching one could pass for the other.
+    assert (data["sample"] - data["sample_with_zero_siglip"]).abs().max() > 1e-2
