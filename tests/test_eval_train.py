@@ -18,11 +18,12 @@ from train_helpers import (
     tiny_config,
     train,
 )
+from wandb_files import history
 
 from rl.distributed.reward_pool import RunAborted
 from rl.driver.trainer import Trainer
 from rl.evaluation.alerts import DriftAlerts
-from rl.evaluation.metrics import MetricsWriter, read_metrics
+from rl.evaluation.metrics import WANDB_ID_FILE, MetricsWriter, read_metrics
 from rl.evaluation.monitors import STATISTICS
 from rl.train_config import validate_train_config
 
@@ -30,11 +31,21 @@ EVAL = ("trainer.steps=4", "checkpoint.every=1", "checkpoint.keep=2", "eval.ever
         "eval.samples_per_prompt=2",
         f"eval.prompts=[{REPO / 'prompts/data/glyph_words_eval.jsonl'}]", "eval.grid_prompts=2",
         "rewards.brightness._component_=tests.fault_rewards.MeanPixel", "gating.default=[brightness]",
-        "monitor.gold=[brightness]", "logging.curves=true")
+        "monitor.gold=[brightness]", "logging.curves=true", "logging.wandb={project: eval-test}")
+# W&B offline (nothing leaves the machine), for this process and the killed run's subprocess.
+WANDB_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"}
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, local_ray):
+def wandb_offline():
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in WANDB_ENV.items():
+            patch.setenv(key, value)
+        yield
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, local_ray, wandb_offline):
     """The uninterrupted run: 4 steps, evaluations at steps 0, 2 and 4; an alert on high-frequency energy that fires
     at any change from step 1, and one on the gold reward that cannot fire (a 1000% drift)."""
     root = tmp_path_factory.mktemp("eval")
@@ -81,10 +92,16 @@ def test_eval_rows_survive_a_sigkill_and_resume_once_each(straight):
     killed_at = kill_after_checkpoint(config, broken, 2)
     assert 2 <= killed_at < 4
     assert not (broken / "curves.png").exists()  # drawn when a run ends
+    killed_run = (broken / WANDB_ID_FILE).read_text()
 
     resumed = train(config, f"run.dir={broken}", "resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert Image.open(broken / "curves.png").size == Image.open(root / "straight" / "curves.png").size
+    # The resumed run went on with the killed run's W&B run, from the step after its checkpoint (the rows a SIGKILL
+    # caught in W&B's buffers are lost to W&B; metrics.jsonl keeps every row).
+    ids, rows = history(broken)
+    logged = {row["_step"] for row in rows if "reward/mean" in row}
+    assert ids == {killed_run} and {str(s) for s in range(killed_at + 1, 5)} <= logged
     got = read_metrics(broken / "metrics.jsonl")
     assert [r["step"] for r in got] == [0, 1, 2, 3, 4]  # each evaluation once: 0 and 2 kept, 4 redone
     assert [r["step"] for r in got if "eval/reward/mean" in r] == [0, 2, 4]

@@ -3,11 +3,11 @@ config's `logging.wandb` (true, a mapping, or a missing package refused before a
 run's files holding each step's scalars and the sample grids, and a resumed run continuing the same W&B run."""
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from train_helpers import tiny_config
+from wandb_files import history
 
 from core.config import ConfigError
 from rl.evaluation.metrics import WANDB_ID_FILE, MetricsWriter
@@ -18,43 +18,6 @@ from rl.train_config import validate_train_config
 def offline(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-
-
-def records(path: Path) -> list:
-    """The protobuf records of a `.wandb` file: a 7-byte header (":W&B", magic, version), then records in 32 KiB
-    blocks, each chunk with a 7-byte header (crc32, little-endian length, type: 1 full, 2 first, 3 middle, 4 last)
-    as in LevelDB's log format, which W&B's file follows."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    position, block, pending, found = 7, 32768, b"", []
-    while position + 7 <= len(data):
-        if block - position % block < 7:  # a block's tail too short for a header is padding
-            position += block - position % block
-            continue
-        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
-        pending += data[position + 7:position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            found.append(record)
-            pending = b""
-    return found
-
-
-def history(run_dir: Path) -> tuple[set[str], list[dict[str, str]]]:
-    """(the W&B run ids under run_dir, every history row as {key: JSON value})."""
-    ids, rows = set(), []
-    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        for record in records(path):
-            kind = record.WhichOneof("record_type")
-            if kind == "run":
-                ids.add(record.run.run_id)
-            elif kind == "history":
-                rows.append({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
-    return ids, rows
 
 
 def test_true_means_wandb_with_the_run_name_as_project(tmp_path):

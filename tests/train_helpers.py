@@ -95,6 +95,9 @@ def train(config, *overrides) -> subprocess.CompletedProcess:
 def train_process(config, *overrides) -> subprocess.Popen:
     """`python -m rl.train` in a session of its own, so that killing its group takes the local Ray it starts."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    # wandb hands a process's children its service's address: a run killed with its session must take its own
+    # W&B service with it, as a user's would, not leave its W&B run open in this process's.
+    env.pop("WANDB_SERVICE", None)
     return subprocess.Popen([sys.executable, "-m", "rl.train", str(config), *overrides], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
