@@ -23,7 +23,7 @@ from rl.model.policy import XOmniPolicy
 from rl.model.tiny import tiny_policy, tiny_tokenizer
 from rl.model.tokenizer import load_tokenizer
 from rl.state.checkpoint import MARKER, save_checkpoint
-from rl.state.learner_checkpoint import save_learner
+from rl.state.learner_checkpoint import LEARNER_DIR, save_learner
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRA_CONFIG = {"auto_map": {"AutoModelForCausalLM": "modeling_xomni.XOmniForCausalLM"},
@@ -107,6 +107,15 @@ def test_incomplete_checkpoint_is_refused(base, trained, tmp_path, capsys):
     (checkpoint / MARKER).unlink()
     assert main(["--checkpoint", str(checkpoint), "--base", str(base), "--out", str(tmp_path / "out")]) == 2
     assert "not a complete training checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_with_a_truncated_shard_is_refused_naming_it(base, trained, tmp_path, capsys):
+    checkpoint = make_checkpoint(tmp_path / "run", trained)
+    shard = checkpoint / LEARNER_DIR / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    assert main(["--checkpoint", str(checkpoint), "--base", str(base), "--out", str(tmp_path / "out")]) == 2
+    assert f"--checkpoint: checkpoint file {shard} is 1000 bytes" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

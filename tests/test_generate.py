@@ -152,6 +152,22 @@ def test_every_problem_is_reported_before_anything_loads(tmp_path, capsys):
         assert expected in err, expected
 
 
+def test_a_training_checkpoint_that_does_not_verify_is_refused_naming_the_file(tmp_path, capsys):
+    def write(path):
+        (path / LEARNER_DIR).mkdir()
+        (path / LEARNER_DIR / "__0_0.distcp").write_bytes(b"shard" * 100)
+
+    checkpoint = save_checkpoint(tmp_path / "run", 3, write, keep=1)
+    (checkpoint / LEARNER_DIR / "__0_0.distcp").unlink()
+    out = tmp_path / "out"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square\n")
+    assert main([TINY, "--prompts", str(prompts), "--out", str(out), "--checkpoint", str(checkpoint)]) == 2
+    assert f"--checkpoint: checkpoint file {checkpoint / LEARNER_DIR / '__0_0.distcp'} is missing" in \
+        capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_paper_config_with_the_real_decoder_and_a_training_checkpoint(tmp_path):
     """configs/xomni.yaml as shipped, its paths set to a tiny X-Omni folder (policy + tokenizer + the decoder's
     files from save_tiny_folders) and a tiny FLUX folder; the policy comes from a training checkpoint."""
