@@ -108,3 +108,9 @@ def test_open_clip_rewards_load_strictly(tmp_path):
     with pytest.raises(ValueError, match=rf"(?s)cannot load {re.escape(str(path))} .*Missing key\(s\) in state_dict: "
                                          r"\"text_projection\".*Unexpected key\(s\) in state_dict: \"extra.weight\""):
         HPSv2Reward(str(path), model="tiny-clip-test", device="cpu")
+
+
+def test_a_sharded_folder_is_read_through_its_index(tmp_path):
+    FluxSigLIPTransformer.from_pretrained(ZH).save_pretrained(tmp_path, max_shard_size="50KB")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    assert FluxSigLIPTransformer.from_pretrained(tmp_path).variant == "zh"
