@@ -78,7 +78,11 @@ def reward_fingerprint(node: Any) -> str:
     return _digest({"component": spec, "files": files})
 
 
-def input_fingerprint(image: str | os.PathLike, prompt: str, metadata: Mapping[str, Any]) -> str:
-    """16 hex digits for what the rewards see of one row; raises OSError when the image file is missing."""
+def input_fingerprint(image: str | os.PathLike, prompt: str, metadata: Mapping[str, Any],
+                      resized: tuple[int, int] | None = None) -> str:
+    """16 hex digits for what the rewards see of one row; raises OSError when the image file is missing.
+    resized: the size the image is downsized to before scoring, if it is (results at another size are stale);
+    left out of the digest otherwise, so rows that fit keep the fingerprints they had."""
     stat = os.stat(image)
-    return _digest({"image": [stat.st_size, stat.st_mtime_ns], "prompt": prompt, "metadata": metadata})
+    seen = {"image": [stat.st_size, stat.st_mtime_ns], "prompt": prompt, "metadata": metadata}
+    return _digest(seen if resized is None else {**seen, "resized": list(resized)})

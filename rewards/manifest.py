@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,9 +72,29 @@ def read_rows(images_dir: str | Path, prompts: str | Path | None = None) -> tupl
                         f"`prompt_id` column (LongText-Bench layout); columns: {sorted(columns)}")
 
 
-def load_image(path: Path) -> Image.Image:
-    """The decoded RGB image; raises (OSError, ValueError, ...) for a missing, truncated or corrupt file."""
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding it (PIL's decompression-bomb check applies)."""
     with Image.open(path) as image:
+        return image.size
+
+
+def fit_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """`size` scaled down, aspect kept, to at most `max_pixels` pixels; `size` itself when it fits."""
+    width, height = size
+    if width * height <= max_pixels:
+        return size
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+def load_image(path: Path, max_pixels: int | None = None) -> Image.Image:
+    """The decoded RGB image, downsized (LANCZOS) to `fit_size` when it has more than `max_pixels` pixels;
+    raises (OSError, ValueError, ...) for a missing, truncated or corrupt file."""
+    with Image.open(path) as image:
+        target = image.size if max_pixels is None else fit_size(image.size, max_pixels)
+        if target != image.size:
+            image.draft("RGB", target)  # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers target
+            return image.convert("RGB").resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
         image.load()
         return image.convert("RGB")
 

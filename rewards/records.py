@@ -29,6 +29,8 @@ FIXED_KEYS = frozenset({"image", "prompt", "task", "total", "error", "reward_err
 class RowState:
     """One row through a run. error: why the row cannot be scored (manifest or image), else None.
     gate, reward_meta (the metadata rewards receive), input (fingerprint): set when error is None.
+    resized: {"from": [w, h], "to": [w, h], "max_pixels": N} when the image is downsized before scoring
+    (kept in the record's details under "image", a name no reward may take).
     results: name -> stored or new result. needed: rewards still to compute. failures: name -> error of
     a call that failed in this run."""
 
@@ -37,13 +39,14 @@ class RowState:
     gate: Gate | None = None
     reward_meta: dict[str, Any] = field(default_factory=dict)
     input: str | None = None
+    resized: dict[str, Any] | None = None
     results: dict[str, Result] = field(default_factory=dict)
     needed: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
 
     def fail(self, error: str) -> None:
         """The row cannot be scored in this run (e.g. its image does not decode): it keeps no result."""
-        self.error, self.gate, self.results, self.needed = error, None, {}, []
+        self.error, self.gate, self.results, self.needed, self.resized = error, None, {}, [], None
 
 
 def compose(states: Sequence[RowState], combiner: Combiner, run: int) -> list[dict[str, Any]]:
@@ -70,8 +73,11 @@ def _record(state: RowState, names: Sequence[str], total: float | None, run: int
     record.update({name: state.results[name].score if name in state.results else None for name in names})
     errors = dict(state.failures)
     error = state.error or ("; ".join(f"{n} failed: {m}" for n, m in errors.items()) or None)
+    details = {n: r.details for n, r in state.results.items() if r.details}
+    if state.resized is not None:
+        details["image"] = state.resized
     record.update(total=_finite(total), error=error, reward_errors=errors, gates=gate.to_dict() if gate else None,
-                  details={n: r.details for n, r in state.results.items() if r.details}, meta=row.metadata)
+                  details=details, meta=row.metadata)
     record[PROVENANCE] = {"run": run, "input": state.input,
                           "rewards": {n: r.fingerprint for n, r in state.results.items()}}
     return normalized(record)

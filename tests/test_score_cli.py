@@ -47,6 +47,17 @@ class TargetsReward:
         return RewardOutput(torch.tensor([float(len(t)) for t in texts]), {"read": [" | ".join(t) for t in texts]})
 
 
+class SizeReward:
+    """Mean pixel value / 255; records the (width, height) of every image it is given."""
+
+    sizes: list[tuple[int, int]] = []
+    score_range = (0.0, 1.0)
+
+    def __call__(self, images, prompts, metadata):
+        SizeReward.sizes += [image.size for image in images]
+        return RewardOutput(torch.tensor([float(np.asarray(im).mean()) / 255 for im in images]))
+
+
 class BrokenReward:
     def __call__(self, images, prompts, metadata):
         raise RuntimeError("CUDA out of memory")
@@ -351,3 +362,50 @@ def test_rows_that_could_not_be_read_or_scored_are_retried_on_rerun(tmp_path, mo
     rows = {r["image"]: r for r in read_jsonl(tmp_path / "out" / "scores.jsonl")}  # the last line of each wins
     assert [rows[k]["error"] for k in ("a.png", "b.png", "c.png")] == [None, None, None]
     assert rows["c.png"]["brightness"] == pytest.approx(150 / 255)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the 24 MP PNG, at the lowered limit
+def test_images_over_max_pixels_are_downsized_on_load_or_are_row_errors(tmp_path, monkeypatch, capsys):
+    """Large images of one colour, small on disk: a 6000 x 4000 PNG and a 9000 x 5000 JPEG (45 MP, over the
+    default 40 MP). The size is read from the header; the JPEG decodes at 1/8 scale (draft) before the LANCZOS
+    resize to what --max-pixels allows."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (6000, 4000), (200, 200, 200)).save(images / "big.png")
+    Image.new("RGB", (9000, 5000), (100, 100, 100)).save(images / "big.jpg", quality=90)
+    save_image(images / "small.png", 50)
+    for name in ("big.png", "big.jpg", "small.png"):
+        (images / name).with_suffix(".txt").write_text(f"prompt {name}")  # big.png and big.jpg share big.txt
+    assert (images / "big.png").stat().st_size < 200_000
+    config = write_config(tmp_path / "c.yaml", {"size": {"_component_": f"{__name__}.SizeReward"}},
+                          gating={"default": ["size"]}, ensemble={"weights": {"size": 1.0}})
+    base = ["--images", str(images), "--config", config, "--max-pixels", "100000"]
+    SizeReward.sizes = []
+    assert main([*base, "--out", str(tmp_path / "out")]) == 0
+    assert sorted(SizeReward.sizes) == [(32, 24), (387, 258), (424, 235)]  # <= 100,000 pixels, aspect kept
+    records = {r["image"]: r for r in read_jsonl(tmp_path / "out" / "scores.jsonl")}
+    assert records["big.png"]["details"]["image"] == {"from": [6000, 4000], "to": [387, 258], "max_pixels": 100000}
+    assert records["big.png"]["size"] == pytest.approx(200 / 255, abs=1e-3)
+    assert records["big.jpg"]["size"] == pytest.approx(100 / 255, abs=2e-3) and records["big.jpg"]["error"] is None
+    assert "image" not in records["small.png"]["details"]
+    SizeReward.sizes = []  # a rerun reuses all; another --max-pixels rescores the downsized images only
+    assert main([*base, "--out", str(tmp_path / "out")]) == 0 and SizeReward.sizes == []
+    assert main([*base[:-1], "200000", "--out", str(tmp_path / "out")]) == 0
+    assert sorted(SizeReward.sizes) == [(547, 365), (600, 333)]
+
+    SizeReward.sizes = []
+    assert main([*base, "--on-large", "error", "--out", str(tmp_path / "strict")]) == 0
+    records = {r["image"]: r for r in read_jsonl(tmp_path / "strict" / "scores.jsonl")}
+    assert records["big.jpg"]["error"] == ("image too large: 9000x5000 is over --max-pixels 100000 "
+                                           "(--on-large downsize scores it downsized)")
+    assert records["big.png"]["size"] is None and "image too large: 6000x4000" in records["big.png"]["error"]
+    assert records["small.png"]["error"] is None
+    assert SizeReward.sizes == [(32, 24)]
+    # Over twice PIL's decompression-bomb limit, opening the file (reading its header) refuses it: a row error.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 15_000_000)
+    assert main([*base, "--out", str(tmp_path / "bomb")]) == 0
+    records = {r["image"]: r for r in read_jsonl(tmp_path / "bomb" / "scores.jsonl")}
+    assert "cannot read image: DecompressionBombError" in records["big.jpg"]["error"]
+    assert records["big.png"]["error"] is None  # 24 MP: over the limit but not twice it (PIL only warns)
+    assert main(["--images", str(images), "--config", config, "--out", str(tmp_path / "o"), "--max-pixels", "0"]) == 2
+    assert "--max-pixels: must be >= 1, got 0" in capsys.readouterr().err
