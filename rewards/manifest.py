@@ -4,7 +4,9 @@ manifest   `--prompts` is JSONL or CSV with an `image` column, `prompt`, optiona
            strings: a JSON list, or in CSV a JSON list or a single string) and `task`; any other column
            is carried through as metadata. A relative `image` is looked up under the images folder
            first, then under the manifest's own folder (rl.generate writes `images/00000_0.png`
-           relative to its output folder, so --images OUT and --images OUT/images both work).
+           relative to its output folder, so --images OUT and --images OUT/images both work). A relative
+           `image` whose `..` leads out of the folder it is looked up in is a row error unless
+           allow_outside (an absolute path, or a symlink inside the folder, is taken as it is).
 longtext   LongText-Bench: `--prompts` is its prompts JSONL (`prompt_id`, `prompt`, `text`, `category`,
            no `image`) and the folder holds `{prompt_id}_{k}.png` or `{prompt_id}.png`.
 sidecar    no `--prompts`: each image in the folder (recursively) has its prompt in `<name>.txt` beside it.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +55,8 @@ class Row:
     error: str | None = None
 
 
-def read_rows(images_dir: str | Path, prompts: str | Path | None = None) -> tuple[str, list[Row]]:
+def read_rows(images_dir: str | Path, prompts: str | Path | None = None,
+              allow_outside: bool = False) -> tuple[str, list[Row]]:
     """(layout name, rows) for an images folder and an optional prompts file; see the module docstring."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -65,7 +69,7 @@ def read_rows(images_dir: str | Path, prompts: str | Path | None = None) -> tupl
     records = _read_records(prompts)
     columns = {k for _, r in records if isinstance(r, dict) for k in r}
     if "image" in columns:
-        return "manifest", _manifest_rows(images_dir, prompts.parent, prompts.name, records)
+        return "manifest", _manifest_rows(images_dir, prompts.parent, prompts.name, records, allow_outside)
     if "prompt_id" in columns:
         return "longtext", _longtext_rows(images_dir, prompts.name, records)
     raise ManifestError(f"--prompts: {prompts} has neither an `image` column (manifest layout) nor a "
@@ -152,7 +156,8 @@ def _metadata(record: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
     return meta
 
 
-def _manifest_rows(images_dir: Path, manifest_dir: Path, name: str, records: list[tuple[int, Any]]) -> list[Row]:
+def _manifest_rows(images_dir: Path, manifest_dir: Path, name: str, records: list[tuple[int, Any]],
+                   allow_outside: bool) -> list[Row]:
     rows: list[Row] = []
     first_line: dict[str, int] = {}
     for number, record in records:
@@ -167,11 +172,19 @@ def _manifest_rows(images_dir: Path, manifest_dir: Path, name: str, records: lis
             continue
         first_line[image] = number
         path, missing = _find_image(image, images_dir, manifest_dir)
-        problem = _problem(record) or missing
+        escapes = not allow_outside and _escapes(image)
+        problem = _problem(record) or (f"image {image!r} leads out of the images folder through '..' "
+                                       "(--allow-outside allows it)" if escapes else missing)
         prompt = record["prompt"] if problem != "missing prompt" else None
         rows.append(Row(image, path, prompt, _metadata(record, ("image", "prompt")),
                         f"line {number}: {problem}" if problem else None))
     return rows
+
+
+def _escapes(image: str) -> bool:
+    """A relative path whose `..` climb above its folder, read as written (symlinks are not followed: a
+    Hugging Face cache is symlinks into its blobs folder)."""
+    return not Path(image).is_absolute() and os.path.normpath(image).split(os.sep)[0] == ".."
 
 
 def _find_image(image: str, images_dir: Path, manifest_dir: Path) -> tuple[Path, str | None]:

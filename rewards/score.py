@@ -71,7 +71,10 @@ outputs in OUT_DIR:
 
 rerun: computes only the rewards missing or stale for each image (config, weights files, image file,
 prompt or metadata changed; failed before); --rescore NAME recomputes NAME for every image; gates and
-totals are always recomputed with the current config. Exit status: 0 some image scored, 1 none, 2 usage."""
+totals are always recomputed with the current config. Exit status: 0 some image scored, 1 none, 2 usage.
+
+trust: a config is code (each `_component_` names any importable callable, which is called with its
+kwargs): score only with configs you trust. See the docs' Security page."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "the row's details.image says from and to what size")
     parser.add_argument("--on-large", choices=("downsize", "error"), default="downsize",
                         help="what becomes of an image over --max-pixels: downsized (default) or a row error")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="accept manifest paths whose '..' lead out of the images folder (absolute paths and "
+                             "symlinks are always accepted)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
     return parser
 
@@ -136,7 +142,7 @@ def prepare(args: argparse.Namespace) -> Job:
     if problems:
         raise ConfigError(problems)
     combiner = Combiner.from_config(cfg, only)
-    layout, rows = read_rows(args.images, args.prompts)
+    layout, rows = read_rows(args.images, args.prompts, args.allow_outside)
     nodes = {name: cfg.rewards[name] for name in combiner.names}
     return Job(cfg, only, rescore, combiner, {n: reward_fingerprint(v) for n, v in nodes.items()},
                {n: reward_device(v) for n, v in nodes.items()}, layout, rows, Path(args.out), Path(args.images),

@@ -45,8 +45,11 @@ def where_outputs_are(run_dir: Path, config: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rl.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m rl.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="trust: configs and checkpoints are code. A config's `_component_` names any importable callable,\n"
+               "which is called with its kwargs; a checkpoint's .metadata (torch.distributed.checkpoint) is a\n"
+               "pickle. Run only configs and resume only checkpoints you trust. See the docs' Security page.")
     parser.add_argument("config", help="training YAML (configs/xomni.yaml, configs/tiny.yaml, ...)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.steps=10 resume=auto")
     return parser

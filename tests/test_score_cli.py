@@ -409,3 +409,26 @@ def test_images_over_max_pixels_are_downsized_on_load_or_are_row_errors(tmp_path
     assert records["big.png"]["error"] is None  # 24 MP: over the limit but not twice it (PIL only warns)
     assert main(["--images", str(images), "--config", config, "--out", str(tmp_path / "o"), "--max-pixels", "0"]) == 2
     assert "--max-pixels: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_manifest_paths_whose_dotdot_leave_the_images_folder_are_row_errors(tmp_path):
+    """`..` out of the folder: a row error unless --allow-outside; an absolute path and a symlink that points
+    outside (a Hugging Face cache) are taken as they are, and `..` that stays inside is fine."""
+    images, outside = tmp_path / "data" / "images", tmp_path / "secret"
+    save_image(images / "sub" / "in.png", 100)
+    save_image(outside / "out.png", 200)
+    (images / "linked.png").symlink_to(outside / "out.png")
+    manifest = images / "m.jsonl"  # beside the images: both lookup folders are the same
+    names = ["../../secret/out.png", "sub/../sub/in.png", str(outside / "out.png"), "linked.png"]
+    manifest.write_text("".join(json.dumps({"image": n, "prompt": f"p{i}"}) + "\n" for i, n in enumerate(names)))
+    config = write_config(tmp_path / "c.yaml")
+    base = ["--images", str(images), "--prompts", str(manifest), "--config", config]
+    assert main([*base, "--out", str(tmp_path / "out")]) == 0
+    records = {r["image"]: r for r in read_jsonl(tmp_path / "out" / "scores.jsonl")}
+    assert records[names[0]]["error"] == ("line 1: image '../../secret/out.png' leads out of the images folder "
+                                          "through '..' (--allow-outside allows it)")
+    assert records[names[0]]["mean"] is None
+    assert [records[n]["mean"] for n in names[1:]] == pytest.approx([100 / 255, 200 / 255, 200 / 255])
+    assert main([*base, "--allow-outside", "--out", str(tmp_path / "allowed")]) == 0
+    records = {r["image"]: r for r in read_jsonl(tmp_path / "allowed" / "scores.jsonl")}
+    assert records[names[0]]["error"] is None and records[names[0]]["mean"] == pytest.approx(200 / 255)
