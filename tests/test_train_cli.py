@@ -32,7 +32,8 @@ def exported(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_resume_after_sigkill_with_two_or_one_learner_ranks_reproduces_the_run(tmp_path):
     """Two FSDP learner ranks (gloo) stream the starting policy from an X-Omni folder; killed mid-run and resumed
     with two ranks and, from a copy, with one, the per-step metrics and the final exported policy match the
-    uninterrupted run."""
+    uninterrupted run; so does the one-rank resume when its newest checkpoint has a truncated shard and it falls back
+    to the one before."""
     base = tmp_path / "base"
     tiny_policy(seed=0, image_vocab_size=40, mm_vocab_size=128).save_pretrained(base)  # tiny.yaml's
     cfg = tiny_config(tmp_path, overrides=("trainer.steps=4", "checkpoint.every=1", "checkpoint.keep=2",
@@ -52,12 +53,18 @@ def test_resume_after_sigkill_with_two_or_one_learner_ranks_reproduces_the_run(t
 
     killed_at = kill_after_checkpoint(config, broken, 2)
     assert 2 <= killed_at < 4
-    shutil.copytree(broken, tmp_path / "broken_one_rank")
+    # The copy's newest checkpoint gets a truncated shard: resume=auto falls back to the one before, saying why.
+    one_rank = tmp_path / "broken_one_rank"
+    shutil.copytree(broken, one_rank)
+    (fallback, _), (_, newest) = list_checkpoints(one_rank)[-2:]
+    shard = newest / "learner" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])
     expected = read_metrics(straight / "metrics.jsonl")
-    for run_dir, ranks in ((broken, 2), (tmp_path / "broken_one_rank", 1)):
+    for run_dir, ranks, at in ((broken, 2, killed_at), (one_rank, 1, fallback)):
         resumed = train(config, f"run.dir={run_dir}", "resume=auto", f"learner.world_size={ranks}")
         assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert f"at step {killed_at}" in resumed.stdout
+        assert f"at step {at}" in resumed.stdout
+        assert (f"warning: resume=auto: checkpoint file {shard} is 100 bytes" in resumed.stderr) == (ranks == 1)
         got = read_metrics(run_dir / "metrics.jsonl")
         assert [r["step"] for r in got] == [1, 2, 3, 4]
         # On one rank the log-probs round differently: mismatch/abs_max, itself a float32 rounding gap, moved by
