@@ -231,6 +231,8 @@ class FluxSigLIPZhTransformer(FluxSigLIPTransformer):
 
     variant: ClassVar[Variant] = "zh"
 
+    # The signature is the parent's, spelled out again: diffusers' `register_to_config` records a model's config
+    # from its own `__init__` parameters, so a subclass that takes `**kwargs` would save and load no keys.
     @register_to_config
     def __init__(
         self,
