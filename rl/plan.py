@@ -21,7 +21,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from core.cli import command
+from core.cli import CommandParser, add_overrides, command, prog
 from core.config import ConfigError, load_config
 from rl.distributed.memory import GIB, activation_bytes, kv_cache_bytes, margin_bytes
 from rl.distributed.memory_plan import (
@@ -37,7 +37,7 @@ from rl.distributed.memory_plan import (
     rollout_setup,
 )
 from rl.distributed.placement import NodeInfo, nccl_share_problems
-from rl.train_config import TrainSpec, validate_train_config
+from rl.train_config import TOP_LEVEL, TrainSpec, validate_train_config
 
 KIND_NAMES = {"worker": "learner rank + rollout replica (colocated)", "learner": "learner rank",
               "rollout": "rollout replica"}
@@ -179,10 +179,10 @@ def _count(n: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rl.plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog=prog("python -m rl.plan"), description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="training YAML (configs/xomni.yaml, ...)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. placement.mode=split")
+    add_overrides(parser, sorted(TOP_LEVEL), "placement.mode=split")
     parser.add_argument("--nodes", type=int, required=True, help="nodes")
     parser.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node")
     parser.add_argument("--gpu-memory-gib", type=float, required=True, help="memory of one GPU, GiB")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ray
 
-from core.cli import command
+from core.cli import CommandParser, add_overrides, command, prog
 from core.config import load_config
 from core.files import naming
 from core.lock import exclusive
@@ -26,7 +26,7 @@ from rl.distributed.reward_pool import RunAborted
 from rl.driver.trainer import Trainer
 from rl.evaluation.metrics import METRICS_FILE
 from rl.state.checkpoint import latest_checkpoint
-from rl.train_config import TrainSpec, validate_train_config
+from rl.train_config import TOP_LEVEL, TrainSpec, validate_train_config
 
 
 def where_outputs_are(run_dir: Path, config: str) -> str:
@@ -45,13 +45,13 @@ def where_outputs_are(run_dir: Path, config: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m rl.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = CommandParser(
+        prog=prog("python -m rl.train"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="trust: configs and checkpoints are code. A config's `_component_` names any importable callable,\n"
                "which is called with its kwargs; a checkpoint's .metadata (torch.distributed.checkpoint) is a\n"
                "pickle. Run only configs and resume only checkpoints you trust. See the docs' Security page.")
     parser.add_argument("config", help="training YAML (configs/xomni.yaml, configs/tiny.yaml, ...)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.steps=10 resume=auto")
+    add_overrides(parser, sorted(TOP_LEVEL), "trainer.steps=10 resume=auto")
     return parser
 
 
