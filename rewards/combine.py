@@ -19,6 +19,18 @@ from annotated_types import Ge, Gt, Interval
 NanPolicy = Literal["propagate", "renormalize"]
 NormalizeMode = Literal["none", "range", "batch", "running"]
 _EPS = 1e-6
+# Weights are relative (the total is a weighted mean), so any bound works; this one keeps weight x gate scale x
+# score far from float32's overflow (3.4e38) for scores of any sane size, and refuses 1e308, which a gate's
+# scale of 2 turns into inf.
+MAX_WEIGHT = 1e6
+
+
+def weight_problem(value: Any, key: str) -> str | None:
+    """Why `value` is not a weight (or a gate scale): a finite int or float in [0, MAX_WEIGHT]; None when it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= MAX_WEIGHT:
+        return f"{key}: must be a finite number in [0, {MAX_WEIGHT:g}], got {value!r}"
+    return None
 
 
 @dataclass
@@ -26,8 +38,8 @@ class EnsembleConfig:
     """The `ensemble:` section: how the rewards that apply to an image make its total."""
 
     weights: dict = field(default_factory=dict)
-    """Reward name -> weight >= 0 (every configured reward needs one; 0 switches it off). Gates may multiply it per
-    task; the total is the weighted mean over the rewards that apply."""
+    """Reward name -> weight in [0, 1e6] (every configured reward needs one; 0 switches it off). Gates may multiply it
+    per task (the product must stay <= 1e6 too); the total is the weighted mean over the rewards that apply."""
     normalize: NormalizeMode = "none"
     """How raw scores are mapped before combining. "none": as they are; "range": by each reward's `score_range`
     (lo, hi; a class attribute, checked before loading) to [0, 1]; "batch": z-score over the batch (per reward,

@@ -20,7 +20,6 @@ scenes emphasise aesthetics and quality. A `Gater` turns (prompt, metadata) into
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from annotated_types import Ge
 
 from core.config import to_container
 from core.schema import build_section, validate_section
+from rewards.combine import weight_problem
 from rewards.quotes import drawn_text, quoted_spans, unquoted
 from rewards.text_accuracy import has_units
 
@@ -64,7 +64,8 @@ class GateRule:
     remove: list = field(default_factory=list)
     """Rewards the task removes."""
     scale: dict = field(default_factory=dict)
-    """Reward name -> weight multiplier for this task (0 removes the reward)."""
+    """Reward name -> weight multiplier for this task (0 removes the reward), in [0, 1e6], and the reward's weight
+    times it must be too."""
 
 
 @dataclass
@@ -238,9 +239,8 @@ def validate_gating(node: Any, names: Iterable[str]) -> list[str]:
                     problems.append(f"{key}.{field_name}.{j}: expected a non-empty string, got {value!r}")
         check_names(list(rule.get("scale") or {}), f"{key}.scale")
         for name, factor in (to_container(rule.get("scale")) or {}).items():
-            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) \
-                    or factor < 0:
-                problems.append(f"{key}.scale.{name}: must be a finite number >= 0, got {factor!r}")
+            if (problem := weight_problem(factor, f"{key}.scale.{name}")) is not None:
+                problems.append(problem)
         for j, pattern in enumerate(rule.get("patterns") or []):
             try:
                 re.compile(pattern)

@@ -3,7 +3,6 @@ problem at once, with its dotted key, cross-references between the sections incl
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from core.components import resolve_component, validate_component
 from core.config import ConfigError, to_container
 from core.schema import build_section, validate_section
-from rewards.combine import EnsembleConfig
+from rewards.combine import MAX_WEIGHT, EnsembleConfig, weight_problem
 from rewards.gating import GatingConfig, build_gating, validate_gating
 
 # Other columns of `python -m rewards.score`'s output: a reward may not take these names.
@@ -62,9 +61,12 @@ def validate_reward_sections(cfg: Any, only: Sequence[str] | None = None, files:
         problems += component
     ensemble = cfg.get("ensemble")
     section = validate_section(ensemble, EnsembleConfig, "ensemble")
-    problems += section + (_check_ensemble(ensemble, names, selected) if hasattr(ensemble or {}, "items") else [])
+    weights = (_check_ensemble(ensemble, names, selected) if hasattr(ensemble or {}, "items") else [])
+    problems += section + weights
     gating = validate_gating(cfg.get("gating"), names)
-    return problems + (gating or ([] if section else _never_applied(cfg, selected)))
+    if gating or section or weights:  # the cross-checks below read numbers that the sections' checks vouch for
+        return problems + gating
+    return problems + _scaled_weights(cfg, selected) + _never_applied(cfg, selected)
 
 
 def _range_problems(node: Any, key: str) -> list[str]:
@@ -80,6 +82,16 @@ def class_attribute(target: Any, name: str) -> Any:
     `_component_` resolves to, a class or a class's constructor method (`Class.from_pretrained`)."""
     owner = getattr(target, "__self__", None) if not isinstance(target, type) else target
     return getattr(owner if isinstance(owner, type) else target, name, None)
+
+
+def _scaled_weights(cfg: Any, selected: list[str]) -> list[str]:
+    """Weights that a gate's scale takes past MAX_WEIGHT (1e308 x 2 is inf in the total)."""
+    weights = (to_container(cfg.get("ensemble")) or {}).get("weights") or {}
+    rules = (to_container(cfg.get("gating")) or {}).get("rules") or []
+    return [f"gating.rules.{i}.scale.{name}: ensemble.weights.{name} ({weights[name]:g}) x {factor:g} is "
+            f"{weights[name] * factor:g}, above {MAX_WEIGHT:g}"
+            for i, rule in enumerate(rules) for name, factor in (rule.get("scale") or {}).items()
+            if name in selected and name in weights and weights[name] * factor > MAX_WEIGHT]
 
 
 def _never_applied(cfg: Any, selected: list[str]) -> list[str]:
@@ -102,8 +114,6 @@ def _check_ensemble(node: Any, names: list[str], selected: list[str]) -> list[st
         return []  # validate_section reported its type
     problems = [f"ensemble.weights.{n}: {n!r} is not a configured reward (configured: {', '.join(names)})"
                 for n in weights if n not in names]
-    for name, value in weights.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            problems.append(f"ensemble.weights.{name}: must be a finite number >= 0, got {value!r}")
+    problems += [p for name, value in weights.items() if (p := weight_problem(value, f"ensemble.weights.{name}"))]
     problems += [f"ensemble.weights: no weight for reward {n!r}" for n in selected if n not in weights]
     return problems

@@ -8,13 +8,14 @@ import json
 import math
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from core.config import ConfigError
+from core.config import ConfigError, load_config
 from core.paths import LocalPath
 from rewards.base import RewardOutput
 from rewards.combine import EnsembleConfig, Normalizer, combine
@@ -23,6 +24,7 @@ from rewards.faults import score_safely
 from rewards.gating import GatingConfig
 from rewards.sections import validate_reward_sections
 
+ROOT = Path(__file__).resolve().parents[1]
 NAN = float("nan")
 
 
@@ -349,3 +351,32 @@ def test_unscored_cause_names_why_no_reward_applies():
     assert combiner.unscored_cause(gates, applies) is None
     invalid = {name: mask & torch.tensor([False, False]) for name, mask in applies.items()}
     assert "every one of those 2 images was invalid" in combiner.unscored_cause(gates, invalid)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("ensemble.weights.ocr=inf", "ensemble.weights.ocr: must be a finite number in [0, 1e+06], got 'inf'"),
+    ("ensemble.weights.ocr=1e308", "ensemble.weights.ocr: must be a finite number in [0, 1e+06], got 1e+308"),
+    ("ensemble.weights.ocr=nan", "ensemble.weights.ocr: must be a finite number in [0, 1e+06], got 'nan'"),
+    # finite on its own, past the bound once the text rule's scale of 2 applies
+    ("ensemble.weights.ocr=600000", "gating.rules.0.scale.ocr: ensemble.weights.ocr (600000) x 2 is 1.2e+06, "
+                                    "above 1e+06"),
+])
+def test_weights_are_bounded_finite_numbers_with_the_gate_scales_applied(override, expected):
+    """The training config is refused at validation (no model loads) with the dotted key; `inf` used to crash the
+    validator itself with a TypeError and 1e308 to pass and become inf in the total once the gate scaled it."""
+    from rl.train_config import validate_train_config
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [override])
+    with pytest.raises(ConfigError) as error:
+        validate_train_config(cfg)
+    assert expected in str(error.value)
+    assert validate_reward_sections(load_config(ROOT / "configs" / "tiny.yaml", ["ensemble.weights.ocr=500000"])) == []
+
+
+def test_rewards_score_refuses_an_unbounded_weight_before_loading_a_reward(tmp_path, capsys):
+    from rewards.score import main
+
+    code = main(["--images", str(tmp_path), "--config", str(ROOT / "configs" / "rewards.yaml"), "--out",
+                 str(tmp_path / "out"), "--only", "quality", "ensemble.weights.quality=inf"])
+    assert code == 2
+    assert "ensemble.weights.quality: must be a finite number in [0, 1e+06], got 'inf'" in capsys.readouterr().err

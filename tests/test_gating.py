@@ -257,3 +257,12 @@ def test_validation_reports_every_problem():
         assert expected in text, expected
     assert len(problems) == 12
     assert validate_gating(load_config(ROOT / "configs/rewards.yaml").gating, WEIGHTS) == []
+
+
+def test_scales_are_bounded_finite_numbers():
+    """A scale is a weight multiplier: a string, an infinity or an absurd factor is refused with its dotted key."""
+    node = OmegaConf.create({"rules": [{"name": "a", "keywords": ["x"],
+                                        "scale": {"quality": "inf", "ocr": 1e308, "hpsv2": 2.0}}]})
+    assert validate_gating(node, WEIGHTS) == [
+        "gating.rules.0.scale.quality: must be a finite number in [0, 1e+06], got 'inf'",
+        "gating.rules.0.scale.ocr: must be a finite number in [0, 1e+06], got 1e+308"]
