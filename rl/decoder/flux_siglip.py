@@ -33,6 +33,7 @@ from safetensors import safe_open
 from torch import nn
 
 from core.weights import check_weight_names
+from rl.decoder.teacache import BlockStack, TeaCache
 
 logger = logging.getLogger(__name__)
 
@@ -147,25 +148,30 @@ class FluxSigLIPTransformer(FluxTransformer2DModel):
         txt_ids: torch.Tensor,
         guidance: torch.Tensor | None = None,
         siglip_tensor: torch.Tensor | None = None,
+        teacache: TeaCache | None = None,
     ) -> torch.Tensor:
         """Predicted flow-matching velocity [B, L_img, out_channels].
 
         hidden_states: packed latents [B, L_img, in_channels]; encoder_hidden_states: T5 states
         [B, L_txt, joint_attention_dim]; pooled_projections: CLIP pooled [B, pooled_projection_dim];
         timestep, guidance: [B] in [0, 1] (scaled by 1000 inside, as FLUX does); img_ids [L_img, 3],
-        txt_ids [L_txt, 3]: rotary position ids; siglip_tensor: [B, L_img, siglip_channels] or None.
+        txt_ids [L_txt, 3]: rotary position ids; siglip_tensor: [B, L_img, siglip_channels] or None;
+        teacache: this decode pass's X-Omni TeaCache (rl/decoder/teacache.py), None to run every block.
         """
         hidden_states = self.x_embedder(hidden_states)
         temb = self._conditioning(timestep, guidance, pooled_projections, hidden_states.dtype)
         encoder_hidden_states = self.context_embedder(encoder_hidden_states)
         rotary = self.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
 
-        for block in self.transformer_blocks:
-            encoder_hidden_states, hidden_states = block(
-                hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
-                temb=temb, image_rotary_emb=rotary)
-        hidden_states = self._add_siglip(hidden_states, siglip_tensor)
-        return self._single_stream_and_out(hidden_states, encoder_hidden_states, temb, rotary)
+        def blocks(hidden: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+            text, emb = _take(encoder_hidden_states, rows), _take(temb, rows)
+            for block in self.transformer_blocks:
+                text, hidden = block(hidden_states=hidden, encoder_hidden_states=text, temb=emb,
+                                     image_rotary_emb=rotary)
+            hidden = self._add_siglip(hidden, _take(siglip_tensor, rows))
+            return self._single_stream(hidden, text, emb, rotary)
+
+        return self._blocks_and_out(hidden_states, temb, blocks, teacache)
 
     def _conditioning(self, timestep: torch.Tensor, guidance: torch.Tensor | None, pooled: torch.Tensor,
                       dtype: torch.dtype) -> torch.Tensor:
@@ -184,17 +190,33 @@ class FluxSigLIPTransformer(FluxTransformer2DModel):
             raise ValueError("siglip_tensor given but the model has no siglip_embed (siglip_channels=None)")
         return hidden_states + self.siglip_embed(siglip_tensor.to(hidden_states.dtype))
 
-    def _single_stream_and_out(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                               temb: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """The single-stream blocks over [text; image] tokens, then the output head on the image tokens:
-        [B, L_img, inner_dim] -> velocity [B, L_img, out_channels]. encoder_hidden_states [B, L_txt, inner_dim]
-        (L_txt = 0 for a text-free model); rotary covers L_txt + L_img positions."""
+    def _single_stream(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
+                       rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The single-stream blocks over [text; image] tokens: image [B, L_img, inner_dim] -> the same shape.
+        encoder_hidden_states [B, L_txt, inner_dim] (L_txt = 0 for a text-free model); rotary covers L_txt + L_img
+        positions."""
         # In diffusers 0.42 single-stream blocks take and return the text and image streams separately.
         for block in self.single_transformer_blocks:
             encoder_hidden_states, hidden_states = block(
                 hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
                 temb=temb, image_rotary_emb=rotary)
+        return hidden_states
+
+    def _blocks_and_out(self, hidden_states: torch.Tensor, temb: torch.Tensor, blocks: BlockStack,
+                        teacache: TeaCache | None) -> torch.Tensor:
+        """The block stack (through the TeaCache when one is given), then the output head: embedded image tokens
+        [B, L_img, inner_dim] -> velocity [B, L_img, out_channels]."""
+        if teacache is None:
+            hidden_states = blocks(hidden_states, None)
+        else:
+            modulated = self.transformer_blocks[0].norm1(hidden_states, emb=temb)[0]
+            hidden_states = teacache(hidden_states, modulated, blocks)
         return self.proj_out(self.norm_out(hidden_states, temb))
+
+
+def _take(tensor: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """The given rows of a batch-first tensor (all of it when rows is None)."""
+    return tensor if tensor is None or rows is None else tensor[rows]
 
 
 class ImageSelfAttentionBlock(nn.Module):
@@ -265,21 +287,28 @@ class FluxSigLIPZhTransformer(FluxSigLIPTransformer):
         img_ids: torch.Tensor,
         guidance: torch.Tensor | None = None,
         siglip_tensor: torch.Tensor | None = None,
+        teacache: TeaCache | None = None,
     ) -> torch.Tensor:
         """Predicted flow-matching velocity [B, L_img, out_channels], called as X-Omni-Zh's pipeline calls it.
 
         hidden_states: packed latents [B, L_img, in_channels]; timestep, guidance: [B] in [0, 1];
-        img_ids [L_img, 3]; siglip_tensor [B, L_img, siglip_channels] (zeros for the negative CFG branch).
+        img_ids [L_img, 3]; siglip_tensor [B, L_img, siglip_channels] (zeros for the negative CFG branch);
+        teacache: this decode pass's X-Omni TeaCache, None to run every block.
         """
         hidden_states = self.x_embedder(hidden_states)
         pooled = self.pooled_embeds.to(hidden_states.dtype).expand(hidden_states.shape[0], -1)
         temb = self._conditioning(timestep, guidance, pooled, hidden_states.dtype)
         rotary = self.pos_embed(img_ids)
-        for block in self.transformer_blocks:
-            hidden_states = block(hidden_states, temb, rotary)
-        hidden_states = self._add_siglip(hidden_states, siglip_tensor)
-        no_text = hidden_states.new_empty(hidden_states.shape[0], 0, hidden_states.shape[2])
-        return self._single_stream_and_out(hidden_states, no_text, temb, rotary)
+
+        def blocks(hidden: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+            emb = _take(temb, rows)
+            for block in self.transformer_blocks:
+                hidden = block(hidden, emb, rotary)
+            hidden = self._add_siglip(hidden, _take(siglip_tensor, rows))
+            no_text = hidden.new_empty(hidden.shape[0], 0, hidden.shape[2])
+            return self._single_stream(hidden, no_text, emb, rotary)
+
+        return self._blocks_and_out(hidden_states, temb, blocks, teacache)
 
 
 VARIANTS: dict[Variant, type[FluxSigLIPTransformer]] = {"en": FluxSigLIPTransformer, "zh": FluxSigLIPZhTransformer}
