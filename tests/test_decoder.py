@@ -6,6 +6,7 @@ CFG branches are observed with a forward pre-hook on the real transformer.
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +304,125 @@ def test_patch_decoder_rejects_bad_arguments():
         PatchDecoder(mode="emoji")
     with pytest.raises(ValueError, match="image codes"):
         PatchDecoder()(torch.full((1, 4), -1), (2, 2), ["x"], [0])
+
+
+# X-Omni-Zh's text-free decoder (modeling_siglip_flux_zh.py): no T5 or CLIP, true CFG = SigLIP vs zeroed SigLIP.
+
+ZH_STEPS, ZH_CFG = 3, 2.5
+
+
+@pytest.fixture(scope="module")
+def zh_decoder():
+    return tiny_xomni_decoder(seed=3, num_inference_steps=ZH_STEPS, cfg_scale=ZH_CFG, max_batch_size=2,
+                              variant="zh")
+
+
+@pytest.fixture(scope="module")
+def zh_folders(zh_decoder, tmp_path_factory):
+    return save_tiny_folders(zh_decoder, tmp_path_factory.mktemp("zh"))
+
+
+def xomni_zh_pipeline(decoder, tokens, grid, seeds, cfg_scale):
+    """X-Omni-Zh's `FluxPipelineWithSigLIP.__call__` (choyakawa/X-Omni, modeling_siglip_flux_zh.py) restated over
+    the diffusers FluxPipeline helpers it inherits: one image per call, both branches always run (even at scale
+    1), velocity neg + s * (pos - neg), guidance 1.0, timestep t / 1000, latents / scaling + shift into the VAE.
+    That file itself, run once in this environment on the same parts, differed from ours by 1.1e-6 (CFG 2.5) and
+    8.3e-7 (CFG 1.0)."""
+    from diffusers import FluxPipeline
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+    pipe = FluxPipeline(scheduler=decoder.scheduler, vae=decoder.vae, text_encoder=None, tokenizer=None,
+                        text_encoder_2=None, tokenizer_2=None, transformer=decoder.transformer)
+    height, width = 16 * grid[0], 16 * grid[1]
+    features = decoder.projector.decode(tokens, *grid).flatten(2).transpose(1, 2)
+    images = []
+    for siglip, seed in zip(features.split(1), seeds, strict=True):
+        latents, image_ids = pipe.prepare_latents(1, decoder.transformer.config.in_channels // 4, height, width,
+                                                  siglip.dtype, "cpu", torch.Generator().manual_seed(seed))
+        config = decoder.scheduler.config
+        mu = calculate_shift(latents.shape[1], config.get("base_image_seq_len", 256),
+                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                             config.get("max_shift", 1.15))
+        sigmas = np.linspace(1.0, 1 / ZH_STEPS, ZH_STEPS)
+        timesteps, _ = retrieve_timesteps(decoder.scheduler, ZH_STEPS, "cpu", sigmas=sigmas, mu=mu)
+        guidance = torch.full([1], 1.0, dtype=torch.float32).expand(2)
+        for t in timesteps:
+            velocity = decoder.transformer(
+                hidden_states=torch.cat([latents, latents]), timestep=t.expand(2).to(latents.dtype) / 1000,
+                guidance=guidance, img_ids=image_ids, siglip_tensor=torch.cat([siglip, torch.zeros_like(siglip)]))
+            positive, negative = velocity.chunk(2)
+            latents = decoder.scheduler.step(negative + cfg_scale * (positive - negative), t, latents,
+                                             return_dict=False)[0]
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        latents = latents / decoder.vae.config.scaling_factor + decoder.vae.config.shift_factor
+        images.append(pipe.image_processor.postprocess(decoder.vae.decode(latents, return_dict=False)[0],
+                                                       output_type="pt"))
+    return torch.cat(images)
+
+
+@pytest.mark.parametrize("cfg_scale", [ZH_CFG, 1.0])
+def test_zh_decoder_decodes_as_xomni_zh_pipeline(zh_decoder, tokens, cfg_scale):
+    """CFG on (one batched pass of SigLIP and zeroed-SigLIP rows) and off (the negative branch skipped, where
+    X-Omni's pipeline runs it and adds 1 * (pos - neg)): X-Omni-Zh's images to 1e-5, prompts never read."""
+    zh_decoder.cfg_scale = cfg_scale
+    try:
+        with torch.no_grad():
+            expected = xomni_zh_pipeline(zh_decoder, tokens, GRID, SEEDS, cfg_scale)
+        ours = zh_decoder(tokens, GRID, PROMPTS, SEEDS).images
+        other_prompts = zh_decoder(tokens, GRID, ["一只猫", "", "x"], SEEDS).images
+    finally:
+        zh_decoder.cfg_scale = ZH_CFG
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    assert torch.equal(other_prompts, ours)
+
+
+def test_zh_cfg_contrasts_siglip_with_zeroed_siglip_and_no_text(zh_decoder, tokens):
+    calls, hook = record_transformer_calls(zh_decoder)
+    try:
+        with_cfg = zh_decoder(tokens, GRID, PROMPTS, SEEDS).images
+    finally:
+        hook.remove()
+    features = zh_decoder.projector.decode(tokens, *GRID).flatten(2).transpose(1, 2)
+    assert len(calls) == 2 * ZH_STEPS  # 3 images in passes of max_batch_size 2
+    for call in calls[:ZH_STEPS]:  # the first pass: images 0 and 1, then their negative rows
+        assert set(call) == {"hidden_states", "timestep", "img_ids", "guidance", "siglip_tensor"}
+        torch.testing.assert_close(call["siglip_tensor"][:2], features[:2])
+        assert torch.count_nonzero(call["siglip_tensor"][2:]) == 0
+    zh_decoder.cfg_scale = 1.0
+    try:
+        without_cfg = zh_decoder(tokens, GRID, PROMPTS, SEEDS).images
+    finally:
+        zh_decoder.cfg_scale = ZH_CFG
+    assert (with_cfg - without_cfg).abs().max() > 1e-2  # CFG really changes the pictures
+
+
+def test_zh_folder_loads_with_no_text_encoders(zh_decoder, zh_folders, tokens):
+    """The FLUX folder written for the Zh decoder has only vae/ and scheduler/: loading from it proves that no
+    CLIP or T5 is read."""
+    xomni_path, flux_path = zh_folders
+    assert sorted(p.name for p in Path(flux_path).iterdir()) == ["scheduler", "vae"]
+    loaded = XOmniDecoder.from_pretrained(xomni_path, flux_path, variant="zh", max_batch_size=2)
+    assert loaded.variant == "zh" and loaded.prompt_encoder is None
+    assert type(loaded.transformer).__name__ == "FluxSigLIPZhTransformer"
+    assert (loaded.num_inference_steps, loaded.cfg_scale) == (ZH_STEPS, ZH_CFG)
+    torch.testing.assert_close(loaded(tokens, GRID, PROMPTS, SEEDS).images,
+                               zh_decoder(tokens, GRID, PROMPTS, SEEDS).images, atol=1e-6, rtol=0)
+
+
+def test_a_release_given_where_the_other_is_required_fails_loudly(zh_decoder, decoder, zh_folders, folders):
+    (zh_xomni, zh_flux), (en_xomni, en_flux) = zh_folders, folders
+    with pytest.raises(ValueError, match="variant: .* holds X-Omni-Zh's decoder, not X-Omni-En's"):
+        XOmniDecoder.from_pretrained(zh_xomni, zh_flux, variant="en")
+    with pytest.raises(ValueError, match="variant: .* holds X-Omni-En's decoder, not X-Omni-Zh's"):
+        XOmniDecoder.from_pretrained(en_xomni, en_flux, variant="zh")
+    # An En decoder needs the text encoders the Zh FLUX folder lacks, named before anything loads.
+    with pytest.raises(FileNotFoundError, match="text_encoder"):
+        XOmniDecoder.from_pretrained(en_xomni, zh_flux)
+    parts = (zh_decoder.projector, zh_decoder.transformer, zh_decoder.vae, zh_decoder.scheduler)
+    with pytest.raises(ValueError, match="X-Omni-Zh's decoder is text-free"):
+        XOmniDecoder(*parts, decoder.prompt_encoder, num_inference_steps=1, cfg_scale=1.0, device="cpu")
+    with pytest.raises(ValueError, match="X-Omni-En's decoder reads the prompt"):
+        XOmniDecoder(decoder.projector, decoder.transformer, decoder.vae, decoder.scheduler, None,
+                     num_inference_steps=1, cfg_scale=1.0, device="cpu")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        tiny_xomni_decoder(variant="fr")

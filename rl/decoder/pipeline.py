@@ -1,11 +1,16 @@
 """X-Omni's frozen image decoder: image codes -> SigLIP features -> FLUX (flow matching, true CFG) -> VAE.
 
-Same computation as X-Omni's `FluxPipelineWithSigLIP` (English decoder): the negative CFG branch has the
-empty prompt AND a zeroed SigLIP tensor, velocity = neg + s * (pos - neg), guidance embedding 1.0, sigmas
-linspace(1, 1/steps, steps) shifted by `calculate_shift` of the image sequence length, image size
-16h x 16w for an h x w token grid. Differences, each for RL: both CFG branches run in one batch, every
-sample draws its noise from its own generator (its image does not depend on its batch companions), each
-distinct prompt is encoded once per call, and invalid images are flagged on the float output.
+Same computation as X-Omni's `FluxPipelineWithSigLIP`, both releases: velocity = neg + s * (pos - neg),
+guidance embedding 1.0, sigmas linspace(1, 1/steps, steps) shifted by `calculate_shift` of the image sequence
+length, latents / scaling_factor + shift_factor into the VAE, image size 16h x 16w for an h x w token grid.
+The releases differ only in the transformer's text inputs, so one denoising loop serves both:
+- X-Omni-En: the prompt through CLIP + T5; the negative CFG branch has the empty prompt AND a zeroed SigLIP tensor.
+- X-Omni-Zh (`modeling_siglip_flux_zh.py`): text-free, no T5 or CLIP loaded; the negative branch is the zeroed
+  SigLIP tensor alone and the prompt is never read.
+Differences, each for RL: both CFG branches run in one batch, every sample draws its noise from its own
+generator (its image does not depend on its batch companions), each distinct prompt is encoded once per call,
+invalid images are flagged on the float output, and at cfg_scale 1 the negative branch is skipped (X-Omni-Zh's
+pipeline runs it and computes neg + 1 * (pos - neg): the same velocity up to rounding).
 """
 
 from __future__ import annotations
@@ -27,28 +32,36 @@ from core.paths import LocalPath, resolve_local_path
 from rl.compiled_shapes import graph_limit, pad_rows, padded_rows
 from rl.decoder.base import DecodedImages, check_decoder_inputs, image_validity
 from rl.decoder.cost import default_vae_batch_size
-from rl.decoder.flux_siglip import FluxSigLIPTransformer
-from rl.decoder.text import FluxPromptEncoder
+from rl.decoder.flux_siglip import FluxSigLIPTransformer, Variant, decoder_variant
+from rl.decoder.text import FluxPromptEncoder, TextInputs
 from rl.decoder.vq import VQProjector
 
-FLUX_SUBFOLDERS = ("vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+# What each release reads from the FLUX.1-dev folder: X-Omni-Zh has no text encoders.
+FLUX_SUBFOLDERS: dict[Variant, tuple[str, ...]] = {
+    "en": ("vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+    "zh": ("vae", "scheduler")}
 
 
 @dataclass
 class _Conditioning:
     """Transformer inputs shared by all steps for one chunk of n images (2n rows when CFG is on)."""
 
-    states: torch.Tensor  # [n or 2n, L_txt, d_t5]
-    pooled: torch.Tensor  # [n or 2n, d_clip]
     siglip: torch.Tensor  # [n or 2n, h*w, z_channels]; the negative half is zero
     img_ids: torch.Tensor  # [h*w, 3]
-    txt_ids: torch.Tensor  # [L_txt, 3]
     guidance: torch.Tensor | None  # [n or 2n]
+    text: TextInputs  # En: encoder_hidden_states [n or 2n, L_txt, d_t5], pooled_projections, txt_ids [L_txt, 3]
+    #                   Zh: empty (the text-free transformer takes none)
+
+    @property
+    def text_tokens(self) -> int:
+        return self.text["txt_ids"].shape[0] if self.text else 0
 
 
 class XOmniDecoder:
     """Frozen decoder implementing `ImageDecoder`: `decoder(tokens [N, h*w], (h, w), prompts, seeds)`.
 
+    transformer: X-Omni-En's `FluxSigLIPTransformer` with a `prompt_encoder`, or X-Omni-Zh's text-free
+        `FluxSigLIPZhTransformer` with prompt_encoder None (then prompts are accepted and not read).
     num_inference_steps, cfg_scale: flow-matching steps and true-CFG scale (X-Omni's model config holds them).
     guidance_scale: value of FLUX's distilled-guidance embedding (X-Omni uses 1.0).
     max_batch_size: images per transformer pass (a pass holds 2x as many rows when cfg_scale != 1).
@@ -61,7 +74,7 @@ class XOmniDecoder:
         transformer: FluxSigLIPTransformer,
         vae: AutoencoderKL,
         scheduler: FlowMatchEulerDiscreteScheduler,
-        prompt_encoder: FluxPromptEncoder,
+        prompt_encoder: FluxPromptEncoder | None,
         num_inference_steps: int,
         cfg_scale: float,
         guidance_scale: float = 1.0,
@@ -79,8 +92,15 @@ class XOmniDecoder:
         if transformer.siglip_embed is None or transformer.siglip_embed.in_features != projector.z_channels:
             raise ValueError(f"the transformer's siglip_embed must take the projector's {projector.z_channels} "
                              "channels (set siglip_channels)")
+        text_free = transformer.variant == "zh"
+        if text_free and prompt_encoder is not None:
+            raise ValueError("X-Omni-Zh's decoder is text-free: pass prompt_encoder=None (no T5 or CLIP)")
+        if not text_free and prompt_encoder is None:
+            raise ValueError("X-Omni-En's decoder reads the prompt: it needs a FluxPromptEncoder (CLIP + T5)")
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
-        modules = (projector, transformer, vae, prompt_encoder.text_encoder, prompt_encoder.text_encoder_2)
+        modules = [projector, transformer, vae]
+        if prompt_encoder is not None:
+            modules += [prompt_encoder.text_encoder, prompt_encoder.text_encoder_2]
         for module in modules:
             module.to(self.device).eval().requires_grad_(False)
             if next(module.parameters()).dtype != self.dtype:  # from_pretrained already loads in dtype
@@ -94,6 +114,11 @@ class XOmniDecoder:
         self.latent_channels = vae.config.latent_channels
         self.pixels_per_token = 2 ** len(vae.config.block_out_channels)  # VAE /8 then 2x2 packing = 16
 
+    @property
+    def variant(self) -> Variant:
+        """"en" or "zh": the X-Omni release whose decoder this is."""
+        return self.transformer.variant
+
     @classmethod
     def from_pretrained(
         cls,
@@ -106,22 +131,28 @@ class XOmniDecoder:
         max_batch_size: int = 8,
         max_sequence_length: int = 512,
         vae_batch_size: int | None = None,
+        variant: Variant | None = None,
     ) -> XOmniDecoder:
         """Load from an X-Omni model folder (its config.json `vision_config` names the projector file and
-        the decoder's diffusers subfolder) and a FLUX.1-dev folder (VAE, scheduler, CLIP, T5).
+        the decoder's diffusers subfolder) and a FLUX.1-dev folder (VAE, scheduler and, for X-Omni-En, CLIP + T5).
+
+        Which release the folder holds is read from the decoder's weight names (`decoder_variant`) before anything
+        loads: X-Omni-Zh's text-free decoder loads no T5 or CLIP and needs only `vae/` and `scheduler/` there.
 
         Args:
             xomni_path: the X-Omni model folder (projector weights and the decoder's diffusers subfolder).
-            flux_path: a FLUX.1-dev folder: its VAE, scheduler and text encoders (CLIP, T5) are used.
+            flux_path: a FLUX.1-dev folder: its VAE, scheduler and (X-Omni-En only) text encoders are used.
             num_inference_steps: flow-matching steps; None: the X-Omni config's `vision_config.decoder`.
             cfg_scale: true-CFG scale (1.0: no unconditional pass); None: the X-Omni config's.
             dtype: decoder precision; None: the X-Omni config's `vision_config.dtype`.
             device: "cuda", "cpu", ...; None or "auto" picks CUDA when available.
             max_batch_size: images per transformer pass (a pass holds 2x as many rows when cfg_scale != 1).
-            max_sequence_length: T5 tokens per prompt.
+            max_sequence_length: T5 tokens per prompt (X-Omni-En; X-Omni-Zh reads no prompt).
             vae_batch_size: images per VAE decode call (the VAE decodes a pass's images in slices of it); None:
                 as many as keep every VAE activation within 2^30 elements (rl/decoder/cost.py; FLUX's VAE: 4 at
                 1024 px, 28 at 384 px).
+            variant: "en" or "zh": the release xomni_path must hold (ValueError naming both otherwise); None:
+                whichever it holds.
         """
         xomni_path = resolve_local_path(xomni_path, "xomni_path")
         flux_path = resolve_local_path(flux_path, "flux_path")
@@ -132,7 +163,12 @@ class XOmniDecoder:
         if steps is None or scale is None:
             raise ValueError(f"{xomni_path}: vision_config.decoder lacks num_inference_steps/cfg_scale; "
                              "pass them explicitly")
-        missing = [s for s in FLUX_SUBFOLDERS if not os.path.isdir(os.path.join(flux_path, s))]
+        model_path = _inside(xomni_path, decoder_cfg, "model_path", "vision_config.decoder.model_path")
+        found = decoder_variant(model_path)
+        if variant is not None and variant != found:
+            raise ValueError(f"variant: {model_path} holds X-Omni-{found.capitalize()}'s decoder, not "
+                             f"X-Omni-{variant.capitalize()}'s (xomni_path: {xomni_path})")
+        missing = [s for s in FLUX_SUBFOLDERS[found] if not os.path.isdir(os.path.join(flux_path, s))]
         if missing:
             raise FileNotFoundError(f"flux_path: {flux_path} lacks the FLUX.1 subfolders {missing}")
         torch_dtype = resolve_dtype(dtype or vision.get("dtype", "float32"))
@@ -145,12 +181,12 @@ class XOmniDecoder:
         projector = VQProjector.from_file(
             _inside(xomni_path, encoder_cfg, "projector_path", "vision_config.encoder.projector_path"))
         transformer = FluxSigLIPTransformer.from_pretrained(
-            _inside(xomni_path, decoder_cfg, "model_path", "vision_config.decoder.model_path"),
-            siglip_channels=projector.z_channels, torch_dtype=torch_dtype)
+            model_path, siglip_channels=projector.z_channels, torch_dtype=torch_dtype)
+        prompt_encoder = _load_prompt_encoder(flux_path, torch_dtype, max_sequence_length) if found == "en" else None
         return cls(projector, transformer,
                    AutoencoderKL.from_pretrained(os.path.join(flux_path, "vae"), torch_dtype=torch_dtype),
                    FlowMatchEulerDiscreteScheduler.from_pretrained(os.path.join(flux_path, "scheduler")),
-                   _load_prompt_encoder(flux_path, torch_dtype, max_sequence_length),
+                   prompt_encoder,
                    num_inference_steps=steps, cfg_scale=scale, max_batch_size=max_batch_size,
                    dtype=torch_dtype, device=device, vae_batch_size=vae_batch_size)
 
@@ -177,24 +213,26 @@ class XOmniDecoder:
                  seeds: Sequence[int]) -> DecodedImages:
         """tokens: long [N, h*w] -> images float32 [N, 3, 16h, 16w] in [0, 1] and valid bool [N]."""
         check_decoder_inputs(tokens, grid, prompts, seeds)
-        states, pooled = self.prompt_encoder(prompts)
+        text = self.prompt_encoder.transformer_inputs(prompts) if self.prompt_encoder is not None else {}
         images = []
         for start in range(0, tokens.shape[0], self.max_batch_size):
             chunk = slice(start, start + self.max_batch_size)
-            images.append(self._decode_chunk(tokens[chunk], grid, states[chunk], pooled[chunk], seeds[chunk]))
+            images.append(self._decode_chunk(tokens[chunk], grid, {k: v[chunk] for k, v in text.items()},
+                                             seeds[chunk]))
         raw = torch.cat(images).float().cpu()  # CPU: the images travel to reward actors
         return DecodedImages(images=raw.clamp(0, 1), valid=image_validity(raw))
 
-    def _decode_chunk(self, tokens: torch.Tensor, grid: tuple[int, int], states: torch.Tensor,
-                      pooled: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """n images: tokens [n, h*w] -> float [n, 3, 16h, 16w] in [0, 1], not yet clamped."""
+    def _decode_chunk(self, tokens: torch.Tensor, grid: tuple[int, int], text: TextInputs,
+                      seeds: Sequence[int]) -> torch.Tensor:
+        """n images: tokens [n, h*w] and their text inputs (each [n, ...]; none for X-Omni-Zh) -> float
+        [n, 3, 16h, 16w] in [0, 1], not yet clamped."""
         h, w = grid
         num_images = tokens.shape[0]
         if self.compiled_shapes is not None:
-            tokens, states, pooled, seeds = self._pad_chunk(tokens, states, pooled, seeds)
+            tokens, text, seeds = self._pad_chunk(tokens, text, seeds)
         features = self.projector.decode(tokens.to(self.device), h, w)  # [n, C, h, w]
         siglip = features.flatten(2).transpose(1, 2)  # [n, h*w, C], raster order = packed latent order
-        cond = self._conditioning(siglip, states, pooled, grid)
+        cond = self._conditioning(siglip, text, grid)
         latents = self._initial_latents(seeds, grid)  # [n, h*w, 4 * latent_channels]
         sigmas = np.linspace(1.0, 1 / self.num_inference_steps, self.num_inference_steps)
         cfg = self.scheduler.config
@@ -207,49 +245,50 @@ class XOmniDecoder:
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
         return self._to_pixels(latents[:num_images], grid)  # the padding rows go before the VAE
 
-    def _pad_chunk(self, tokens: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor,
-                   seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    def _pad_chunk(self, tokens: torch.Tensor, text: TextInputs,
+                   seeds: Sequence[int]) -> tuple[torch.Tensor, TextInputs, list[int]]:
         """A compiled pass's n images padded to `padded_rows(n, max_batch_size)` by repeating the last one: tokens
-        [n', h*w], states [n', L_txt, d_t5], pooled [n', d_clip], n' seeds. Each image's noise comes from its own
-        seed and rows do not mix, so the padding changes no real image."""
+        [n', h*w], each text input [n', ...], n' seeds. Each image's noise comes from its own seed and rows do not
+        mix, so the padding changes no real image."""
         rows = padded_rows(tokens.shape[0], self.max_batch_size)
         seeds = list(seeds) + [seeds[-1]] * (rows - len(seeds))
-        return pad_rows(tokens, rows), pad_rows(states, rows), pad_rows(pooled, rows), seeds
+        return pad_rows(tokens, rows), {k: pad_rows(v, rows) for k, v in text.items()}, seeds
 
     def _graph_limit(self, cond: _Conditioning) -> AbstractContextManager:
         """Compiled: records this pass's transformer shape (rows, image tokens, text tokens) and gives dynamo room
         for one graph per shape seen (use as `with`). Eager: nothing."""
         if self.compiled_shapes is None:
             return nullcontext()
-        self.compiled_shapes.add((cond.states.shape[0], cond.siglip.shape[1], cond.states.shape[1]))
+        self.compiled_shapes.add((cond.siglip.shape[0], cond.siglip.shape[1], cond.text_tokens))
         return graph_limit(len(self.compiled_shapes))
 
-    def _conditioning(self, siglip: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor,
-                      grid: tuple[int, int]) -> _Conditioning:
-        states, pooled = states.to(self.device, self.dtype), pooled.to(self.device, self.dtype)
-        if self.cfg_scale != 1.0:  # batch the negative branch: empty prompt, zeroed SigLIP tensor
-            empty_states, empty_pooled = self.prompt_encoder.empty()
-            states = torch.cat([states, empty_states.to(states).expand_as(states)])
-            pooled = torch.cat([pooled, empty_pooled.to(pooled).expand_as(pooled)])
+    def _conditioning(self, siglip: torch.Tensor, text: TextInputs, grid: tuple[int, int]) -> _Conditioning:
+        """siglip [n, h*w, C] and the text inputs (each [n, ...]) -> the transformer inputs of every step."""
+        text = {k: v.to(self.device, self.dtype) for k, v in text.items()}
+        if self.cfg_scale != 1.0:  # batch the negative branch: zeroed SigLIP tensor (En: and the empty prompt)
+            empty = self.prompt_encoder.empty_inputs() if self.prompt_encoder is not None else {}
+            text = {k: torch.cat([v, empty[k].to(v).expand_as(v)]) for k, v in text.items()}
             siglip = torch.cat([siglip, torch.zeros_like(siglip)])
+        if text:
+            text["txt_ids"] = torch.zeros(text["encoder_hidden_states"].shape[1], 3, device=self.device,
+                                          dtype=self.dtype)
         h, w = grid
         img_ids = torch.zeros(h, w, 3, device=self.device)
         img_ids[..., 1] = torch.arange(h, device=self.device)[:, None]
         img_ids[..., 2] = torch.arange(w, device=self.device)[None, :]
         guidance = None
         if self.transformer.config.guidance_embeds:
-            guidance = torch.full((states.shape[0],), self.guidance_scale, device=self.device)
-        return _Conditioning(states, pooled, siglip, img_ids.reshape(h * w, 3).to(self.dtype),
-                             torch.zeros(states.shape[1], 3, device=self.device, dtype=self.dtype), guidance)
+            guidance = torch.full((siglip.shape[0],), self.guidance_scale, device=self.device)
+        return _Conditioning(siglip, img_ids.reshape(h * w, 3).to(self.dtype), guidance, text)
 
     def _velocity(self, latents: torch.Tensor, t: torch.Tensor, cond: _Conditioning) -> torch.Tensor:
-        """Guided velocity [n, h*w, 4 * latent_channels]; with cfg_scale == 1 only the positive branch runs."""
-        rows = cond.states.shape[0]
+        """Guided velocity [n, h*w, 4 * latent_channels]; with cfg_scale == 1 only the positive branch runs.
+        Both releases step through here: X-Omni-En's text inputs are in `cond.text`, X-Omni-Zh has none."""
+        rows = cond.siglip.shape[0]
         hidden = latents if rows == latents.shape[0] else torch.cat([latents, latents])
         velocity = self.transformer(
-            hidden_states=hidden, encoder_hidden_states=cond.states, pooled_projections=cond.pooled,
-            timestep=t.expand(rows).to(self.dtype) / 1000, img_ids=cond.img_ids, txt_ids=cond.txt_ids,
-            guidance=cond.guidance, siglip_tensor=cond.siglip)
+            hidden_states=hidden, timestep=t.expand(rows).to(self.dtype) / 1000, img_ids=cond.img_ids,
+            guidance=cond.guidance, siglip_tensor=cond.siglip, **cond.text)
         if rows == latents.shape[0]:
             return velocity
         positive, negative = velocity.chunk(2)

@@ -1,5 +1,8 @@
 """FLUX.1's prompt encoding (CLIP pooled vector + T5 token states) for the English X-Omni decoder.
 
+X-Omni-Zh's decoder is text-free: it has no prompt encoder, and its transformer takes no text inputs (an empty
+`TextInputs`).
+
 Same computation as diffusers' FluxPipeline.encode_prompt: both tokenizers pad to their maximum length,
 no attention mask is passed to either encoder, CLIP contributes only its pooled output. In RL a batch
 repeats each prompt G times, so each distinct prompt is encoded once; the empty prompt of the negative
@@ -12,6 +15,10 @@ from collections.abc import Sequence
 
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
+
+TextInputs = dict[str, torch.Tensor]
+"""The decoder transformer's text keyword arguments: X-Omni-En's `encoder_hidden_states` [rows, L, d_t5] and
+`pooled_projections` [rows, d_clip] (the pipeline adds `txt_ids` [L, 3]); empty for X-Omni-Zh."""
 
 
 class FluxPromptEncoder:
@@ -39,6 +46,16 @@ class FluxPromptEncoder:
         if self._empty is None:
             self._empty = self([""])
         return self._empty
+
+    def transformer_inputs(self, prompts: Sequence[str]) -> TextInputs:
+        """`self(prompts)` under the En transformer's argument names: one row per prompt."""
+        states, pooled = self(prompts)
+        return {"encoder_hidden_states": states, "pooled_projections": pooled}
+
+    def empty_inputs(self) -> TextInputs:
+        """The negative CFG branch's text inputs: the empty prompt's, one row each."""
+        states, pooled = self.empty()
+        return {"encoder_hidden_states": states, "pooled_projections": pooled}
 
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         clip_ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,

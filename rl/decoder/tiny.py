@@ -2,7 +2,8 @@
 
 Every part has the real class and wiring (FLUX-with-SigLIP transformer, AutoencoderKL with /8, FLUX.1's
 scheduler config, CLIP + T5 text encoders with offline-built tokenizers) at toy widths, so loading,
-batching, seeding and CFG are exercised exactly as with the released weights. Tokenizers are built from
+batching, seeding and CFG are exercised exactly as with the released weights. `variant="zh"` builds
+X-Omni-Zh's text-free decoder instead: its transformer class, no text encoders. Tokenizers are built from
 vocabularies written here: a byte-level CLIP BPE with no merges, a T5 Unigram over single characters
 (transformers' tokenizers-backed T5Tokenizer; no sentencepiece model is needed).
 """
@@ -18,7 +19,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
-from rl.decoder.flux_siglip import FluxSigLIPTransformer
+from rl.decoder.flux_siglip import VARIANTS, Variant
 from rl.decoder.pipeline import XOmniDecoder
 from rl.decoder.text import FluxPromptEncoder
 from rl.decoder.vq import VQProjector
@@ -29,22 +30,30 @@ TEXT_WIDTH = 32
 
 def tiny_xomni_decoder(seed: int = 0, num_inference_steps: int = 2, cfg_scale: float = 2.0,
                        max_sequence_length: int = 16, max_batch_size: int = 8,
-                       vae_batch_size: int | None = None) -> XOmniDecoder:
-    """A random X-Omni decoder: 16 px per token, 4 latent channels, 32-wide SigLIP features."""
+                       vae_batch_size: int | None = None, variant: Variant = "en") -> XOmniDecoder:
+    """A random X-Omni decoder: 16 px per token, 4 latent channels, 32-wide SigLIP features.
+
+    variant: "en" (FLUX's text path, CLIP + T5) or "zh" (X-Omni-Zh's text-free transformer with a random learned
+    pooled vector; max_sequence_length is then unused).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         projector = VQProjector(CODEBOOK_SIZE, codebook_dim=8, z_channels=32)
-        transformer = FluxSigLIPTransformer(
+        transformer = VARIANTS[variant](
             in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
             joint_attention_dim=TEXT_WIDTH, pooled_projection_dim=TEXT_WIDTH, guidance_embeds=True,
             axes_dims_rope=(2, 2, 4), siglip_channels=32)
         # X-Omni zero-initialises siglip_embed; a random one lets the image codes change the picture.
         torch.nn.init.normal_(transformer.siglip_embed.weight, std=0.2)
+        if variant == "zh":  # X-Omni zero-initialises it too; a random one makes the pooled path matter
+            torch.nn.init.normal_(transformer.pooled_embeds, std=1.0)
         vae = AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
             block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
             scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
-        prompt_encoder = _tiny_prompt_encoder(max_sequence_length)
+        prompt_encoder = _tiny_prompt_encoder(max_sequence_length) if variant == "en" else None
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096)
@@ -57,7 +66,8 @@ def save_tiny_folders(decoder: XOmniDecoder, root: str | os.PathLike) -> tuple[s
     """Write `decoder` as an X-Omni model folder and a FLUX.1-dev folder under `root`.
 
     Returns (xomni_path, flux_path) for `XOmniDecoder.from_pretrained`. The X-Omni folder holds only the
-    decoder side (config.json with `vision_config`, the projector state dict, the diffusers subfolder).
+    decoder side (config.json with `vision_config`, the projector state dict, the diffusers subfolder); the FLUX
+    folder has no text encoders for an X-Omni-Zh decoder.
     """
     xomni, flux = os.path.join(root, "xomni"), os.path.join(root, "flux")
     os.makedirs(xomni, exist_ok=True)
@@ -81,10 +91,12 @@ def save_tiny_folders(decoder: XOmniDecoder, root: str | os.PathLike) -> tuple[s
     with open(os.path.join(xomni, "config.json"), "w") as f:
         json.dump({"model_type": "x-omni", "vision_config": vision}, f, indent=1)
 
+    parts = [("vae", decoder.vae), ("scheduler", decoder.scheduler)]
     text = decoder.prompt_encoder
-    for name, part in [("vae", decoder.vae), ("scheduler", decoder.scheduler),
-                       ("text_encoder", text.text_encoder), ("tokenizer", text.tokenizer),
-                       ("text_encoder_2", text.text_encoder_2), ("tokenizer_2", text.tokenizer_2)]:
+    if text is not None:
+        parts += [("text_encoder", text.text_encoder), ("tokenizer", text.tokenizer),
+                  ("text_encoder_2", text.text_encoder_2), ("tokenizer_2", text.tokenizer_2)]
+    for name, part in parts:
         part.save_pretrained(os.path.join(flux, name))
     return xomni, flux
 
