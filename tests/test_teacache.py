@@ -71,14 +71,14 @@ def test_threshold_zero_is_exactly_the_uncached_decoder(model):
     reference, _ = denoise(model, batch, None)
     cached, cache = denoise(model, batch, 0.0)
     assert (cached - reference).abs().max().item() == 0.0
-    assert (cache.calls, cache.skipped) == (2 * STEPS, 0)
+    assert (cache.calls, cache.skipped) == (4 * STEPS, 0)  # 2 images x 2 CFG rows per step
 
 
 def test_a_high_threshold_runs_only_the_first_and_last_steps(model):
     batch = inputs(model, [1])
     reference, _ = denoise(model, batch, None)
     cached, cache = denoise(model, batch, 1e9)
-    assert (cache.calls, cache.skipped) == (2, STEPS - 2)
+    assert (cache.calls, cache.skipped) == (2 * 2, 2 * (STEPS - 2))  # 2 CFG rows per step
     # Skipped steps reuse a residual, so the result moves away from the full decode, but stays finite.
     assert torch.isfinite(cached).all() and (cached - reference).abs().max() > 1e-4
 
@@ -102,7 +102,7 @@ def test_a_pass_may_drop_the_negative_branch(model):
     for threshold in (0.0, 0.6):
         reference, _ = denoise(model, batch, None, cfg_steps=5) if threshold == 0 else (None, None)
         cached, cache = denoise(model, batch, threshold, cfg_steps=5)
-        assert torch.isfinite(cached).all() and cache.calls + cache.skipped == 2 * STEPS
+        assert torch.isfinite(cached).all() and cache.calls + cache.skipped == 4 * 5 + 2 * (STEPS - 5)
         if reference is not None:
             assert (cached - reference).abs().max().item() == 0.0
 

@@ -36,8 +36,8 @@ class TeaCache:
     the negative one when CFG runs (a pass may drop the negative rows after some steps: the state keeps the
     positive ones). `threshold` 0 runs every step (the counters still count).
 
-    calls / skipped: image-steps whose block stack ran / was replaced by the cached residual (one image-step
-    is one image at one denoising step, both its CFG rows).
+    calls / skipped: rows whose block stack ran / was replaced by the cached residual, summed over the steps (one
+    row is one image in one CFG branch at one denoising step: the unit the transformer's cost grows with).
     """
 
     def __init__(self, threshold: float, num_steps: int, num_images: int):
@@ -59,9 +59,9 @@ class TeaCache:
             raise RuntimeError(f"TeaCache made for {self.num_steps} steps was called a {self.step + 1}th time")
         run = self._images_to_run(modulated)
         self.step += 1
-        self.calls += sum(run)
-        self.skipped += len(run) - sum(run)
         branches = hidden.shape[0] // self.num_images
+        self.calls += branches * sum(run)
+        self.skipped += branches * (len(run) - sum(run))
         if all(run):
             output = blocks(hidden, None)
         else:
