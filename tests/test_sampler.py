@@ -2,6 +2,7 @@
 
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 from rl.compiled_shapes import graph_limit, padded_rows, row_buckets
-from rl.model.sampler import CompiledDecodeStep, SamplingParams, sample_image_tokens
+from rl.model.sampler import CompiledDecodeStep, SamplingParams, _draw, sample_image_tokens
 from rl.model.tiny import tiny_policy, tiny_tokenizer
 from rl.model.tokenizer import PromptFormat, image_prefix, load_tokenizer
 from rl.seeding import counter_uniforms, sample_seed
@@ -181,23 +182,97 @@ def test_sampling_calls_transformers_without_deprecated_arguments(policy, fmt):
         sample_image_tokens(policy, fmt.encode(PROMPTS[:2], (1, 3)), SamplingParams(), _seeds(2))
 
 
+def _decode_steps(model, ids, width, slots, pad, corrupt=None):
+    """Last-position hidden states [N, L - width + 1, C] of `XOmniModel.decode`: the prefill of ids[:, :width],
+    then one id per step, on a static cache of `slots` slots for rows left-padded by `pad`; `corrupt(cache)`
+    runs after the prefill (to show that the comparison below catches a broken cache)."""
+    cache = model.model.new_static_cache(pad, slots)
+    start = torch.zeros((), dtype=torch.long)
+    steps = [model.model.decode(ids[:, :width], start, cache)]
+    if corrupt is not None:
+        corrupt(cache)
+    for t in range(width, ids.shape[1]):
+        steps.append(model.model.decode(ids[:, t:t + 1], start + t, cache))
+    return torch.stack(steps, 1)
+
+
 def test_static_cache_decoding_matches_the_full_forward(policy, fmt):
-    """The compiled sampler's cache layout, run eagerly: one mask over all slots of a StaticCache (longer
-    than the sequence) serves the prefill and every step, and positions still skip the left padding."""
+    """The sampler's step on its static cache (longer than the sequence, mask from the left padding alone)
+    gives the full forward's hidden states at every real position, through the image-only layers too; a wrong
+    mask or a cache not written in place moves them far beyond the bound, so this comparison can fail."""
     batch = fmt.encode(PROMPTS[:2], GRID)
     codes = torch.randint(0, 16384, (2, 24), generator=torch.Generator().manual_seed(0))
     ids, mask = batch.with_image_tokens(codes)
     width, slots = batch.input_ids.shape[1], ids.shape[1] + 7
-    full_mask = torch.cat([mask, mask.new_ones(2, slots - ids.shape[1])], dim=1)
+    pad = width - batch.attention_mask.sum(1)
+    assert pad.tolist()[1] > 0  # "hi" is padded: the mask matters
     with torch.no_grad():
-        full = policy(ids, mask)
-        cache = policy.new_cache(max_length=slots)
-        steps = [policy(ids[:, :width], full_mask, cache)]
-        for t in range(width, ids.shape[1]):
-            steps.append(policy(ids[:, t:t + 1], full_mask, cache))
-        with pytest.raises(ValueError, match="attention_mask must be"):
-            policy(ids[:, -1:], mask, cache)  # a dynamic cache's [B, past + L] mask does not fit a static one
-    torch.testing.assert_close(torch.cat(steps, 1)[mask.bool()], full[mask.bool()], atol=1e-5, rtol=0)
+        full = policy(ids, mask)[:, width - 1:]
+        steps = _decode_steps(policy, ids, width, slots, pad)
+        no_padding_mask = _decode_steps(policy, ids, width, slots, torch.zeros_like(pad))
+        lost_prompt = _decode_steps(policy, ids, width, slots, pad, lambda cache: cache.keys[:, :, :, :width].zero_())
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
+    assert (no_padding_mask[1] - full[1]).abs().max() > 1e-2 and (lost_prompt - full).abs().max() > 1e-2
+
+
+def _reference_samples(model, fmt, prompts, params, seeds):
+    """The sampler with no cache at all: every token drawn from a full forward over the prompt and the tokens so
+    far (the model's normal forward, transformers' masks), with the sampler's own draw and the same uniforms."""
+    batch, uncond = fmt.encode(prompts, GRID), fmt.encode([""] * len(prompts), GRID)  # "" + prefix = the prefix
+    uniforms = counter_uniforms(seeds, 24)
+    tokens = torch.empty(len(prompts), 0, dtype=torch.long)
+    logprobs = []
+    def logits(prefix, tokens):
+        ids = torch.cat([prefix.input_ids, tokens + fmt.vocab_size], 1)
+        mask = torch.cat([prefix.attention_mask, torch.ones_like(tokens)], 1)
+        return model.image_head(model(ids, mask)[:, -1]).float() / params.temperature
+
+    for t in range(24):
+        with torch.no_grad():
+            cond, free = logits(batch, tokens), logits(uncond, tokens)
+            guided = cond if params.cfg_scale == 1 else free + params.cfg_scale * (cond - free)
+        tokens = torch.cat([tokens, _draw(guided, params, uniforms[:, t])[:, None]], 1)
+        logprobs.append(cond.log_softmax(-1).gather(-1, tokens[:, -1:])[:, 0])
+    return tokens, torch.stack(logprobs, 1)
+
+
+# One image-only, one language and one image-only layer: both layer kinds, the smallest graph to compile.
+SMALL = dict(num_hidden_layers=3, num_mm_adap_layers=1, num_mm_head_layers=1)
+
+
+@pytest.mark.parametrize("compile_", [False, pytest.param(True, marks=pytest.mark.compile)], ids=["eager", "compiled"])
+def test_samples_equal_the_uncached_reference(fmt, compile_):
+    """Tokens and log-probs (float32) of the static-cache sampler, eager and compiled (one graph, no graph break),
+    equal a loop without any cache, with left-padded prompts of four widths and CFG's unconditional rows."""
+    model = tiny_policy(seed=2, **SMALL).eval()
+    with torch.no_grad():
+        model.mm_head.weight.mul_(10.0)  # peaked distributions: a wrong logit moves draws
+    params, seeds = SamplingParams(cfg_scale=2.0, min_p=0.05), _seeds(4)
+    compiled = CompiledDecodeStep(model, max_rows=4) if compile_ else None
+    samples = sample_image_tokens(model, fmt.encode(PROMPTS, GRID), params, seeds, compiled)
+    tokens, logprobs = _reference_samples(model, fmt, PROMPTS, params, seeds)
+    assert torch.equal(samples.tokens, tokens)
+    torch.testing.assert_close(samples.logprobs, logprobs, atol=1e-5, rtol=0)
+    assert len(set(samples.tokens.flatten().tolist())) > 20  # not one code everywhere: the check can fail
+    if compile_:
+        assert compiled.shapes == {(8, 64)}
+
+
+def test_the_decode_step_has_no_graph_break(policy):
+    """dynamo traces the per-token step as one graph (explain: dynamo alone, no compilation)."""
+    step = CompiledDecodeStep(policy, max_rows=2)
+    cache = policy.model.new_static_cache(torch.tensor([0, 3]), step.slots(40))
+    ids = torch.full((2, 1), policy.config.vocab_size)
+    with torch.inference_mode():
+        explanation = torch._dynamo.explain(step._logits)(ids, torch.tensor(30), cache)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
+
+
+def test_prompts_must_be_left_padded(policy, fmt):
+    batch = fmt.encode(PROMPTS[:2], GRID)
+    holes = replace(batch, attention_mask=batch.attention_mask.flip(1))
+    with pytest.raises(ValueError, match="pad on the left only"):
+        sample_image_tokens(policy, holes, SamplingParams(), _seeds(2))
 
 
 def test_defaults_are_xomni_generation_settings():

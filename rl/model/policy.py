@@ -19,7 +19,7 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers.cache_utils import Cache, DynamicCache, StaticCache
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
 from core.devices import DtypeName, resolve_dtype
@@ -138,12 +138,10 @@ class XOmniPolicy(nn.Module):
         """Final-normed hidden states [B, L, C]; see XOmniModel.forward for mask and cache."""
         return self.model(input_ids, attention_mask, past_key_values)
 
-    def new_cache(self, max_length: int | None = None) -> Cache:
-        """An empty KV cache for incremental decoding with `forward`: a growing `DynamicCache`, or, with
-        `max_length`, a `StaticCache` of that many slots (fixed shapes, for a torch.compile'd decode step)."""
-        if max_length is None:
-            return DynamicCache(config=self.config)
-        return StaticCache(config=self.config, max_cache_len=max_length)
+    def new_cache(self) -> Cache:
+        """An empty, growing KV cache (`DynamicCache`) for incremental decoding with `forward`. The sampler decodes
+        on a static cache instead (`XOmniModel.decode`)."""
+        return DynamicCache(config=self.config)
 
     def image_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Image-mode logits [..., image_vocab_size] from hidden states [..., C] (model dtype)."""

@@ -12,9 +12,10 @@ Randomness: draw t of row i is the inverse CDF of the filtered distribution at t
 whichever worker, batch or row draws it, as far as the model's logits are batch-invariant (exactly on
 CPU float32 in practice; on GPU, kernel choices that depend on the batch shape can flip rare draws).
 
-The per-token step runs eagerly on a growing DynamicCache, or compiled on a StaticCache
+The per-token step is `XOmniModel.decode` on a static KV cache written in place (its mask built once per call
+from the prompts' left padding, GQA attention reading each key and value once), run eagerly or compiled
 (`CompiledDecodeStep`, the option `rollout.compile`); both draw with the same code from the same logits up to
-float rounding.
+float rounding. No step reads device data on the host.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
-from transformers.cache_utils import Cache
 
 from rl.compiled_shapes import graph_limit, pad_rows, padded_rows, row_buckets
 from rl.model.policy import XOmniPolicy
 from rl.model.tokenizer import PromptBatch
+from rl.model.xomni_model import StaticKVCache
 from rl.seeding import counter_uniforms
 
 
@@ -76,28 +78,24 @@ class ImageSamples:
 
 
 class CompiledDecodeStep:
-    """The sampler's per-token forward (one new token per row -> image logits) under torch.compile, on a
-    static KV cache: the option `rollout.compile`. Pass it to `sample_image_tokens(..., compiled=...)`.
+    """The sampler's per-token step (one new token per row -> image logits) under
+    `torch.compile(fullgraph=True)`: the option `rollout.compile`. Pass it to `sample_image_tokens(..., compiled=...)`.
 
-    A static cache gives every step the same shapes, so one graph serves all h*w steps. Its length is the
-    prompt width + h*w - 1 rounded up to `cache_bucket` slots, so batches whose prompts pad to different widths
-    reuse the graph. A batch's rows are padded up to one of `row_buckets(max_rows)` (rl/compiled_shapes.py;
-    the padding rows repeat the last row and are dropped), so a run compiles one graph per (rows, slots) pair of
-    `shapes_for`: 7 per cache length at max_rows 64. Calls run with dynamo's recompile limit raised to the
-    shapes seen, and hitting it is an error: the step never falls back to eager silently.
-
-    The cache is kept between calls and reset, as transformers' generate() does: a fresh one would hand the
-    compiled graph new buffers. The prefill (one pass over the prompts) stays eager. Tested equal to eager on
-    the CPU; never run on a GPU.
+    The step is `XOmniModel.decode` on a static KV cache: fixed shapes and no host read of data, so one graph, with
+    no graph break (a break is a compile error), serves all h*w steps. The cache's length is the prompt width +
+    h*w - 1 rounded up to `cache_bucket` slots, so batches whose prompts pad to different widths reuse the graph.
+    A batch's rows are padded up to one of `row_buckets(max_rows)` (rl/compiled_shapes.py; the padding rows
+    repeat the last row and are dropped), so a run compiles one graph per (rows, slots) pair of `shapes_for`: 7 per
+    cache length at max_rows 64. Calls run with dynamo's recompile limit raised to the shapes seen, and hitting it
+    is an error: the step never falls back to eager silently. The prefill (one pass over the prompts) stays
+    eager. Tested equal to eager on the CPU; never run on a GPU.
     """
 
     def __init__(self, policy: XOmniPolicy, max_rows: int, cache_bucket: int = 64):
         if max_rows < 1 or cache_bucket < 1:
             raise ValueError(f"max_rows and cache_bucket must be >= 1, got {max_rows} and {cache_bucket}")
         self.policy, self.max_rows, self.cache_bucket = policy, max_rows, cache_bucket
-        self._compiled = torch.compile(self._logits, dynamic=False)
-        self._cache: Cache | None = None
-        self._cache_shape: tuple[int, int] | None = None
+        self._compiled = torch.compile(self._logits, fullgraph=True, dynamic=False)
         self.shapes: set[tuple[int, int]] = set()  # the (rows, slots) it has run: one graph each
 
     @staticmethod
@@ -116,22 +114,17 @@ class CompiledDecodeStep:
         """dynamo's settings for one sampling call (use as `with`): room for the shapes seen and this call's."""
         return graph_limit(len(self.shapes) + 1)
 
-    def new_cache(self, num_rows: int, length: int) -> tuple[Cache, int]:
-        """An empty static cache for `num_rows` rows (the kept one, reset) and its number of slots (>= length)."""
-        shape = (num_rows, -(-length // self.cache_bucket) * self.cache_bucket)
-        if shape == self._cache_shape:
-            self._cache.reset()
-        else:
-            self._cache, self._cache_shape = self.policy.new_cache(shape[1]), shape
-        return self._cache, shape[1]
+    def slots(self, length: int) -> int:
+        """The cache slots for sequences of `length` tokens: rounded up to the bucket."""
+        return -(-length // self.cache_bucket) * self.cache_bucket
 
-    def __call__(self, step_ids: torch.Tensor, mask: torch.Tensor, cache: Cache) -> torch.Tensor:
-        """step_ids long [R, 1], mask [R, slots] -> image logits [R, K] (model dtype); extends `cache`."""
-        self.shapes.add((mask.shape[0], mask.shape[1]))
-        return self._compiled(step_ids, mask, cache)
+    def __call__(self, step_ids: torch.Tensor, start: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """step_ids long [R, 1] into slot `start` (long 0-dim) -> image logits [R, K] (model dtype)."""
+        self.shapes.add((step_ids.shape[0], cache.keys.shape[3]))
+        return self._compiled(step_ids, start, cache)
 
-    def _logits(self, step_ids: torch.Tensor, mask: torch.Tensor, cache: Cache) -> torch.Tensor:
-        return self.policy.image_head(self.policy(step_ids, mask, cache)[:, -1])
+    def _logits(self, step_ids: torch.Tensor, start: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        return _step_logits(self.policy, step_ids, start, cache)
 
 
 def sample_image_tokens(policy: XOmniPolicy, prompts: PromptBatch, params: SamplingParams,
@@ -139,8 +132,8 @@ def sample_image_tokens(policy: XOmniPolicy, prompts: PromptBatch, params: Sampl
     """Draw exactly h*w image tokens for every row of `prompts` (N rows; repeat a prompt G times for G
     samples), row i driven by `seeds[i]` alone. Returns tensors on the policy's device.
 
-    compiled: run the per-token forward compiled on a static cache (built for this `policy`), the N rows (at most
-    `compiled.max_rows`) padded to a row bucket; None = eager, on a growing `DynamicCache`.
+    compiled: run the per-token step compiled (built for this `policy`), the N rows (at most `compiled.max_rows`)
+    padded to a row bucket and the cache to a slot bucket; None = the same step eagerly.
     """
     if len(seeds) != prompts.input_ids.shape[0]:
         raise ValueError(f"need one seed per prompt row: {prompts.input_ids.shape[0]} rows, {len(seeds)} seeds")
@@ -167,19 +160,21 @@ def sample_image_tokens(policy: XOmniPolicy, prompts: PromptBatch, params: Sampl
 
 def _decode(policy: XOmniPolicy, prompts: PromptBatch, params: SamplingParams, uniforms: torch.Tensor,
             compiled: CompiledDecodeStep | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decoding loop: codes long [N, T] and their log-probs float32 [N, T]."""
+    """The decoding loop: codes long [N, T] and their log-probs float32 [N, T]. Nothing in it reads device data
+    on the host, so on a GPU the steps queue up without waiting for each other."""
     (num_rows, num_tokens), device = uniforms.shape, uniforms.device
     cfg = params.cfg_scale > 1
     input_ids, prompt_mask = _with_uncond_rows(prompts) if cfg else (prompts.input_ids, prompts.attention_mask)
-    rows, width = input_ids.shape  # R = N, or 2N with CFG
+    width = input_ids.shape[1]  # rows R = N, or 2N with CFG
     needed = width + num_tokens - 1  # key slots: the last token is never fed back
-    cache, slots = (policy.new_cache(), needed) if compiled is None else compiled.new_cache(rows, needed)
-    # One mask over all key slots: the prompt's, then ones (causality hides the slots not written yet). A
-    # dynamic cache takes its first past + L columns, a static one all of them at every call.
-    mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, slots - width)], dim=1)
+    slots = needed if compiled is None else compiled.slots(needed)
+    cache = policy.model.new_static_cache(_left_padding(prompt_mask), slots)  # all the call's memory, at once
+    step = compiled if compiled is not None else partial(_step_logits, policy)
     tokens = torch.empty(num_rows, num_tokens, dtype=torch.long, device=device)
     logprobs = torch.empty(num_rows, num_tokens, dtype=torch.float32, device=device)
-    logits = policy.image_head(policy(input_ids, mask if compiled else mask[:, :width], cache)[:, -1])  # [R, K]
+    start = torch.zeros((), dtype=torch.long, device=device)
+    logits = _step_logits(policy, input_ids, start, cache)  # the prefill, eager: [R, K]
+    start = start + width
     for t in range(num_tokens):
         scaled = logits.float() / params.temperature
         cond = scaled[:num_rows]
@@ -189,11 +184,24 @@ def _decode(policy: XOmniPolicy, prompts: PromptBatch, params: SamplingParams, u
         logprobs[:, t] = cond.gather(-1, tokens[:, t, None])[:, 0] - cond.logsumexp(dim=-1)
         if t + 1 < num_tokens:  # the last token is never fed back
             step_ids = (tokens[:, t] + prompts.vocab_size).repeat(2 if cfg else 1)[:, None]  # [R, 1]
-            if compiled is None:
-                logits = policy.image_head(policy(step_ids, mask[:, :width + t + 1], cache)[:, -1])
-            else:
-                logits = compiled(step_ids, mask, cache)
+            logits = step(step_ids, start, cache)
+            start = start + 1
     return tokens, logprobs
+
+
+def _step_logits(policy: XOmniPolicy, input_ids: torch.Tensor, start: torch.Tensor,
+                 cache: StaticKVCache) -> torch.Tensor:
+    """Image logits [R, K] after ids [R, L] written to slots [start, start + L) of `cache`."""
+    return policy.image_head(policy.model.decode(input_ids, start, cache))
+
+
+def _left_padding(mask: torch.Tensor) -> torch.Tensor:
+    """Padding per row, long [R], of a left-padded prompt mask [R, P] (checked once per call: the static cache's
+    mask is built from these counts alone)."""
+    pad = mask.shape[1] - mask.sum(dim=1)
+    if not torch.equal(mask.bool(), torch.arange(mask.shape[1], device=mask.device) >= pad[:, None]):
+        raise ValueError("prompts.attention_mask must pad on the left only (zeros, then ones in every row)")
+    return pad
 
 
 def _with_uncond_rows(prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
