@@ -27,8 +27,9 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from core.devices import DtypeName
 from rewards.base import ImageLike, RewardOutput, check_batch, to_uint8
-from rewards.ocr_backends import build_backend
+from rewards.ocr_backends import build_backend, read_batch
 from rewards.text_accuracy import MODES, TextMode, edit_similarity, text_recall
 
 Combine = Literal["max", "union"]
@@ -59,7 +60,7 @@ class OCRReward:
     """Text accuracy in [0, 1] of the OCR reading against the prompt's target strings.
 
     Args:
-        backends: OCR engines, each a name ("rapidocr", "paddleocr", or a class import path) or a
+        backends: OCR engines, each a name ("rapidocr", "paddleocr", "got_ocr2", or a class import path) or a
             mapping `{name: ..., **kwargs}` with the backend's options (see `rewards.ocr_backends`).
         combine: "max" or "union", how several backends' readings make one score (module docstring).
         metric: "recall" (LongText-Bench's, exact to the official scorer) or "edit_distance" (1 - normalised
@@ -68,6 +69,8 @@ class OCRReward:
             recall), "en" (words) or "zh" (characters), as in LongText-Bench.
         max_side: long-side limit for text detection, given to every backend that does not set its own.
         min_confidence: recognised lines below this confidence are ignored.
+        device, dtype: where and in what dtype the backends on a torch model (got_ocr2) run, unless their spec
+            sets its own; None or "auto": CUDA when available.
         cache_size: how many distinct images' readings to keep across calls (least recently used dropped; 0: none
             beyond the current call). OCR is a function of the pixels, so a kept reading is exactly what reading
             again would give; an entry holds the kept text only.
@@ -90,6 +93,8 @@ class OCRReward:
         max_side: int = 960,
         min_confidence: float = 0.5,
         cache_size: int = 4096,
+        device: str | None = None,
+        dtype: DtypeName = "float32",
     ):
         if isinstance(backends, (str, Mapping)) or not backends:
             raise ValueError(f"backends must be a non-empty list of names or mappings, got {backends!r}")
@@ -105,7 +110,7 @@ class OCRReward:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
-        built = [build_backend(spec, max_side) for spec in backends]
+        built = [build_backend(spec, max_side, device, dtype) for spec in backends]
         self.backends = dict(zip(_labels(backends), built, strict=True))
         self.combine = combine
         self.metric = METRICS[metric]
@@ -116,21 +121,26 @@ class OCRReward:
 
     def read(self, image: ImageLike) -> dict[str, str]:
         """Backend label -> the lines it read with enough confidence, joined by newlines."""
-        array = to_uint8(image)
-        return {
-            label: "\n".join(text for text, conf in backend.read(array) if conf >= self.min_confidence)
-            for label, backend in self.backends.items()
-        }
+        return self.read_many([image])[0]
 
-    def _read_once(self, array: np.ndarray) -> dict[str, str]:
-        """`read(array)`, or the reading of the same pixels kept from this call or a recent one. A converged policy
-        draws many identical images per group and again in later steps (the CPU demo's rows late in training)."""
-        key = (array.shape, hashlib.blake2b(array.tobytes(), digest_size=16).digest())
-        if key in self._readings:
+    def read_many(self, images: Sequence[ImageLike]) -> list[dict[str, str]]:
+        """`read` of each image; each backend gets them all at once (`read_batch`: a model batches them)."""
+        arrays = [to_uint8(image) for image in images]
+        lines = {label: read_batch(backend, arrays) for label, backend in self.backends.items()}
+        return [{label: "\n".join(text for text, conf in lines[label][i] if conf >= self.min_confidence)
+                 for label in self.backends} for i in range(len(arrays))]
+
+    def _read_once(self, arrays: Sequence[np.ndarray]) -> list[dict[str, str]]:
+        """`read_many(arrays)`, reusing the readings of the same pixels kept from this call or a recent one. A
+        converged policy draws many identical images per group and again in later steps (the CPU demo's rows late
+        in training)."""
+        keys = [(a.shape, hashlib.blake2b(a.tobytes(), digest_size=16).digest()) for a in arrays]
+        new = dict(zip(keys, arrays, strict=True))
+        for key in [key for key in new if key in self._readings]:
             self._readings.move_to_end(key)
-        else:
-            self._readings[key] = self.read(array)
-        return self._readings[key]
+            del new[key]
+        self._readings.update(zip(new, self.read_many(list(new.values())), strict=True))
+        return [self._readings[key] for key in keys]
 
     def score_one(self, image: ImageLike, targets: list[str]) -> dict[str, Any]:
         """Score, per-backend texts and accuracies, and the combined (matched, total) of one image.
@@ -163,14 +173,12 @@ class OCRReward:
         unscored = {"score": math.nan, "matched": 0, "total": 0}
         unscored |= {f"ocr_text/{label}": "" for label in self.backends}
         unscored |= {f"accuracy/{label}": math.nan for label in self.backends}
-        results = []
-        for image, meta in zip(images, metadata, strict=True):
-            targets = target_texts(meta)
-            # No target, or only punctuation and spaces: nothing to find, so no OCR run either.
-            if text_recall(targets, "", self.mode)[1] == 0:
-                results.append(unscored)
-                continue
-            results.append(self.score_texts(self._read_once(to_uint8(image)), targets))
+        targets = [target_texts(meta) for meta in metadata]
+        # No target, or only punctuation and spaces: nothing to find, so no OCR run either.
+        scored = [i for i, t in enumerate(targets) if text_recall(t, "", self.mode)[1] > 0]
+        results = [unscored] * len(images)
+        for i, texts in zip(scored, self._read_once([to_uint8(images[i]) for i in scored]), strict=True):
+            results[i] = self.score_texts(texts, targets[i])
         while len(self._readings) > self.cache_size:  # the least recently used; within a call every image is kept
             self._readings.popitem(last=False)
         details = {key: [r[key] for r in results] for key in unscored if key != "score"}

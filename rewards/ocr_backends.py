@@ -7,13 +7,18 @@ text detection runs at; recognition reads the crops at full resolution.
 
 - RapidOCR (default): PP-OCR detection/recognition ONNX models shipped inside the `rapidocr` wheel,
   so it runs offline with no download.
-- PaddleOCR 3.x: optional (`pip install "xomni-rl[paddle]"`); offline it needs local model folders,
-  as it downloads its models at first use otherwise.
+- PaddleOCR 3.x (`paddleocr`, or `paddle`): optional (`pip install "xomni-rl[paddle]"`); offline it needs
+  local model folders, as it downloads its models at first use otherwise.
+- GOT-OCR2.0 (`got_ocr2`, `rewards.got_ocr2`): a 560M-parameter transformers model reading the whole image;
+  it runs on the reward's `device` and `dtype` and reads a batch of images per call (`read_batch`).
+
+X-Omni's OCR reward is GOT-OCR2.0 with PaddleOCR (`backends: [got_ocr2, paddle]`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,10 +35,21 @@ class OCRBackend(Protocol):
         ...
 
 
-def _to_bgr(image: np.ndarray) -> np.ndarray:
-    """Both engines take arrays in OpenCV's BGR order."""
+def read_batch(backend: OCRBackend, images: Sequence[np.ndarray]) -> list[list[Line]]:
+    """`backend.read` of each image, through its own `read_batch` when it has one (a model that batches)."""
+    batched = getattr(backend, "read_batch", None)
+    return batched(images) if batched is not None else [backend.read(image) for image in images]
+
+
+def check_rgb(image: np.ndarray) -> None:
+    """ValueError unless `image` is what every backend reads: a uint8 RGB array [H, W, 3]."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"OCR backends read uint8 RGB arrays [H, W, 3], got {image.dtype} {image.shape}")
+
+
+def _to_bgr(image: np.ndarray) -> np.ndarray:
+    """Both PP-OCR engines take arrays in OpenCV's BGR order."""
+    check_rgb(image)
     return np.ascontiguousarray(image[..., ::-1])
 
 
@@ -123,24 +139,35 @@ class PaddleOCRBackend:
         return lines
 
 
-BACKENDS = {"rapidocr": RapidOCRBackend, "paddleocr": PaddleOCRBackend}
+# GOT-OCR2 by import path: rewards.got_ocr2 imports this module (check_rgb, Line).
+BACKENDS: dict[str, type | str] = {"rapidocr": RapidOCRBackend, "paddleocr": PaddleOCRBackend,
+                                   "paddle": PaddleOCRBackend, "got_ocr2": "rewards.got_ocr2.GotOcr2Backend"}
 
 
-def build_backend(spec: str | Mapping[str, Any], max_side: int = 960) -> OCRBackend:
-    """A backend from a name or `{"name": ..., **kwargs}`; `max_side` unless the spec sets it.
+def backend_class(name: Any) -> type:
+    """The class a backend name stands for: one of `BACKENDS`, or a class import path."""
+    if not isinstance(name, str):
+        raise ValueError(f"an OCR backend needs a name ({sorted(BACKENDS)} or an import path), got {name!r}")
+    if name not in BACKENDS and "." not in name:
+        raise ValueError(f"unknown OCR backend {name!r}; use one of {sorted(BACKENDS)} or an import path")
+    target = BACKENDS.get(name, name)
+    return resolve_component(target) if isinstance(target, str) else target
+
+
+def build_backend(spec: str | Mapping[str, Any], max_side: int = 960, device: str | None = None,
+                  dtype: str = "float32") -> OCRBackend:
+    """A backend from a name or `{"name": ..., **kwargs}`; `max_side` (to backends that take it) and, for those
+    on a torch model (class attribute `torch_model = True`), `device` and `dtype`, unless the spec sets them
+    (PaddleOCR's own `device` is Paddle's naming, so it gets none).
 
     Names are those of `BACKENDS`, or the import path of a class of your own (`my_module.MyOCR`)
-    that takes `max_side` and has `read`.
+    that has `read` (and optionally `read_batch`) and may take `max_side`.
     """
     kwargs = dict(spec) if isinstance(spec, Mapping) else {"name": spec}
-    name = kwargs.pop("name", None)
-    if not isinstance(name, str):
-        raise ValueError(f"an OCR backend needs a name ({sorted(BACKENDS)} or an import path), got {spec!r}")
-    if name in BACKENDS:
-        cls = BACKENDS[name]
-    elif "." in name:
-        cls = resolve_component(name)
-    else:
-        raise ValueError(f"unknown OCR backend {name!r}; use one of {sorted(BACKENDS)} or an import path")
-    kwargs.setdefault("max_side", max_side)
+    cls = backend_class(kwargs.pop("name", None))
+    if "max_side" in inspect.signature(cls).parameters:
+        kwargs.setdefault("max_side", max_side)
+    if getattr(cls, "torch_model", False):
+        kwargs.setdefault("device", device)
+        kwargs.setdefault("dtype", dtype)
     return cls(**kwargs)

@@ -11,6 +11,7 @@ from that name.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -148,10 +149,15 @@ def _decoder_shape(counts: dict[str, int], dtype: torch.dtype, inner: int, text_
 
 
 def reward_shape(node: DictConfig) -> tuple[RewardShape, str]:
-    """A reward's model: sized from its open_clip architecture name, or empty when it has none (OCR, the
-    weight-free quality score, rewards the plan does not know)."""
+    """A reward's model: sized from its open_clip architecture name, an OCR reward from its GOT-OCR2 backends, or
+    empty when it has none (PP-OCR engines run on CPUs; the weight-free quality score, rewards the plan does not
+    know)."""
+    from rewards.ocr import OCRReward
+
     target = resolve_component(str(node["_component_"]))
     kwargs = _arguments(target, node)
+    if target is OCRReward:
+        return _ocr_shape(node, kwargs)
     name = kwargs.get("model")
     if not isinstance(name, str):
         return RewardShape(), "no model the plan knows"
@@ -170,6 +176,45 @@ def reward_shape(node: DictConfig) -> tuple[RewardShape, str]:
     dtype = str(kwargs.get("dtype", "float32"))
     shape = RewardShape(parameters, DTYPE_BYTES[dtype], int(kwargs.get("batch_size", 16)), tokens, vision["width"])
     return shape, f"open_clip {name}, {parameters / 1e6:.0f}M parameters, {dtype}"
+
+
+def _ocr_shape(node: DictConfig, kwargs: Mapping[str, Any]) -> tuple[RewardShape, str]:
+    """The GOT-OCR2 backends of an OCR reward: their parameters, and the vision tower's tokens and width for one
+    batch (its Qwen2 decoder's KV cache for the short readings is left to the margin). A backend whose `path` is
+    unset is sized from transformers' GotOcr2Config defaults, which are the released model's widths."""
+    from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
+
+    from rewards.got_ocr2 import GotOcr2Backend, check_folder, resolve_folder
+    from rewards.ocr_backends import backend_class
+
+    shapes, sources = [], []
+    for i, spec in enumerate(node.get("backends") or []):
+        cls = backend_class(spec if isinstance(spec, str) else spec.get("name"))
+        if not (isinstance(cls, type) and issubclass(cls, GotOcr2Backend)):
+            continue
+        spec = spec if isinstance(spec, DictConfig) else DictConfig({"name": spec})
+        args = _arguments(cls, {k: spec[k] for k in spec if k != "name" and missing_reason(spec, k) is None})
+        if "path" in args:
+            key = f"backends[{i}].path"
+            try:
+                folder = resolve_folder(str(args["path"]), key)
+                check_folder(folder, key)
+            except (OSError, ValueError) as e:
+                raise ConfigError([f"{e} (or leave it ??? to plan with GotOcr2Config's default widths)"]) from e
+            config, source = GotOcr2Config.from_pretrained(folder), folder
+        else:
+            config, source = GotOcr2Config(), "GotOcr2Config defaults (path is not set)"
+        parameters = count_parameters(lambda config=config: GotOcr2ForConditionalGeneration(config))
+        dtype = str(spec.get("dtype", kwargs.get("dtype", "float32")))
+        vision = config.vision_config
+        shapes.append(RewardShape(parameters, DTYPE_BYTES[dtype], int(args["batch_size"]),
+                                  (vision.image_size // vision.patch_size) ** 2, vision.hidden_size))
+        sources.append(f"GOT-OCR2 from {source}, {parameters / 1e6:.0f}M parameters, {dtype}")
+    if not shapes:
+        return RewardShape(), "no model the plan knows"
+    largest = max(shapes, key=lambda r: r.parameters)
+    total = sum(r.parameters for r in shapes)
+    return dataclasses.replace(largest, parameters=total), "; ".join(sources)
 
 
 def _folder(node: DictConfig, section: str, key: str, shapes: Path, marker: str = "config.json") -> tuple[Path, str]:
