@@ -52,7 +52,8 @@ COMPONENTS = {
     "rewards.<name>": ["rewards.hpsv2.HPSv2Reward", "rewards.clip_align.CLIPAlignReward",
                        "rewards.quality.QualityReward", "rewards.ocr.OCRReward", "rewards.vlm_judge.VLMJudgeReward"],
     "rewards.<name>.backends[i] (OCRReward)": ["rewards.ocr_backends.RapidOCRBackend",
-                                               "rewards.ocr_backends.PaddleOCRBackend"],
+                                               "rewards.ocr_backends.PaddleOCRBackend",
+                                               "rewards.got_ocr2.GotOcr2Backend"],
 }
 # Components of other libraries that the shipped configs name: documented by their own projects.
 EXTERNAL = {"torch.optim.": "https://pytorch.org/docs/stable/optim.html"}
