@@ -120,3 +120,11 @@ def test_en_decoder_equals_xomni_pipeline(tmp_path, meta, expected, case):
     neg + 1 * (pos - neg); the project runs the positive branch alone)."""
     ours, theirs = decode_case(tmp_path, meta, expected, case)
     torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["zh_cfg", "zh_nocfg"])
+def test_zh_decoder_equals_xomni_pipeline(tmp_path, meta, expected, case):
+    """X-Omni-Zh: text-free, true CFG = SigLIP vs a zeroed SigLIP tensor (scale 2), and scale 1 (X-Omni-Zh's
+    pipeline runs both branches and computes neg + 1 * (pos - neg); the project runs the positive one alone)."""
+    ours, theirs = decode_case(tmp_path, meta, expected, case)
+    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
