@@ -25,6 +25,7 @@ from core.lock import exclusive
 from rl.distributed.reward_pool import RunAborted
 from rl.driver.trainer import Trainer
 from rl.evaluation.metrics import METRICS_FILE
+from rl.job_paths import config_file, make_absolute
 from rl.state.checkpoint import latest_checkpoint
 from rl.train_config import TOP_LEVEL, TrainSpec, validate_train_config
 
@@ -58,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 @command
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    spec = validate_train_config(load_config(args.config, args.overrides))  # before Ray starts or a model loads
+    cfg = load_config(config_file(args.config), args.overrides)
+    for line in make_absolute(cfg):  # under `ray job submit`: relative paths mean the directory it was typed in
+        print(line, flush=True)
+    spec = validate_train_config(cfg)  # before Ray starts or a model loads
     # One run per run.dir, for its whole life (core/lock.py); a failed write names run.dir at least.
     with exclusive(spec.run.dir, "run.dir"), naming(spec.run.dir):
         return train(spec, args.config)
