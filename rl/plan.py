@@ -9,9 +9,11 @@ Weights paths left `???` are planned from the shapes in configs/shapes/, so the 
     python -m rl.plan configs/xomni.yaml --nodes 1 --gpus-per-node 8 --gpu-memory-gib 80
 
 `--json` prints {"fits", "devices": [{"node", "gpu", "bytes", "parts", "pinned_host_bytes"}], "hosts": [{"node",
-"peak_bytes"}], "policy_parameters", "problems"}; pinned_host_bytes: the host memory a GPU's colocated worker pins
-for what it offloads (0 without one), also in the host's peak. `rl.train` runs the same plan on the nodes Ray
-reports before any actor starts.
+"peak_bytes"}], "policy_parameters", "problems", "suggestions": [{"overrides": ["key=value", ...], "fits": true,
+"peak_gib"}, ...]}; pinned_host_bytes: the host memory a GPU's colocated worker pins for what it offloads (0 without
+one), also in the host's peak; suggestions (best first, empty when it fits or nothing does): overrides that make the
+run fit, each planned again from the config with them applied (rl/distributed/plan_advice.py). `rl.train` runs the
+same plan on the nodes Ray reports before any actor starts.
 """
 
 from __future__ import annotations
@@ -23,20 +25,19 @@ from collections.abc import Sequence
 
 from core.cli import CommandParser, add_overrides, command, prog
 from core.config import ConfigError, load_config
-from rl.distributed.memory import GIB, activation_bytes, kv_cache_bytes, margin_bytes
+from rl.distributed.memory import GIB, activation_bytes, margin_bytes, rollout_kv_bytes, sampler_rows
 from rl.distributed.memory_plan import (
     PART_ORDER,
     Device,
     ModelSizes,
     Plan,
-    advise,
-    knob_keys,
     learner_setup,
     make_plan,
     model_sizes,
     rollout_setup,
 )
 from rl.distributed.placement import NodeInfo, nccl_share_problems
+from rl.distributed.plan_advice import Suggestion, searched_keys, suggest
 from rl.train_config import TOP_LEVEL, TrainSpec, validate_train_config
 
 KIND_NAMES = {"worker": "learner rank + rollout replica (colocated)", "learner": "learner rank",
@@ -54,18 +55,33 @@ class DoesNotFit(ConfigError):
 
 
 def plan_run(spec: TrainSpec, nodes: list[NodeInfo], sizes: ModelSizes | None = None) -> Plan:
-    """The plan of `spec` on `nodes`, with advice when it does not fit (`sizes` defaults to reading the models)."""
+    """The plan of `spec` on `nodes`, with what makes it fit when it does not (`sizes` defaults to reading the
+    models)."""
     plan = make_plan(spec, nodes, sizes or model_sizes(spec))
-    plan.advice = advise(plan)
+    plan.advice = suggest(plan)
     if plan.advice:
-        plan.problems.append("fits with any one of: " + "; ".join(plan.advice))
+        plan.problems.append(advice_line(plan.advice))
     elif not plan.fits:
-        plan.problems.append(f"no change of {', '.join(knob_keys(plan))} (alone, or two together) makes it fit: "
-                             "more or larger GPUs are needed")
+        plan.problems.append(f"no change of {', '.join(searched_keys(plan))} makes it fit: {_needed(plan)}")
     # Not a memory problem (no advice above changes it): real GPUs mean NCCL, declared ones gloo on the CPU.
     if any(node.gpu_devices for node in nodes):
         plan.problems += nccl_share_problems(spec)
     return plan
+
+
+def advice_line(advice: list[Suggestion]) -> str:
+    """The suggestions as one problem line, best first, each with its planned peak."""
+    options = [" ".join(s.overrides) + f" (peak {s.peak_bytes / GIB:.1f} GiB"
+               + ("" if s.keeps_samples else ", fewer samples per step") + ")" for s in advice]
+    return "fits with any one of (each planned again): " + "; ".join(options)
+
+
+def _needed(plan: Plan) -> str:
+    """What is short: GPUs (some GPU over its memory, or actors that cannot be placed), host memory, or both."""
+    hosts = any(h.capacity is not None and h.peak_bytes > h.capacity for h in plan.hosts)
+    gpus = bool(plan.placement.problems) or any(d.capacity is not None and d.bytes > d.capacity for d in plan.devices)
+    needs = (["more or larger GPUs"] if gpus else []) + (["more host memory per node (or more nodes)"] if hosts else [])
+    return " and ".join(needs or ["more resources"]) + " are needed"
 
 
 def as_json(plan: Plan) -> dict:
@@ -73,7 +89,8 @@ def as_json(plan: Plan) -> dict:
             "devices": [{"node": d.node, "gpu": d.gpu, "bytes": d.bytes, "parts": d.parts,
                          "pinned_host_bytes": d.pinned_host_bytes} for d in plan.devices],
             "hosts": [{"node": h.node, "peak_bytes": h.peak_bytes} for h in plan.hosts],
-            "policy_parameters": plan.sizes.policy.shape.parameters, "problems": plan.problems}
+            "policy_parameters": plan.sizes.policy.shape.parameters, "problems": plan.problems,
+            "suggestions": [s.as_json() for s in plan.advice]}
 
 
 def render(plan: Plan) -> str:
@@ -109,7 +126,7 @@ def _summary(plan: Plan) -> list[str]:
     length = setup.prompt_tokens + setup.image_tokens
     with_ckpt, without = (activation_bytes(shape, setup, c) / GIB for c in (True, False))
     configured = "on" if spec.trainer.gradient_checkpointing else "off"
-    kv = kv_cache_bytes(shape, rollout.rows * (2 if rollout.cfg else 1), length, rollout.dtype_bytes) / GIB
+    kv = rollout_kv_bytes(shape, rollout) / GIB  # the table's figure: the cache and the layer DynamicCache copies
     return [
         f"memory plan: placement.mode={spec.placement.mode} on {len(plan.nodes)} node(s) x "
         f"{max((n.gpus for n in plan.nodes), default=0)} GPUs{memory}",
@@ -120,7 +137,7 @@ def _summary(plan: Plan) -> list[str]:
         f"  rewards      {rewards}",
         f"  activations  per micro-batch of {setup.micro_batch} x {length} tokens: {with_ckpt:.2f} GiB with gradient "
         f"checkpointing, {without:.2f} GiB without (trainer.gradient_checkpointing: {configured})",
-        f"  KV cache     {rollout.rows} sequences x {length} tokens per rollout replica: {kv:.2f} GiB "
+        f"  KV cache     {sampler_rows(rollout)} sequences x {length} tokens per rollout replica: {kv:.2f} GiB "
         f"(assumes prompts of placement.prompt_tokens={setup.prompt_tokens})",
     ]
 

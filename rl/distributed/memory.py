@@ -42,6 +42,13 @@ Rollout replica (rl/distributed/rollout.py): full weights P*rb; the KV cache
   decoder's weights and its widest stage (a FLUX block over image + text tokens, one VAE slice's full-resolution
   stage, or T5 over the distinct prompts of a batch).
 
+A step's rows on the hosts (N = rollout.prompts_per_step x rollout.group_size samples of T image tokens): the
+driver holds every sample's token ids (int64) and sampler log-probs (float32) twice (the chunks' results and the
+merged rollout), its thumbnail, scores and the prompt texts, for each step in flight; each learner rank every
+sample's ids and log-probs (its rows buffer spans the batch) plus the reference and old log-probs of its own
+rows; each rollout replica's decoded uint8 images wait in Ray's object store on its node until they are scored;
+each reward actor holds one call's images (ensemble.batch_size), uint8 and a float32 copy.
+
 The learner formulas were checked against the CPU allocator's peak (tests/test_memory_plan.py); the GPU
 figures (FSDP buffers, decoder, rewards, margins) are estimates that have never been run on a GPU.
 """
@@ -76,7 +83,15 @@ FRAGMENTATION = 0.05
 WORKER_HOST_BYTES = int(0.4 * GIB)
 """Host memory of one Ray worker process with torch imported (ENVIRONMENT.md: 160-400 MiB measured)."""
 DRIVER_HOST_BYTES = GIB
-"""Host memory of the driver process (configs, prompts, metrics, Ray's client)."""
+"""Host memory of the driver process (configs, prompts, metrics, Ray's client), a step's rows aside."""
+TOKEN_HOST_BYTES = 8 + 4
+"""Per sampled image token on a host: its id (int64) and the sampler's log-prob (float32)."""
+DRIVER_ROW_COPIES = 2
+"""Copies of a step's tokens and log-probs on the driver: the rollout chunks' results and the merged rollout."""
+PROMPT_CHAR_BYTES = 4
+"""Bytes of prompt text per prompt token (about 4 characters of one byte each)."""
+REWARD_IMAGE_COPIES = 5
+"""Bytes a reward call holds per byte of its uint8 images: the image and a float32 copy for preprocessing."""
 
 
 @dataclass(frozen=True)
@@ -257,15 +272,24 @@ class RolloutSetup:
     distinct_prompts: int
 
 
+def sampler_rows(s: RolloutSetup) -> int:
+    """Sequences the sampler runs at once: a replica's rows, doubled by CFG (the unconditional branch)."""
+    return s.rows * (2 if s.cfg else 1)
+
+
+def rollout_kv_bytes(shape: PolicyShape, s: RolloutSetup) -> int:
+    """A replica's KV cache at its peak: the full cache plus one layer's copy while DynamicCache grows it."""
+    kv = kv_cache_bytes(shape, sampler_rows(s), s.prompt_tokens + s.grid[0] * s.grid[1], s.dtype_bytes)
+    return kv + kv // shape.layers
+
+
 def rollout_parts(shape: PolicyShape, decoder: DecoderShape, s: RolloutSetup) -> dict[str, int]:
     """Parts of one rollout replica while it samples and decodes."""
     rb = s.dtype_bytes
-    rows = s.rows * (2 if s.cfg else 1)
-    length = s.prompt_tokens + s.grid[0] * s.grid[1]
-    kv = kv_cache_bytes(shape, rows, length, rb)
+    rows = sampler_rows(s)
     prefill = rows * s.prompt_tokens * (2 * shape.intermediate + 4 * shape.hidden) * rb
     sampling = 4 * rows * shape.image_vocab * 4  # fp32 logits, their scaled copy, top-k and the filters' probs
-    parts = {"rollout weights": shape.parameters * rb, "KV cache": kv + kv // shape.layers,
+    parts = {"rollout weights": shape.parameters * rb, "KV cache": rollout_kv_bytes(shape, s),
              "sampler activations": prefill + rows * s.prompt_tokens ** 2 + sampling}
     parts.update({name: count * decoder.bytes for name, count in decoder.parts.items() if count})
     if decoder.parts:
@@ -293,3 +317,43 @@ def reward_bytes(r: RewardShape) -> int:
 def margin_bytes(parts: Mapping[str, int], processes: int) -> int:
     """CUDA contexts of the processes on a GPU plus the allocator's fragmentation of everything else."""
     return processes * PROCESS_BYTES + int(FRAGMENTATION * sum(parts.values()))
+
+
+@dataclass(frozen=True)
+class StepRows:
+    """One step's rows as the hosts keep them (see the module docstring). samples: N; prompts: distinct prompts;
+    image_tokens: T; image_bytes: one decoded uint8 image; thumbnail_bytes: one uint8 thumbnail; rewards: scores
+    per sample; in_flight: steps whose rows the driver holds at once (1 + trainer.pipeline.async_steps)."""
+
+    samples: int
+    prompts: int
+    prompt_tokens: int
+    image_tokens: int
+    image_bytes: int
+    thumbnail_bytes: int
+    rewards: int
+    in_flight: int = 1
+
+
+def driver_step_bytes(s: StepRows) -> int:
+    """The driver's copy of the steps in flight: tokens and log-probs, thumbnails, float64 scores (every reward,
+    the total and the advantage) and the prompt texts (one per prompt, a reference per sample)."""
+    per_sample = DRIVER_ROW_COPIES * s.image_tokens * TOKEN_HOST_BYTES + s.thumbnail_bytes + 8 * (s.rewards + 3)
+    texts = s.prompts * s.prompt_tokens * PROMPT_CHAR_BYTES
+    return s.in_flight * (s.samples * per_sample + texts)
+
+
+def learner_step_bytes(s: StepRows, own_rows: int) -> int:
+    """One learner rank's rows buffer (every sample's ids and sampler log-probs) and its own rows' reference and
+    old log-probs (float32)."""
+    return s.samples * s.image_tokens * TOKEN_HOST_BYTES + own_rows * s.image_tokens * 2 * 4
+
+
+def rollout_step_bytes(s: StepRows, own_rows: int) -> int:
+    """A rollout replica's decoded images of the step, in the object store on its node until they are scored."""
+    return own_rows * s.image_bytes
+
+
+def reward_step_bytes(s: StepRows, call_rows: int) -> int:
+    """One reward call's images: uint8 and a float32 copy (REWARD_IMAGE_COPIES bytes per image byte)."""
+    return min(call_rows, s.samples) * s.image_bytes * REWARD_IMAGE_COPIES

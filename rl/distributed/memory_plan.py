@@ -11,22 +11,22 @@ rank peaks in one of three phases (forward/backward, optimizer step, weight sync
                     and text encoders move to the host (placement.offload_decoder, or the plan's choice when
                     they would not fit).
   weight sync       AdamW state back on the host; the replica's weights refilled bucket by bucket.
-Per host: the driver, one Ray worker process per actor, and what each actor holds there (while loading today's
+Per host: the driver, one Ray worker process per actor, what each actor holds there (while loading today's
 loaders read a full copy of a model in its load dtype before moving it to the GPU; a CPU actor's parts; a
-colocated worker's offloaded state).
+colocated worker's offloaded state), and a step's rows (tokens, images, scores: rl/distributed/memory.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rewards.combine import EnsembleConfig
 from rl.distributed import memory
 from rl.distributed.host_staging import packed_host_bytes
-from rl.distributed.memory import DTYPE_BYTES, GIB, DecoderShape, LearnerSetup, RewardShape, RolloutSetup
+from rl.distributed.memory import DTYPE_BYTES, GIB, DecoderShape, LearnerSetup, RewardShape, RolloutSetup, StepRows
 from rl.distributed.model_sizes import LoraSize, PolicySize, decoder_size, lora_size, policy_size, reward_shape
 from rl.distributed.placement import (
     NodeInfo,
@@ -36,9 +36,12 @@ from rl.distributed.placement import (
     collective_sync,
     run_units,
 )
-from rl.model.lora import LINEAR_LAYERS, LoraSettings
+from rl.evaluation.monitors import THUMBNAIL
 from rl.optim import state_floats_per_parameter
 from rl.train_config import TrainSpec
+
+if TYPE_CHECKING:
+    from rl.distributed.plan_advice import Suggestion
 
 LEARNING = ("forward/backward", "optimizer step", "weight sync")  # phases a colocated worker's decoder may skip
 PART_ORDER = ("policy parameters", "policy gradients", "optimizer state", "reference", "FSDP buffers",
@@ -46,6 +49,7 @@ PART_ORDER = ("policy parameters", "policy gradients", "optimizer state", "refer
               "KV cache",
               "sampler activations", "VQ projector", "decoder transformer", "VAE", "CLIP text encoder",
               "T5 text encoder", "decoder activations")
+PartsOf = Callable[[Unit], dict[str, dict[str, int]]]  # a unit's parts per phase
 DECODER_PARTS = ("decoder transformer", "VAE", "CLIP text encoder", "T5 text encoder", "VQ projector")
 
 
@@ -103,7 +107,7 @@ class Plan:
     devices: list[Device] = field(default_factory=list)
     hosts: list[Host] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    advice: list[str] = field(default_factory=list)
+    advice: list[Suggestion] = field(default_factory=list)  # what makes it fit (rl/distributed/plan_advice.py)
 
     @property
     def fits(self) -> bool:
@@ -128,7 +132,7 @@ def learner_setup(spec: TrainSpec, sizes: ModelSizes, checkpointing: bool | None
               "accumulates": world > 1 and learner.grad_sync == "last_micro_batch" and
               rows_per_rank > t.batching.micro_batch_size,
               "collective": spec.placement.mode == "split" and collective_sync(spec),
-              "optimizer_states": state_floats_per_parameter(t.optimizer)}
+              "optimizer_states": _optimizer_states(t.optimizer)}
     rb = DTYPE_BYTES[r.dtype]
     if sizes.lora is not None:  # adapters in fp32 (peft's default), the base frozen in the reference dtype
         synced = sizes.lora.adapted * rb
@@ -146,6 +150,17 @@ def learner_setup(spec: TrainSpec, sizes: ModelSizes, checkpointing: bool | None
                         **common)
 
 
+_OPTIMIZER_STATES: dict[str, float] = {}
+
+
+def _optimizer_states(optimizer: Mapping[str, Any]) -> float:
+    """state_floats_per_parameter, measured once per optimizer config (a plan asks per unit, advice per plan)."""
+    key = repr(sorted(optimizer.items()))
+    if key not in _OPTIMIZER_STATES:
+        _OPTIMIZER_STATES[key] = state_floats_per_parameter(optimizer)
+    return _OPTIMIZER_STATES[key]
+
+
 def rollout_setup(spec: TrainSpec) -> RolloutSetup:
     r = spec.rollout
     rows = min(r.batch_size, math.ceil(r.prompts_per_step * r.group_size / r.num_actors))
@@ -153,17 +168,35 @@ def rollout_setup(spec: TrainSpec) -> RolloutSetup:
                         r.sampling.cfg_scale > 1, math.ceil(rows / r.group_size) + 1)
 
 
+def step_rows(spec: TrainSpec) -> StepRows:
+    """A step's rows of `spec`, as rl/distributed/memory.py counts them on the hosts."""
+    r = spec.rollout
+    h, w = r.grid
+    return StepRows(r.prompts_per_step * r.group_size, r.prompts_per_step, spec.placement.prompt_tokens, h * w,
+                    (16 * h) * (16 * w) * 3, THUMBNAIL * THUMBNAIL * 3, len(spec.cfg.rewards),
+                    1 + spec.trainer.pipeline.async_steps)
+
+
 def make_plan(spec: TrainSpec, nodes: list[NodeInfo], sizes: ModelSizes) -> Plan:
     """Place the run's actors on `nodes` and add up every GPU's and host's memory; problems say what does not
     fit, with the numbers."""
     placement = assign(run_units(spec, list(spec.cfg.rewards)), nodes, spec.placement.separate_nodes)
     plan = Plan(spec, sizes, nodes, placement, problems=list(placement.problems))
+    memo: dict[tuple[str, str | None], dict[str, dict[str, int]]] = {}
+
+    def parts_of(unit: Unit) -> dict[str, dict[str, int]]:
+        """_unit_parts, once per kind of unit (every learner rank of a plan holds the same)."""
+        key = (unit.kind, unit.reward)
+        if key not in memo:
+            memo[key] = _unit_parts(spec, sizes, unit)
+        return memo[key]
+
     for node in nodes:
         for gpu in range(node.gpus):
             units = placement.on_gpu(node.index, gpu)
             if units:
-                plan.devices.append(_device(spec, sizes, node, gpu, units))
-        plan.hosts.append(_host(spec, sizes, node, placement, plan.devices))
+                plan.devices.append(_device(spec, sizes, node, gpu, units, parts_of))
+        plan.hosts.append(_host(spec, sizes, node, placement, plan.devices, parts_of))
     plan.problems += _over(plan)
     return plan
 
@@ -191,9 +224,10 @@ def _unit_parts(spec: TrainSpec, sizes: ModelSizes, unit: Unit) -> dict[str, dic
             "optimizer step": learning["optimizer step"] | kept | decoder, "weight sync": sync | decoder}
 
 
-def _device(spec: TrainSpec, sizes: ModelSizes, node: NodeInfo, gpu: int, units: list[Unit]) -> Device:
+def _device(spec: TrainSpec, sizes: ModelSizes, node: NodeInfo, gpu: int, units: list[Unit], parts_of: PartsOf
+            ) -> Device:
     """Every phase of the GPU: the parts of all its units (a single-phase unit's parts count in every phase)."""
-    per_unit = [_unit_parts(spec, sizes, unit) for unit in units]
+    per_unit = [parts_of(unit) for unit in units]
     names = list(dict.fromkeys(n for phases in per_unit if len(phases) > 1 for n in phases)) or ["running"]
     phases = {name: _ordered(_merge([p.get(name) or _peak(p) for p in per_unit])) for name in names}
     offload = any(u.kind == "worker" for u in units) and spec.placement.offload_decoder
@@ -231,7 +265,8 @@ def _with_margin(parts: dict[str, int], processes: int) -> int:
     return sum(parts.values()) + memory.margin_bytes(parts, processes)
 
 
-def _host(spec: TrainSpec, sizes: ModelSizes, node: NodeInfo, placement: Placement, devices: list[Device]) -> Host:
+def _host(spec: TrainSpec, sizes: ModelSizes, node: NodeInfo, placement: Placement, devices: list[Device],
+          parts_of: PartsOf) -> Host:
     """The node's host memory at its peak: every actor loading (or, on the CPU, running) at once."""
     units = placement.on_node(node.index)
     parts = {"driver": memory.DRIVER_HOST_BYTES} if node.index == 0 else {}
@@ -239,17 +274,34 @@ def _host(spec: TrainSpec, sizes: ModelSizes, node: NodeInfo, placement: Placeme
         parts["Ray worker processes"] = len(units) * memory.WORKER_HOST_BYTES
     offloaded = {(d.node, u) for d in devices if d.offload_decoder for u in d.units}
     for unit in units:
-        held = _unit_host_bytes(spec, sizes, unit, placement.slots[unit].gpu is None, (node.index, unit) in offloaded)
+        held = _unit_host_bytes(spec, sizes, unit, placement.slots[unit].gpu is None, (node.index, unit) in offloaded,
+                                parts_of)
         if held:
             key = f"{unit.kind} actors"
             parts[key] = parts.get(key, 0) + held
+    rows = step_rows(spec)
+    held_rows = sum(_unit_step_bytes(spec, rows, unit) for unit in units)
+    if node.index == 0:
+        held_rows += memory.driver_step_bytes(rows)
+    if held_rows:
+        parts["step rows"] = held_rows
     return Host(node.index, parts, sum(parts.values()), node.host_memory)
 
 
-def _unit_host_bytes(spec: TrainSpec, sizes: ModelSizes, unit: Unit, on_cpu: bool, offload_decoder: bool) -> int:
+def _unit_step_bytes(spec: TrainSpec, rows: StepRows, unit: Unit) -> int:
+    """What one actor holds of a step's rows on its host."""
+    learner = memory.learner_step_bytes(rows, rows.samples // spec.learner.world_size)
+    rollout = memory.rollout_step_bytes(rows, math.ceil(rows.samples / spec.rollout.num_actors))
+    if unit.kind == "reward":
+        return memory.reward_step_bytes(rows, spec.cfg.ensemble.get("batch_size", EnsembleConfig.batch_size))
+    return {"learner": learner, "rollout": rollout, "worker": learner + rollout}[unit.kind]
+
+
+def _unit_host_bytes(spec: TrainSpec, sizes: ModelSizes, unit: Unit, on_cpu: bool, offload_decoder: bool,
+                     parts_of: PartsOf) -> int:
     """What one actor holds on the host at its peak: everything when it runs on the CPU, else the larger of the
     model copy it loads and (colocated) the state it offloads."""
-    phases = _unit_parts(spec, sizes, unit)
+    phases = parts_of(unit)
     if on_cpu:
         return max(sum(p.values()) for p in phases.values())
     policy = sizes.policy.shape.parameters * DTYPE_BYTES.get(sizes.policy.load_dtype, 4)
@@ -292,9 +344,22 @@ def _over(plan: Plan) -> list[str]:
                         f"per GPU (largest: " + ", ".join(f"{k} {v / GIB:.1f}" for k, v in largest) + ")")
     for h in plan.hosts:
         if h.capacity is not None and h.peak_bytes > h.capacity:
-            problems.append(f"node {h.node} host: {h.peak_bytes / GIB:.1f} GiB planned, {h.capacity / GIB:.1f} GiB "
-                            f"of host memory")
+            problems.append(_host_problem(plan.spec, h))
     return problems
+
+
+def _host_problem(spec: TrainSpec, h: Host) -> str:
+    """A host over its memory, with its largest parts; the step's size keys when its rows make the difference."""
+    largest = sorted(h.parts.items(), key=lambda kv: -kv[1])[:3]
+    problem = (f"node {h.node} host: {h.peak_bytes / GIB:.1f} GiB planned, {h.capacity / GIB:.1f} GiB of host memory "
+               "(largest: " + ", ".join(f"{k} {v / GIB:.1f}" for k, v in largest) + ")")
+    rows = h.parts.get("step rows", 0)
+    if rows and (h.peak_bytes - rows <= h.capacity or rows == largest[0][1]):
+        r = spec.rollout
+        problem += (f"; the {r.prompts_per_step * r.group_size} samples of a step (rollout.prompts_per_step="
+                    f"{r.prompts_per_step} x rollout.group_size={r.group_size}) hold {rows / GIB:.1f} GiB of tokens, "
+                    "images and scores on this host: lower rollout.prompts_per_step or rollout.group_size")
+    return problem
 
 
 def _gpus(gpus: list[int]) -> str:
@@ -303,102 +368,3 @@ def _gpus(gpus: list[int]) -> str:
     if gpus == list(range(gpus[0], gpus[-1] + 1)):
         return f"GPUs {gpus[0]}-{gpus[-1]}"
     return "GPUs " + ",".join(map(str, gpus))
-
-
-LORA_ADVICE = LoraSettings(r=64, alpha=128, dropout=0.0, target_modules=list(LINEAR_LAYERS))
-
-
-def advise(plan: Plan) -> list[str]:
-    """Config changes that make a plan that does not fit fit: each knob alone (its mildest fitting value),
-    else two knobs at their strongest values together."""
-    if plan.fits:
-        return []
-    knobs = _knobs(plan)
-    fitting = []
-    for candidates in knobs:
-        for label, spec, sizes in candidates:
-            if make_plan(spec, plan.nodes, sizes).fits:
-                fitting.append(label)
-                break
-    if fitting:
-        return fitting
-    strongest = [candidates[-1] for candidates in knobs if candidates]
-    for i, (label_a, spec_a, sizes_a) in enumerate(strongest):
-        for label_b, spec_b, sizes_b in strongest[i + 1:]:
-            spec = _combine(spec_a, spec_b, plan.spec)
-            sizes = sizes_b if sizes_b.lora is not None else sizes_a
-            if make_plan(spec, plan.nodes, sizes).fits:
-                return [f"{label_a} {label_b}"]
-    return []
-
-
-def knob_keys(plan: Plan) -> list[str]:
-    """The config keys `advise` tries."""
-    return list(dict.fromkeys(label.split("=")[0] for candidates in _knobs(plan) for label, _, _ in candidates))
-
-
-def _knobs(plan: Plan) -> list[list[tuple[str, TrainSpec, ModelSizes]]]:
-    """Per config key, the changes that lower memory, mildest first, as (label, changed spec, sizes)."""
-    spec, sizes = plan.spec, plan.sizes
-    t, r, learner = spec.trainer, spec.rollout, spec.learner
-    knobs = [[(f"trainer.batching.micro_batch_size={m}", _with_micro_batch(spec, m), sizes)
-              for m in _halvings(t.batching.micro_batch_size)],
-             [(f"rollout.batch_size={b}", _with(spec, "rollout", batch_size=b), sizes)
-              for b in _halvings(r.batch_size)]]
-    if not t.gradient_checkpointing:
-        knobs.append([("trainer.gradient_checkpointing=true", _with(spec, "trainer", gradient_checkpointing=True),
-                       sizes)])
-    if learner.grad_sync == "last_micro_batch" and learner.world_size > 1:  # no unsharded gradient copy
-        knobs.append([("learner.grad_sync=every_micro_batch", _with(spec, "learner", grad_sync="every_micro_batch"),
-                       sizes)])
-    if spec.placement.mode == "split":
-        colocated = _with(_with(spec, "placement", mode="colocated", separate_nodes=False), "rollout",
-                          num_actors=learner.world_size)
-        knobs.append([(f"placement.mode=colocated rollout.num_actors={learner.world_size}", colocated, sizes)])
-    else:
-        knobs.append([("placement.mode=split", _with(spec, "placement", mode="split"), sizes)])
-    gpus = sum(n.gpus for n in plan.nodes)
-    per_mini = r.prompts_per_step * r.group_size // t.batching.mini_batches
-    worlds = [w for w in (2 * learner.world_size, 4 * learner.world_size) if w <= gpus]
-    if plan.placement.problems:  # fewer actors than asked for, when the GPUs are too few
-        worlds = [w for w in _halvings(learner.world_size) if w <= gpus]
-        if spec.placement.mode == "split":
-            knobs.append([(f"rollout.num_actors={n}", _with(spec, "rollout", num_actors=n), sizes)
-                          for n in _halvings(r.num_actors)])
-    colocated = spec.placement.mode == "colocated"
-    knobs.append([(f"learner.world_size={w}" + (f" rollout.num_actors={w}" if colocated else ""), _world(spec, w),
-                   sizes) for w in worlds if per_mini % w == 0])
-    if t.lora is None:
-        lora = dataclasses.replace(sizes, lora=lora_size(sizes.policy.config, LORA_ADVICE))
-        knobs.append([("trainer.lora={r: 64, alpha: 128, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, "
-                       "o_proj, gate_proj, up_proj, down_proj]}", spec, lora)])
-    return knobs
-
-
-def _halvings(value: int) -> list[int]:
-    out = []
-    while value > 1:
-        value //= 2
-        out.append(value)
-    return out
-
-
-def _with(spec: TrainSpec, section: str, **changes: Any) -> TrainSpec:
-    return dataclasses.replace(spec, **{section: dataclasses.replace(getattr(spec, section), **changes)})
-
-
-def _with_micro_batch(spec: TrainSpec, rows: int) -> TrainSpec:
-    batching = dataclasses.replace(spec.trainer.batching, micro_batch_size=rows)
-    return dataclasses.replace(spec, trainer=dataclasses.replace(spec.trainer, batching=batching))
-
-
-def _world(spec: TrainSpec, world_size: int) -> TrainSpec:
-    spec = _with(spec, "learner", world_size=world_size)
-    return _with(spec, "rollout", num_actors=world_size) if spec.placement.mode == "colocated" else spec
-
-
-def _combine(a: TrainSpec, b: TrainSpec, base: TrainSpec) -> TrainSpec:
-    """`a` with every section `b` changed from `base`."""
-    changed = {name: getattr(b, name) for name in ("trainer", "rollout", "learner", "placement")
-               if getattr(b, name) != getattr(base, name)}
-    return dataclasses.replace(a, **changed)
