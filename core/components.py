@@ -89,7 +89,8 @@ def validate_component(node: Any, key: str, provided: Iterable[str] = (), files:
     """Problems with a component node, without building it.
 
     Checks that `_component_` imports, that the kwargs bind to its signature (unknown names, required
-    arguments left out or set to `???`), that `Literal` parameters hold one of their choices, that `LocalPath`
+    arguments left out or set to `???`), that `Literal` parameters hold one of their choices and `Annotated` ones
+    their range (`Annotated[float, Ge(0)]`), that `LocalPath`
     parameters exist, and recurses into nested components. `provided` names arguments the caller passes at
     build time. files=False checks neither files nor `???` values (the memory plan, which sizes models from
     shapes before any weights exist).
@@ -129,7 +130,7 @@ def _argument_problems(node: Any, name: str, parameter: inspect.Parameter, hint:
     value = node[name]
     if is_component(value):
         return validate_component(value, key, files=files)
-    if mentions(hint, _is_literal):
+    if mentions(hint, _is_literal) or mentions(hint, _is_bounded):
         return check_type(value, hint, key)
     if files and mentions_local_path(hint):
         return _missing_paths(to_container(value), key)
@@ -148,6 +149,11 @@ def mentions_local_path(hint: Any) -> bool:
 
 def _is_literal(hint: Any) -> bool:
     return typing.get_origin(hint) is typing.Literal
+
+
+def _is_bounded(hint: Any) -> bool:
+    """`Annotated[float, Ge(0)]` and kin: a range the value must lie in, checked like a schema field's."""
+    return typing.get_origin(hint) is typing.Annotated
 
 
 def _missing_paths(value: Any, key: str) -> list[str]:
@@ -172,7 +178,7 @@ def component_type_hints(target: Any) -> dict[str, Any]:
     fn = target.__init__ if inspect.isclass(target) else target
     try:
         # LocalPath resolves even where a module imports it only under TYPE_CHECKING (to stay light).
-        return typing.get_type_hints(fn, localns={"LocalPath": LocalPath})
+        return typing.get_type_hints(fn, localns={"LocalPath": LocalPath}, include_extras=True)
     except Exception:  # unresolvable forward references in a user's module: skip path checks
         return {}
 

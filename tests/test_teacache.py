@@ -2,13 +2,16 @@
 wrote (tests/data/xomni_tiny, tests/data/xomni_zh_tiny), through a plain Euler flow-matching loop with both CFG
 branches batched as the pipeline batches them ([positive images; negative images])."""
 
+import json
 import os
 
 import pytest
 import torch
 
 from rl.decoder.flux_siglip import FluxSigLIPTransformer
+from rl.decoder.pipeline import XOmniDecoder
 from rl.decoder.teacache import TeaCache
+from rl.decoder.tiny import tiny_xomni_decoder
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FOLDERS = {"en": os.path.join(DATA, "xomni_tiny", "decoder_transformer"),
@@ -115,3 +118,76 @@ def test_a_cache_serves_one_pass():
         cache(hidden, hidden, lambda h, rows: h + 1)
     with pytest.raises(ValueError, match="threshold >= 0"):
         TeaCache(-1.0, 4, 1)
+
+
+# --- In the decoder pipeline (`model.decoder.teacache_threshold`, `model.decoder.cfg_until`) ---------------------
+
+def decode(threshold: float = 0.0, cfg_until: float = 1.0, seeds=(0, 1, 2), **kwargs):
+    """The tiny En decoder's images for 3 fixed token grids, with its transformer-call counts."""
+    decoder = tiny_xomni_decoder(seed=0, num_inference_steps=STEPS, cfg_scale=2.0, teacache_threshold=threshold,
+                                 cfg_until=cfg_until, **kwargs)
+    tokens = torch.stack([torch.randint(0, 16384, (16,), generator=torch.Generator().manual_seed(s))
+                          for s in seeds])
+    images = decoder(tokens, (4, 4), [f"prompt {s}" for s in seeds], list(seeds)).images
+    return images, decoder.transformer_calls, decoder.transformer_calls_skipped
+
+
+def test_the_pipeline_counts_rows_and_threshold_zero_changes_nothing():
+    default, calls, skipped = decode()
+    explicit, *_ = decode(threshold=0.0, cfg_until=1.0)
+    assert (explicit - default).abs().max().item() == 0.0
+    assert (calls, skipped) == (3 * 2 * STEPS, 0)  # 3 images x 2 CFG rows x 8 steps
+
+
+def test_the_pipeline_skips_steps_per_image():
+    full, *_ = decode()
+    cached, calls, skipped = decode(threshold=0.6)
+    assert skipped > 0 and calls + skipped == 3 * 2 * STEPS and calls >= 3 * 2 * 2  # first and last steps run
+    assert torch.isfinite(cached).all() and 0 < (cached - full).abs().max() < 0.5
+    # Each image decodes alone as it does in the batch: the cache's state is per image.
+    for i, seed in enumerate((0, 1, 2)):
+        alone, *_ = decode(threshold=0.6, seeds=(seed,))
+        torch.testing.assert_close(alone[0], cached[i], atol=1e-5, rtol=0)
+
+
+def test_cfg_until_runs_the_negative_branch_on_the_first_steps_only():
+    full, *_ = decode()
+    half, calls, _ = decode(cfg_until=0.5)
+    assert calls == 3 * (2 * 4 + 4)  # 4 steps with both branches, 4 with the positive one
+    assert (half - full).abs().max() > 1e-4
+    none, calls, _ = decode(cfg_until=0.0)
+    assert calls == 3 * STEPS
+
+
+def test_teacache_is_refused_where_it_cannot_work():
+    from core.components import validate_component
+
+    node = {"_component_": "rl.decoder.tiny.tiny_xomni_decoder", "teacache_threshold": -0.1, "cfg_until": 1.5}
+    problems = validate_component(node, "model.decoder")
+    assert any("model.decoder.teacache_threshold" in p for p in problems)
+    assert any("model.decoder.cfg_until" in p for p in problems)
+    with pytest.raises(ValueError, match="rollout.compile"):
+        tiny_xomni_decoder(teacache_threshold=0.3).compile()
+
+
+@pytest.mark.parametrize("case", ["teacache_0.3", "teacache_0.8"])
+def test_the_pipeline_equals_xomni_teacache_forward(tmp_path, case):
+    """X-Omni's own `teacache_forward` and pipeline (tests/data/xomni_pipeline, made in a separate venv with
+    X-Omni's versions): the same images to 1e-5 and the same steps skipped, one image per X-Omni call, all of a
+    case's images in one call here."""
+    from safetensors.torch import load_file
+    from test_pipeline_reference import FIXTURE, FLUX, xomni_folder
+
+    with open(os.path.join(FIXTURE, "meta.json")) as f:
+        meta = json.load(f)
+    expected = load_file(os.path.join(FIXTURE, "expected.safetensors"))
+    settings = meta["cases"][case]
+    decoder = XOmniDecoder.from_pretrained(
+        xomni_folder(tmp_path, meta, "en"), FLUX, num_inference_steps=settings["num_inference_steps"],
+        cfg_scale=settings["cfg_scale"], dtype="float32", device="cpu",
+        max_sequence_length=meta["max_sequence_length"], teacache_threshold=settings["teacache_threshold"])
+    images = decoder(expected["en/tokens"], tuple(meta["grids"]["en"]), meta["prompts"], meta["seeds"]).images
+    torch.testing.assert_close(images, expected[f"{case}/images"], atol=1e-5, rtol=0)
+    computed = sum(len(steps) for steps in settings["steps_computed"])
+    assert decoder.transformer_calls == 2 * computed  # two CFG rows per computed image-step
+    assert decoder.transformer_calls_skipped == 2 * (len(meta["seeds"]) * settings["num_inference_steps"] - computed)

@@ -16,13 +16,16 @@ pipeline runs it and computes neg + 1 * (pos - neg): the same velocity up to rou
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
+from annotated_types import Ge, Le
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
@@ -33,6 +36,7 @@ from rl.compiled_shapes import graph_limit, pad_rows, padded_rows
 from rl.decoder.base import DecodedImages, check_decoder_inputs, image_validity
 from rl.decoder.cost import default_vae_batch_size
 from rl.decoder.flux_siglip import FluxSigLIPTransformer, Variant, decoder_variant
+from rl.decoder.teacache import TeaCache
 from rl.decoder.text import FluxPromptEncoder, TextInputs
 from rl.decoder.vq import VQProjector
 
@@ -66,6 +70,13 @@ class XOmniDecoder:
     guidance_scale: value of FLUX's distilled-guidance embedding (X-Omni uses 1.0).
     max_batch_size: images per transformer pass (a pass holds 2x as many rows when cfg_scale != 1).
     vae_batch_size: images per VAE decode call within a pass; None: `default_vae_batch_size` for the image size.
+    teacache_threshold: X-Omni's TeaCache (rl/decoder/teacache.py): while an image's accumulated rescaled change
+        stays under it, a step reuses the block stack's last residual; 0 runs every step (today's images exactly).
+    cfg_until: the fraction of the steps, from the first, that run the negative CFG branch; the later steps run
+        the positive branch alone (its velocity unguided). 1.0 is X-Omni's pipeline.
+
+    transformer_calls / transformer_calls_skipped: rows (an image in one CFG branch at one step) whose block stack
+    ran / was replaced by TeaCache, summed over every call so far: what a setting costs and what the cache saved.
     """
 
     def __init__(
@@ -82,9 +93,14 @@ class XOmniDecoder:
         dtype: DtypeName | torch.dtype = "float32",
         device: str | None = None,
         vae_batch_size: int | None = None,
+        teacache_threshold: float = 0.0,
+        cfg_until: float = 1.0,
     ):
         if num_inference_steps < 1 or max_batch_size < 1:
             raise ValueError("num_inference_steps and max_batch_size must be >= 1")
+        if not (math.isfinite(teacache_threshold) and teacache_threshold >= 0) or not 0 <= cfg_until <= 1:
+            raise ValueError(f"teacache_threshold must be a finite number >= 0 and cfg_until in [0, 1], got "
+                             f"{teacache_threshold!r}, {cfg_until!r}")
         if vae_batch_size is not None and (type(vae_batch_size) is not int or vae_batch_size < 1):
             raise ValueError(f"vae_batch_size must be an int >= 1 or None, got {vae_batch_size!r}")
         if scheduler.config.get("stochastic_sampling", False):
@@ -110,6 +126,8 @@ class XOmniDecoder:
         self.num_inference_steps, self.cfg_scale = num_inference_steps, float(cfg_scale)
         self.guidance_scale, self.max_batch_size = float(guidance_scale), max_batch_size
         self.vae_batch_size = vae_batch_size
+        self.teacache_threshold, self.cfg_until = float(teacache_threshold), float(cfg_until)
+        self.transformer_calls = self.transformer_calls_skipped = 0
         self.compiled_shapes: set[tuple[int, int, int]] | None = None  # set by compile()
         self.latent_channels = vae.config.latent_channels
         self.pixels_per_token = 2 ** len(vae.config.block_out_channels)  # VAE /8 then 2x2 packing = 16
@@ -132,6 +150,8 @@ class XOmniDecoder:
         max_sequence_length: int = 512,
         vae_batch_size: int | None = None,
         variant: Variant | None = None,
+        teacache_threshold: Annotated[float, Ge(0)] = 0.0,
+        cfg_until: Annotated[float, Ge(0), Le(1)] = 1.0,
     ) -> XOmniDecoder:
         """Load from an X-Omni model folder (its config.json `vision_config` names the projector file and
         the decoder's diffusers subfolder) and a FLUX.1-dev folder (VAE, scheduler and, for X-Omni-En, CLIP + T5).
@@ -153,6 +173,8 @@ class XOmniDecoder:
                 1024 px, 28 at 384 px).
             variant: "en" or "zh": the release xomni_path must hold (ValueError naming both otherwise); None:
                 whichever it holds.
+            teacache_threshold: X-Omni's TeaCache threshold (`rel_l1_thresh`); 0 (the default) runs every step.
+            cfg_until: fraction of the steps that run the negative CFG branch (1.0: all, as X-Omni).
         """
         xomni_path = resolve_local_path(xomni_path, "xomni_path")
         flux_path = resolve_local_path(flux_path, "flux_path")
@@ -188,7 +210,8 @@ class XOmniDecoder:
                    FlowMatchEulerDiscreteScheduler.from_pretrained(os.path.join(flux_path, "scheduler")),
                    prompt_encoder,
                    num_inference_steps=steps, cfg_scale=scale, max_batch_size=max_batch_size,
-                   dtype=torch_dtype, device=device, vae_batch_size=vae_batch_size)
+                   dtype=torch_dtype, device=device, vae_batch_size=vae_batch_size,
+                   teacache_threshold=teacache_threshold, cfg_until=cfg_until)
 
     def compile(self) -> XOmniDecoder:
         """torch.compile the FLUX transformer in place (`rollout.compile`); returns self.
@@ -198,7 +221,10 @@ class XOmniDecoder:
         default 8), so one grid compiles at most that many graphs (`compiled_shapes` holds them), all denoising
         steps reusing one. Passes run with dynamo's recompile limit raised to the shapes seen, and hitting it is an
         error, never a silent fall back to eager. Tested against eager on the CPU; never run on a GPU.
+        TeaCache decides on the host and runs a varying subset of rows, so it cannot be compiled (ValueError).
         """
+        if self.teacache_threshold > 0:
+            raise ValueError("teacache_threshold > 0 decodes eagerly: set it to 0 or rollout.compile to false")
         self.transformer.compile(dynamic=False)
         self.compiled_shapes = set()
         return self
@@ -239,11 +265,21 @@ class XOmniDecoder:
         mu = calculate_shift(h * w, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
                              cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
         self.scheduler.set_timesteps(sigmas=sigmas, mu=mu, device=self.device)
+        cache = (TeaCache(self.teacache_threshold, self.num_inference_steps, latents.shape[0])
+                 if self.teacache_threshold > 0 else None)
         with self._graph_limit(cond):
-            for t in self.scheduler.timesteps:
-                velocity = self._velocity(latents, t, cond)
+            for step, t in enumerate(self.scheduler.timesteps):
+                velocity = self._velocity(latents, t, cond, step < self.cfg_steps, cache)
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+        if cache is not None:
+            self.transformer_calls += cache.calls
+            self.transformer_calls_skipped += cache.skipped
         return self._to_pixels(latents[:num_images], grid)  # the padding rows go before the VAE
+
+    @property
+    def cfg_steps(self) -> int:
+        """How many steps, from the first, run the negative CFG branch (`cfg_until` of them, rounded up)."""
+        return math.ceil(round(self.cfg_until * self.num_inference_steps, 6))
 
     def _pad_chunk(self, tokens: torch.Tensor, text: TextInputs,
                    seeds: Sequence[int]) -> tuple[torch.Tensor, TextInputs, list[int]]:
@@ -259,7 +295,10 @@ class XOmniDecoder:
         for one graph per shape seen (use as `with`). Eager: nothing."""
         if self.compiled_shapes is None:
             return nullcontext()
-        self.compiled_shapes.add((cond.siglip.shape[0], cond.siglip.shape[1], cond.text_tokens))
+        rows = cond.siglip.shape[0]
+        self.compiled_shapes.add((rows, cond.siglip.shape[1], cond.text_tokens))
+        if self.cfg_steps < self.num_inference_steps and self.cfg_scale != 1.0:  # the positive rows alone
+            self.compiled_shapes.add((rows // 2, cond.siglip.shape[1], cond.text_tokens))
         return graph_limit(len(self.compiled_shapes))
 
     def _conditioning(self, siglip: torch.Tensor, text: TextInputs, grid: tuple[int, int]) -> _Conditioning:
@@ -281,15 +320,22 @@ class XOmniDecoder:
             guidance = torch.full((siglip.shape[0],), self.guidance_scale, device=self.device)
         return _Conditioning(siglip, img_ids.reshape(h * w, 3).to(self.dtype), guidance, text)
 
-    def _velocity(self, latents: torch.Tensor, t: torch.Tensor, cond: _Conditioning) -> torch.Tensor:
-        """Guided velocity [n, h*w, 4 * latent_channels]; with cfg_scale == 1 only the positive branch runs.
-        Both releases step through here: X-Omni-En's text inputs are in `cond.text`, X-Omni-Zh has none."""
-        rows = cond.siglip.shape[0]
-        hidden = latents if rows == latents.shape[0] else torch.cat([latents, latents])
+    def _velocity(self, latents: torch.Tensor, t: torch.Tensor, cond: _Conditioning, guided: bool,
+                  cache: TeaCache | None) -> torch.Tensor:
+        """Velocity [n, h*w, 4 * latent_channels], guided when CFG is on and `guided` (this step is within
+        cfg_until), else the positive branch's alone. Both releases step through here: X-Omni-En's text inputs
+        are in `cond.text`, X-Omni-Zh has none."""
+        n = latents.shape[0]
+        rows = cond.siglip.shape[0] if guided else n
+        hidden = latents if rows == n else torch.cat([latents, latents])
+        text = {k: v if k == "txt_ids" else v[:rows] for k, v in cond.text.items()}  # txt_ids: positions, no rows
+        guidance = cond.guidance[:rows] if cond.guidance is not None else None
         velocity = self.transformer(
             hidden_states=hidden, timestep=t.expand(rows).to(self.dtype) / 1000, img_ids=cond.img_ids,
-            guidance=cond.guidance, siglip_tensor=cond.siglip, **cond.text)
-        if rows == latents.shape[0]:
+            guidance=guidance, siglip_tensor=cond.siglip[:rows], teacache=cache, **text)
+        if cache is None:  # TeaCache counts its own rows, added once the pass ends
+            self.transformer_calls += rows
+        if rows == n:
             return velocity
         positive, negative = velocity.chunk(2)
         return negative + self.cfg_scale * (positive - negative)

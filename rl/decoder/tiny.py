@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import string
+from typing import Annotated
 
 import torch
+from annotated_types import Ge, Le
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
@@ -30,8 +32,11 @@ TEXT_WIDTH = 32
 
 def tiny_xomni_decoder(seed: int = 0, num_inference_steps: int = 2, cfg_scale: float = 2.0,
                        max_sequence_length: int = 16, max_batch_size: int = 8,
-                       vae_batch_size: int | None = None, variant: Variant = "en") -> XOmniDecoder:
-    """A random X-Omni decoder: 16 px per token, 4 latent channels, 32-wide SigLIP features.
+                       vae_batch_size: int | None = None, variant: Variant = "en",
+                       teacache_threshold: Annotated[float, Ge(0)] = 0.0,
+                       cfg_until: Annotated[float, Ge(0), Le(1)] = 1.0) -> XOmniDecoder:
+    """A random X-Omni decoder: 16 px per token, 4 latent channels, 32-wide SigLIP features. The other arguments
+    are `XOmniDecoder`'s.
 
     variant: "en" (FLUX's text path, CLIP + T5) or "zh" (X-Omni-Zh's text-free transformer with a random learned
     pooled vector; max_sequence_length is then unused).
@@ -59,7 +64,8 @@ def tiny_xomni_decoder(seed: int = 0, num_inference_steps: int = 2, cfg_scale: f
         base_image_seq_len=256, max_image_seq_len=4096)
     return XOmniDecoder(projector, transformer, vae, scheduler, prompt_encoder,
                         num_inference_steps=num_inference_steps, cfg_scale=cfg_scale,
-                        max_batch_size=max_batch_size, device="cpu", vae_batch_size=vae_batch_size)
+                        max_batch_size=max_batch_size, device="cpu", vae_batch_size=vae_batch_size,
+                        teacache_threshold=teacache_threshold, cfg_until=cfg_until)
 
 
 def save_tiny_folders(decoder: XOmniDecoder, root: str | os.PathLike) -> tuple[str, str]:
