@@ -191,3 +191,23 @@ def test_the_pipeline_equals_xomni_teacache_forward(tmp_path, case):
     computed = sum(len(steps) for steps in settings["steps_computed"])
     assert decoder.transformer_calls == 2 * computed  # two CFG rows per computed image-step
     assert decoder.transformer_calls_skipped == 2 * (len(meta["seeds"]) * settings["num_inference_steps"] - computed)
+
+
+def test_a_rollout_reports_its_decoder_calls():
+    """`rollout/decoder_calls` and `rollout/decoder_calls_skipped` come from RolloutResult: one call's rows."""
+    from rl.distributed.rollout import RolloutResult, RolloutWorker
+    from rl.train_config import RolloutConfig
+
+    model = {"policy": {"_component_": "rl.model.tiny.tiny_policy", "seed": 0},
+             "tokenizer": {"_component_": "rl.model.tiny.tiny_tokenizer"},
+             "decoder": {"_component_": "rl.decoder.tiny.tiny_xomni_decoder", "num_inference_steps": STEPS,
+                         "teacache_threshold": 0.6}}
+    worker = RolloutWorker(model, RolloutConfig(grid=[2, 3], batch_size=4))
+    prompts = ["a red cat", "a blue dog", "a green tree"]
+    first, _ = worker.generate(prompts, [1, 2, 3], [4, 5, 6])
+    second, _ = worker.generate(prompts, [1, 2, 3], [4, 5, 6])
+    assert first.decoder_calls + first.decoder_calls_skipped == 3 * 2 * STEPS and first.decoder_calls_skipped > 0
+    assert (second.decoder_calls, second.decoder_calls_skipped) == (first.decoder_calls, first.decoder_calls_skipped)
+    merged = RolloutResult.merge([first, second])
+    assert (merged.decoder_calls, merged.decoder_calls_skipped) == (2 * first.decoder_calls,
+                                                                    2 * first.decoder_calls_skipped)

@@ -37,6 +37,8 @@ class RolloutResult:
     here so the driver never fetches the images for them. thumbnails: uint8 [N, s, s, 3] for image diversity.
     compiled_graphs: with `rollout.compile`, the graphs (distinct shapes) the actor's sampler and decoder have
     compiled so far, all calls counted (0 without compile); merged, the most of any actor.
+    decoder_calls / decoder_calls_skipped: rows (an image in one CFG branch at one denoising step) whose decoder
+    block stack ran / was replaced by TeaCache in this call (0 for decoders without a transformer); merged, summed.
     """
 
     tokens: torch.Tensor
@@ -47,6 +49,8 @@ class RolloutResult:
     image_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     thumbnails: torch.Tensor | None = None
     compiled_graphs: int = 0
+    decoder_calls: int = 0
+    decoder_calls_skipped: int = 0
 
     @classmethod
     def merge(cls, results: Sequence[RolloutResult]) -> RolloutResult:
@@ -56,7 +60,8 @@ class RolloutResult:
         return cls(torch.cat([r.tokens for r in results]), torch.cat([r.logprobs for r in results]),
                    torch.cat([r.valid for r in results]), max(r.sample_s for r in results),
                    max(r.decode_s for r in results), stats, torch.cat(small) if small else None,
-                   max(r.compiled_graphs for r in results))
+                   max(r.compiled_graphs for r in results), sum(r.decoder_calls for r in results),
+                   sum(r.decoder_calls_skipped for r in results))
 
 
 class RolloutWorker:
@@ -90,6 +95,7 @@ class RolloutWorker:
         """Sample and decode one image per row. Returns the result and the images as uint8 [H, W, 3]."""
         tokens, logprobs, valid, images = [], [], [], []
         sample_s = decode_s = 0.0
+        calls_before = self.decoder_calls()
         for start in range(0, len(prompts), self.batch_size):
             rows = slice(start, start + self.batch_size)
             began = time.perf_counter()
@@ -103,8 +109,14 @@ class RolloutWorker:
             valid.append(decoded.valid.cpu())
             images += to_uint8_images(decoded.images)
         result = RolloutResult(torch.cat(tokens), torch.cat(logprobs), torch.cat(valid), sample_s, decode_s,
-                               image_statistics(images), thumbnails(images), self.compiled_graphs())
+                               image_statistics(images), thumbnails(images), self.compiled_graphs(),
+                               *(now - before for now, before in zip(self.decoder_calls(), calls_before, strict=True)))
         return result, images
+
+    def decoder_calls(self) -> tuple[int, int]:
+        """The decoder's transformer rows run and skipped so far (XOmniDecoder counts them; the demo's
+        PatchDecoder has no transformer: 0, 0)."""
+        return (getattr(self.decoder, "transformer_calls", 0), getattr(self.decoder, "transformer_calls_skipped", 0))
 
     def compiled_graphs(self) -> int:
         """Graphs compiled so far by the sampler's decode step and the decoder's transformer (0 without compile)."""

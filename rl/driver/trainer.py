@@ -232,6 +232,8 @@ class Trainer:
                    "rollout/invalid_frac": 1 - rollout.valid.float().mean().item(),
                    "rollout/tokens_per_s": rollout.tokens.numel() / max(rollout.sample_s, 1e-9),
                    "rollout/compiled_graphs": float(rollout.compiled_graphs),
+                   "rollout/decoder_calls": float(rollout.decoder_calls),
+                   "rollout/decoder_calls_skipped": float(rollout.decoder_calls_skipped),
                    "rollout/images_per_s": len(prompts) / max(timer.seconds["time/rollout_s"], 1e-9)}
         return StepRollout(step, prompts, rollout.tokens, rollout.logprobs, advantages, metrics, grid,
                            self.weights_version, handed)
