@@ -3,7 +3,8 @@ weights read, nothing allocated.
 
 A component that loads a checkpoint (`XOmniPolicy.from_pretrained`, `XOmniDecoder.from_pretrained`) is
 sized from the config files in its folder, or, while that folder is still `???`, from the config-only
-folders shipped in configs/shapes/ (X-Omni-7B, FLUX.1-dev; see configs/shapes/README.md). Any other model
+folders shipped in configs/shapes/ (X-Omni-7B, X-Omni-Zh's decoder with `model.decoder.variant: zh`, FLUX.1-dev;
+see configs/shapes/README.md). Any other model
 component (the tiny models built in code) is built once for its config, and the policy is then counted on
 the meta device from that config. A reward whose `model` argument names an open_clip architecture is sized
 from that name.
@@ -34,6 +35,7 @@ from rl.model.weights import read_config
 
 SHAPES = Path(__file__).resolve().parents[2] / "configs" / "shapes"
 XOMNI_SHAPES, FLUX_SHAPES = SHAPES / "x-omni-7b", SHAPES / "flux.1-dev"
+DECODER_SHAPES = {"en": XOMNI_SHAPES, "zh": SHAPES / "x-omni-zh"}  # by model.decoder.variant (null: en)
 T5_MAX_TOKENS = 512  # XOmniDecoder.from_pretrained's max_sequence_length default (FLUX pads T5 to it)
 
 
@@ -94,12 +96,13 @@ def decoder_size(node: DictConfig) -> tuple[DecoderShape, str]:
         return _pretrained_decoder(node)
     decoder = instantiate(node, "model.decoder")  # the demo and tiny decoders are small: build them for real
     if isinstance(decoder, XOmniDecoder):
+        text = decoder.prompt_encoder  # None: X-Omni-Zh's text-free decoder
         modules = {"VQ projector": decoder.projector, "decoder transformer": decoder.transformer,
-                   "VAE": decoder.vae, "CLIP text encoder": decoder.prompt_encoder.text_encoder,
-                   "T5 text encoder": decoder.prompt_encoder.text_encoder_2}
-        counts = {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
+                   "VAE": decoder.vae, "CLIP text encoder": text and text.text_encoder,
+                   "T5 text encoder": text and text.text_encoder_2}
+        counts = {name: _count(m) for name, m in modules.items()}
         shape = _decoder_shape(counts, next(decoder.transformer.parameters()).dtype, decoder.transformer.inner_dim,
-                               decoder.prompt_encoder.max_sequence_length, decoder.prompt_encoder.text_encoder_2,
+                               text.max_sequence_length if text else 0, text and text.text_encoder_2,
                                dict(decoder.vae.config), decoder.cfg_scale, decoder.max_batch_size,
                                decoder.vae_batch_size)
         return shape, str(node["_component_"])
@@ -112,40 +115,72 @@ def _pretrained_decoder(node: DictConfig) -> tuple[DecoderShape, str]:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from rl.decoder.flux_siglip import FluxSigLIPTransformer
+    from rl.decoder.flux_siglip import VARIANTS
     from rl.decoder.vq import VQProjector
 
-    xomni, xomni_source = _folder(node, "model.decoder", "xomni_path", XOMNI_SHAPES)
+    kwargs = _arguments(resolve_component(str(node["_component_"])), node)
+    variant = kwargs.get("variant")
+    if variant not in (None, *VARIANTS):
+        raise ConfigError([f"model.decoder.variant: must be one of {tuple(VARIANTS)} or null, got {variant!r}"])
+    xomni, xomni_source = _folder(node, "model.decoder", "xomni_path", DECODER_SHAPES[variant or "en"])
     flux, flux_source = _folder(node, "model.decoder", "flux_path", FLUX_SHAPES, "vae/config.json")
     with open(xomni / "config.json") as f:
         vision = json.load(f)["vision_config"]
     encoder, decoder = vision["encoder"], vision["decoder"]
-    kwargs = _arguments(resolve_component(str(node["_component_"])), node)
-    transformer_config = FluxSigLIPTransformer.load_config(str(xomni / decoder["model_path"]))
+    variant = _decoder_variant(xomni, decoder["model_path"], variant)
+    transformer_config = VARIANTS[variant].load_config(str(xomni / decoder["model_path"]))
     transformer_config["siglip_channels"] = encoder["z_channels"]
     vae_config = AutoencoderKL.load_config(str(flux / "vae"))
+    text_free = variant == "zh"  # X-Omni-Zh loads no CLIP or T5
     with torch.device("meta"):
         modules = {
             "VQ projector": VQProjector(encoder["codebook_size"], encoder["codebook_dim"], encoder["z_channels"]),
-            "decoder transformer": FluxSigLIPTransformer.from_config(transformer_config),
+            "decoder transformer": VARIANTS[variant].from_config(transformer_config),
             "VAE": AutoencoderKL.from_config(vae_config),
-            "CLIP text encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(str(flux / "text_encoder"))),
-            "T5 text encoder": T5EncoderModel(T5Config.from_pretrained(str(flux / "text_encoder_2")))}
-    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
+            "CLIP text encoder": None if text_free else CLIPTextModel(
+                CLIPTextConfig.from_pretrained(str(flux / "text_encoder"))),
+            "T5 text encoder": None if text_free else T5EncoderModel(
+                T5Config.from_pretrained(str(flux / "text_encoder_2")))}
+    counts = {name: _count(m) for name, m in modules.items()}
     dtype = kwargs.get("dtype") or vision.get("dtype", "float32")
     cfg_scale = kwargs.get("cfg_scale") if kwargs.get("cfg_scale") is not None else decoder.get("cfg_scale", 1.0)
     shape = _decoder_shape(counts, getattr(torch, dtype), modules["decoder transformer"].inner_dim,
-                           kwargs.get("max_sequence_length", T5_MAX_TOKENS), modules["T5 text encoder"],
-                           vae_config, cfg_scale, kwargs.get("max_batch_size", 8), kwargs.get("vae_batch_size"))
-    return shape, f"{xomni_source}; {flux_source}"
+                           0 if text_free else kwargs.get("max_sequence_length", T5_MAX_TOKENS),
+                           modules["T5 text encoder"], vae_config, cfg_scale, kwargs.get("max_batch_size", 8),
+                           kwargs.get("vae_batch_size"))
+    return shape, f"{xomni_source}; {flux_source}; X-Omni-{variant.capitalize()} decoder"
 
 
-def _decoder_shape(counts: dict[str, int], dtype: torch.dtype, inner: int, text_tokens: int, t5: nn.Module,
+def _decoder_variant(xomni: Path, model_path: str, variant: str | None) -> str:
+    """The release the decoder folder holds: read from its weight names (as the loader does), or, in a shipped
+    shapes folder (no weights), the one it was picked for. A mismatch with `model.decoder.variant` is a
+    ConfigError, so the plan refuses what the loader would."""
+    from rl.decoder.flux_siglip import decoder_variant
+
+    if xomni.parent == SHAPES:
+        return variant or "en"
+    try:
+        found = decoder_variant(xomni / model_path)
+    except FileNotFoundError as e:
+        raise ConfigError([f"model.decoder.xomni_path: {e} (needed to tell X-Omni-En from X-Omni-Zh)"]) from e
+    if variant is not None and variant != found:
+        raise ConfigError([f"model.decoder.variant: {variant}, but {xomni / model_path} holds X-Omni-"
+                           f"{found.capitalize()}'s decoder"])
+    return found
+
+
+def _count(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def _decoder_shape(counts: dict[str, int], dtype: torch.dtype, inner: int, text_tokens: int, t5: nn.Module | None,
                    vae_config: dict[str, Any], cfg_scale: float, max_batch_size: int,
                    vae_batch_size: int | None) -> DecoderShape:
+    """t5: the T5 encoder (its d_ff sizes the text activations), None for a text-free decoder."""
     return DecoderShape(parts=counts, bytes=torch.empty(0, dtype=dtype).element_size(), inner=inner,
-                        text_tokens=text_tokens, text_ff=2 * t5.config.d_ff, vae_config=vae_config,
-                        cfg=float(cfg_scale) != 1.0, max_batch_size=max_batch_size, vae_batch_size=vae_batch_size)
+                        text_tokens=text_tokens, text_ff=2 * t5.config.d_ff if t5 is not None else 0,
+                        vae_config=vae_config, cfg=float(cfg_scale) != 1.0, max_batch_size=max_batch_size,
+                        vae_batch_size=vae_batch_size)
 
 
 def reward_shape(node: DictConfig) -> tuple[RewardShape, str]:
