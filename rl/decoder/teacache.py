@@ -1,8 +1,8 @@
 """X-Omni's TeaCache: reuse the block stack's last residual on denoising steps where its input barely moved.
 
-X-Omni's `teacache_forward` (in its En decoder file; the Zh file has none) measures, at every denoising step, how much the first
-block's modulated image input (`transformer_blocks[0].norm1` at this step's temb) changed since the previous
-step: rel = mean|m_t - m_{t-1}| / mean|m_{t-1}|, rescaled by a fixed polynomial fitted for FLUX. The rescaled
+X-Omni's `teacache_forward` (in its En decoder file; the Zh file has none) measures, at every denoising step, how
+much the first block's modulated image input (`transformer_blocks[0].norm1` at this step's temb) changed since the
+previous step: rel = mean|m_t - m_{t-1}| / mean|m_{t-1}|, rescaled by a fixed polynomial fitted for FLUX. The rescaled
 values accumulate; while the sum stays under the threshold the step adds the previous residual (block-stack
 output minus input) to its input instead of running the blocks, and when it reaches the threshold the blocks
 run and the sum restarts at 0. The first and the last step always run.

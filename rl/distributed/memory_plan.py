@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rewards.combine import EnsembleConfig
 from rl.distributed import memory
@@ -39,9 +39,6 @@ from rl.distributed.placement import (
 from rl.evaluation.monitors import THUMBNAIL
 from rl.optim import state_floats_per_parameter
 from rl.train_config import TrainSpec
-
-if TYPE_CHECKING:
-    from rl.distributed.plan_advice import Suggestion
 
 LEARNING = ("forward/backward", "optimizer step", "weight sync")  # phases a colocated worker's decoder may skip
 PART_ORDER = ("policy parameters", "policy gradients", "optimizer state", "reference", "FSDP buffers",
@@ -107,7 +104,8 @@ class Plan:
     devices: list[Device] = field(default_factory=list)
     hosts: list[Host] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    advice: list[Suggestion] = field(default_factory=list)  # what makes it fit (rl/distributed/plan_advice.py)
+    # What makes it fit: plan_advice.Suggestion objects (that module plans with this one, so it is not imported).
+    advice: list[Any] = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
