@@ -2,13 +2,13 @@
 
     python -m rewards.compare OUT_A OUT_B [--out DIR] [--match auto|sample|image] [--resamples N] [--seed S]
 
-OUT_A and OUT_B are folders written by `python -m rewards.score` (e.g. samples of the policy before and
-after RL). Rows are matched by prompt and sample index (the manifest's `sample` column, as rl.generate
-writes it) when every row of both has one, else by image name; rows without a partner are counted and
-listed, never dropped silently. For each reward in both outputs and for the total, over the matched rows
-where both values are numbers: the means, their difference B - A with a 95% bootstrap confidence
-interval that resamples prompts (the samples of one prompt move together), and B's win rate (the share of
-pairs where B scores higher, ties counting half).
+OUT_A and OUT_B are folders written by `python -m rewards.score` (e.g. samples of the policy before and after
+RL), or by `python -m rl.evaluate` (whose --compare runs this). Rows are matched by prompt and sample index (the
+manifest's `sample` column, as rl.generate writes it) when every row of both has one, else by image name; rows
+without a partner are counted and listed, never dropped silently. For each reward in both outputs and for the
+total, over the matched rows where both values are numbers: the means, their difference B - A with a 95%
+bootstrap confidence interval that resamples prompts (the samples of one prompt move together), and B's win rate
+(the share of pairs where B scores higher, ties counting half).
 
 Prints a table and writes DIR/compare.json:
     {"matched": n, "unmatched_a": [image, ...], "unmatched_b": [...],
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from core.cli import CommandParser, prog
 from rewards.records import reward_names
 from rewards.report import page, thumbnail_base64
 from rewards.store import SCORES, read_scores, write_atomic
@@ -40,8 +41,8 @@ TOP = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m rewards.compare", description="Compare two scoring outputs image by image (B - A).",
+    parser = CommandParser(
+        prog=prog("python -m rewards.compare"), description="Compare two scoring outputs image by image (B - A).",
         epilog=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_a", metavar="OUT_A", help="scoring output folder A (the baseline)")
     parser.add_argument("out_b", metavar="OUT_B", help="scoring output folder B")
@@ -134,7 +135,8 @@ def table(result: Mapping[str, Any], prompts: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     outs = {"OUT_A": Path(args.out_a), "OUT_B": Path(args.out_b)}
-    problems = [f"{k}: no {SCORES} in {p} (expected a folder written by python -m rewards.score)"
+    problems = [f"{k}: {p.resolve()} does not exist" if not p.exists() else
+                f"{k}: no {SCORES} in {p.resolve()} (expected a folder written by python -m rewards.score)"
                 for k, p in outs.items() if not (p / SCORES).is_file()]
     if args.resamples < 1:
         problems.append(f"--resamples: must be >= 1, got {args.resamples}")

@@ -1,7 +1,9 @@
 """Offline scoring of a folder of images with the reward ensemble that training uses.
 
-    python -m rewards.score --images DIR [--prompts MANIFEST] --config YAML --out OUT_DIR \\
+    python -m rewards.score CONFIG --images DIR [--prompts MANIFEST] --out OUT_DIR \\
         [--only NAME,NAME] [--rescore NAME,NAME] [--batch-size N] [key=value ...]
+
+(`--config CONFIG` in place of the positional CONFIG is accepted too.)
 
 Results are stored per reward: a rerun into the same OUT_DIR computes, for each image, exactly the
 rewards that are missing or stale (the reward's config, weights files, the image file, its prompt or
@@ -24,7 +26,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from core.cli import command
+from core.cli import CommandParser, add_overrides, command, prog
 from core.components import instantiate
 from core.config import ConfigError, load_config
 from core.files import naming
@@ -54,6 +56,7 @@ from rewards.summary import summarize, write_csv
 
 # 40 MP: any generated image and most photos fit; a batch of 16 such RGB images holds ~2 GB.
 MAX_PIXELS = 40_000_000
+SECTIONS = ("rewards", "ensemble", "gating", "paths")  # what it reads of a config (a training config works too)
 
 # The layouts are described once, in rewards/manifest.py's docstring (its second paragraph).
 _EPILOG = f"""layouts (detected from --prompts):
@@ -78,15 +81,16 @@ kwargs): score only with configs you trust. See the docs' Security page."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m rewards.score", description="Score images for their prompts with the reward ensemble.",
+    parser = CommandParser(
+        prog=prog("python -m rewards.score"), description="Score images for their prompts with the reward ensemble.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", metavar="CONFIG",
+                        help="YAML with rewards, ensemble and gating sections (e.g. configs/rewards.yaml)")
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of images")
     parser.add_argument("--prompts", metavar="MANIFEST",
                         help="JSONL/CSV manifest or LongText-Bench prompts JSONL; "
                              "omitted: a <name>.txt beside each image holds its prompt")
-    parser.add_argument("--config", required=True, metavar="YAML",
-                        help="YAML with rewards, ensemble and gating sections (e.g. configs/rewards.yaml)")
+    parser.add_argument("--config", dest="config_option", metavar="CONFIG", help="the same as the positional CONFIG")
     parser.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (created; reused to resume)")
     parser.add_argument("--only", metavar="NAME,NAME",
                         help="comma-separated rewards to run; the others are not validated or loaded")
@@ -100,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-outside", action="store_true",
                         help="accept manifest paths whose '..' lead out of the images folder (absolute paths and "
                              "symlinks are always accepted)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
+    add_overrides(parser, SECTIONS, "ensemble.nan_policy=renormalize")
     return parser
 
 
@@ -123,6 +127,19 @@ class Job:
     on_large: str
 
 
+def config_and_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The config path, positional or `--config`, and the overrides. With `--config`, intermixed parsing hands the
+    first override to the positional CONFIG: it goes back to the overrides."""
+    config, overrides = args.config, list(args.overrides)
+    if args.config_option is not None:
+        if config is not None and "=" not in config:
+            raise ConfigError([f"CONFIG: given twice ({config} and --config {args.config_option}); give one"])
+        config, overrides = args.config_option, [config, *overrides] if config is not None else overrides
+    if config is None:
+        raise ConfigError(["CONFIG: required (the YAML with the rewards, e.g. configs/rewards.yaml)"])
+    return config, overrides
+
+
 def _names(value: str | None) -> list[str] | None:
     return [n.strip() for n in value.split(",") if n.strip()] if value is not None else None
 
@@ -132,7 +149,8 @@ def prepare(args: argparse.Namespace) -> Job:
     only, rescore = _names(args.only), _names(args.rescore) or []
     problems = [f"--{name}: must be >= 1, got {value}" for name, value in
                 (("batch-size", args.batch_size), ("max-pixels", args.max_pixels)) if value < 1]
-    cfg = load_config(args.config, args.overrides)
+    config, overrides = config_and_overrides(args)
+    cfg = load_config(config, overrides)
     problems += validate_reward_sections(cfg, only)
     selected = [n for n in cfg.get("rewards") or {} if only is None or n in only]
     problems += [f"rewards.{n}: {n!r} is a column of scores.jsonl; rename the reward" for n in selected

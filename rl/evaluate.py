@@ -1,9 +1,9 @@
 """`python -m rl.evaluate`: a policy on a benchmark's prompts, scored with the config's rewards.
 
-    python -m rl.evaluate CONFIG --prompts FILE|longtext-en|longtext-zh --samples K --out DIR
+    python -m rl.evaluate CONFIG --prompts FILE|longtext-en|longtext-zh --samples-per-prompt K --out DIR
         [--checkpoint CKPT] [--limit N] [--only NAME,NAME] [--batch-size B] [--seed S] [--device D]
         [key=value ...]
-    python -m rl.evaluate --compare DIR_A DIR_B
+    python -m rl.evaluate --compare DIR_A DIR_B [--out DIR]
 
 1. Draws K images per prompt with rl.generate's code (CONFIG's `model` section, or the policy of --checkpoint)
    into DIR/images/{prompt_id}_{k}.png, LongText-Bench's layout; a prompt file without `prompt_id` numbers
@@ -21,6 +21,10 @@ the figures here come from the configured OCR reward (summary.json's `note`).
 A rerun into DIR draws and scores only what is missing (more prompts with a larger --limit, more samples);
 other prompts, seed or sampling settings are refused. Exit status: 0 when done, 2 for a bad config or
 command line (every problem listed before any model loads).
+
+--compare DIR_A DIR_B prints the two summaries side by side (LongText-Bench's figures), then runs
+`python -m rewards.compare DIR_A DIR_B` on their scores.jsonl (per-image paired differences with bootstrap
+intervals; compare.json and compare.html into --out, ./compare by default).
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ from typing import Any
 import numpy as np
 
 import prompts
-from core.cli import command
+from core.cli import CommandParser, add_overrides, command, deprecated_alias, prog
 from core.components import resolve_component
 from core.config import ConfigError, load_config
 from prompts.sources import PromptSource
+from rewards import compare as score_compare
 from rewards import score
 from rewards.ocr import OCRReward
 from rewards.sections import selected_rewards, validate_reward_sections
@@ -51,16 +56,19 @@ DATA = Path(prompts.__file__).resolve().parent / "data"
 BENCHMARKS = {"longtext-en": (DATA / "longtext_bench_en.jsonl", "en"),
               "longtext-zh": (DATA / "longtext_bench_zh.jsonl", "zh")}
 PROMPTS, SUMMARY = "prompts.jsonl", "summary.json"
+SECTIONS = ("model", "rollout", "rewards", "ensemble", "gating", "paths")  # what it reads of a config
 _ID = re.compile(r"^[^_/\\]+$")  # LongText-Bench's file names split the id from k at the first "_"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rl.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog=prog("python -m rl.evaluate"), description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="training YAML with `model` and `rewards` (configs/tiny.yaml, ...)")
     parser.add_argument("--prompts", metavar="FILE", help="longtext-en, longtext-zh, or a .txt/.jsonl/.parquet file")
-    parser.add_argument("--samples", type=int, metavar="K", help="images per prompt")
-    parser.add_argument("--out", metavar="DIR", help="output folder (created; reused to resume)")
+    parser.add_argument("--samples-per-prompt", type=int, metavar="K", help="images per prompt")
+    deprecated_alias(parser, "--samples", "--samples-per-prompt", "samples_per_prompt", type=int, metavar="K")
+    parser.add_argument("--out", metavar="DIR", help="output folder (created; reused to resume); with --compare: "
+                        "where compare.json/.html go (./compare)")
     parser.add_argument("--checkpoint", metavar="CKPT", help="evaluate this policy: a training checkpoint "
                         "directory or an X-Omni policy folder (replaces model.policy)")
     parser.add_argument("--limit", type=int, metavar="N", help="the first N prompts only")
@@ -68,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, metavar="B", help="sequences per batch (default: rollout.batch_size)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of every sample (default 0)")
     parser.add_argument("--device", help="policy device (default: cuda when available)")
-    parser.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"), help="print two summaries side by side")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
+    parser.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"),
+                        help="print two summaries side by side, then rewards.compare's paired comparison")
+    add_overrides(parser, SECTIONS, "rewards.ocr.metric=recall")
     return parser
 
 
@@ -78,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     if args.compare:
         print(compare(*map(Path, args.compare)))
-        return 0
+        return score_compare.main([*args.compare, *(["--out", args.out] if args.out else [])])
     job, ids, scorer_argv, names = prepare(args)
     code = generate.run(job)
     if code == 0:
@@ -98,11 +107,10 @@ def prepare(args: argparse.Namespace) -> tuple[generate.GenerationJob, list[str]
     """The generation job, the prompt ids drawn, the scorer's command line and the reward names; ConfigError
     lists every problem with the command line or the config before anything loads or is written."""
     problems = [f"{flag}: required (or --compare DIR_A DIR_B)" for flag, value in (
-        ("CONFIG", args.config), ("--prompts", args.prompts), ("--samples", args.samples), ("--out", args.out))
-        if value is None]
-    problems += [f"--{name}: must be >= 1, got {value}" for name, value in (("samples", args.samples),
-                                                                             ("limit", args.limit))
-                 if value is not None and value < 1]
+        ("CONFIG", args.config), ("--prompts", args.prompts), ("--samples-per-prompt", args.samples_per_prompt),
+        ("--out", args.out)) if value is None]
+    problems += [f"--{name}: must be >= 1, got {value}" for name, value in (
+        ("samples-per-prompt", args.samples_per_prompt), ("limit", args.limit)) if value is not None and value < 1]
     if problems:
         raise ConfigError(problems)
     path, mode = BENCHMARKS.get(args.prompts, (Path(args.prompts), None))
@@ -120,7 +128,7 @@ def prepare(args: argparse.Namespace) -> tuple[generate.GenerationJob, list[str]
     job = None
     try:
         job = generate.prepare(argparse.Namespace(
-            config=args.config, prompts=str(path), out=args.out, samples_per_prompt=args.samples, grid=None,
+            config=args.config, prompts=str(path), out=args.out, samples_per_prompt=args.samples_per_prompt, grid=None,
             batch_size=args.batch_size, seed=args.seed, checkpoint=args.checkpoint, device=args.device, dtype=None,
             save_tokens=False, overrides=overrides))
     except ConfigError as e:
@@ -130,8 +138,8 @@ def prepare(args: argparse.Namespace) -> tuple[generate.GenerationJob, list[str]
     job.num_prompts, job.prompt_ids = len(ids), ids
     _write_prompts(job.out / PROMPTS, [{**r.metadata, "prompt": r.prompt, "prompt_id": r.metadata.get("prompt_id", i)}
                                        for i, r in enumerate(records)])
-    scorer = ["--images", str(job.out / generate.IMAGES), "--prompts", str(job.out / PROMPTS), "--config",
-              args.config, "--out", str(job.out), *(["--only", args.only] if args.only else []), *overrides]
+    scorer = [args.config, "--images", str(job.out / generate.IMAGES), "--prompts", str(job.out / PROMPTS),
+              "--out", str(job.out), *(["--only", args.only] if args.only else []), *overrides]
     return job, ids, scorer, selected_rewards(cfg, only)
 
 

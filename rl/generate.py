@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from core.cli import command
+from core.cli import CommandParser, add_overrides, command, prog
 from core.components import instantiate, resolve_component, validate_component
 from core.config import ConfigError, load_config, to_container
 from core.devices import resolve_device, resolve_dtype
@@ -54,6 +54,7 @@ from rl.train_config import MODEL_COMPONENTS, RolloutConfig
 
 MANIFEST, SETTINGS, IMAGES, TOKENS = "manifest.jsonl", "generation.json", "images", "tokens"
 DTYPES = ("float32", "bfloat16", "float16")
+SECTIONS = ("model", "rollout", "paths")  # what it reads of a config; `paths` for ${paths.x} in model
 
 
 @dataclass
@@ -82,8 +83,8 @@ class GenerationJob:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rl.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog=prog("python -m rl.generate"), description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML with a `model` section (configs/xomni.yaml, configs/tiny.yaml, ...)")
     parser.add_argument("--prompts", required=True, metavar="FILE", help=".txt, .jsonl or .parquet prompt file")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, help="policy dtype (default: rollout.dtype); the decoder's "
                         "is its own model.decoder.dtype")
     parser.add_argument("--save-tokens", action="store_true", help="also write DIR/tokens/{stem}.npy")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
+    add_overrides(parser, SECTIONS, "rollout.sampling.temperature=0.8")
     return parser
 
 
@@ -171,6 +172,8 @@ def _use_checkpoint(cfg: Any, checkpoint: str, dtype_name: str) -> list[str]:
     """Point model.policy at `checkpoint` (a training checkpoint over model.policy, or an X-Omni folder);
     problems if it is neither."""
     path = Path(checkpoint)
+    if not path.exists():
+        return [f"--checkpoint: {path.resolve()} does not exist"]
     if (path / LEARNER_DIR).is_dir():
         if not is_complete(path):
             return [f"--checkpoint: {path} is an incomplete training checkpoint (no COMPLETE marker)"]

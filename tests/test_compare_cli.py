@@ -118,7 +118,9 @@ def test_rows_are_matched_by_image_name_without_a_sample_column(tmp_path, capsys
     assert result["rewards"]["brightness"]["diff"] == pytest.approx(50 / 255)
     assert "matched 2 by image name" in capsys.readouterr().out
     assert compare([str(outs[0]), str(tmp_path / "nope")]) == 2
-    assert "OUT_B: no scores.jsonl in" in capsys.readouterr().err
+    assert f"OUT_B: {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+    assert compare([str(outs[0]), str(tmp_path / "cmp")]) == 2  # a folder, but not a scoring output
+    assert f"OUT_B: no scores.jsonl in {tmp_path / 'cmp'}" in capsys.readouterr().err
 
 
 def test_the_bootstrap_resamples_prompts_not_rows():

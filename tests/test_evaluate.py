@@ -23,8 +23,8 @@ TEXT_DECODER = ("model.decoder._component_=tests.eval_components.QuotedTextDecod
 
 
 def evaluate(out, *extra, limit=4):
-    return main([TINY, "--prompts", "longtext-en", "--samples", "2", "--out", str(out), "--limit", str(limit),
-                 "--device", "cpu", *extra])
+    return main([TINY, "--prompts", "longtext-en", "--samples-per-prompt", "2", "--out", str(out),
+                 "--limit", str(limit), "--device", "cpu", *extra])
 
 
 def official(rows, key=None):
@@ -85,9 +85,13 @@ def test_reruns_draw_and_score_only_what_is_missing(runs, capsys):
     assert "other seed" in capsys.readouterr().err
 
 
-def test_compare_prints_two_summaries_and_their_differences(runs, capsys):
-    assert main(["--compare", str(runs / "tiny"), str(runs / "text")]) == 0
+def test_compare_prints_two_summaries_and_their_differences(runs, capsys, tmp_path):
+    """--compare prints the benchmark's figures side by side, then is rewards.compare (one implementation of the
+    paired comparison) on the two folders' scores.jsonl."""
+    assert main(["--compare", str(runs / "tiny"), str(runs / "text"), "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
+    paired = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert paired["matched"] == 8 and "ocr" in paired["rewards"] and "B wins" in out
     a, b = (json.loads((runs / d / "summary.json").read_text()) for d in ("tiny", "text"))
     line = next(line for line in out.splitlines() if line.startswith("text accuracy"))
     assert line.split()[-3:] == [f"{a['overall']:.4f}", f"{b['overall']:.4f}", f"{b['overall'] - a['overall']:+.4f}"]
@@ -97,12 +101,14 @@ def test_compare_prints_two_summaries_and_their_differences(runs, capsys):
 
 
 def test_command_line_problems_are_listed_before_anything_loads(tmp_path, capsys):
-    assert main([TINY, "--samples", "0", "--limit", "0"]) == 2
+    assert main([TINY, "--samples", "0", "--limit", "0"]) == 2  # --samples: the deprecated spelling
     err = capsys.readouterr().err
-    for expected in ("--prompts: required", "--out: required", "--samples: must be >= 1", "--limit: must be >= 1"):
+    assert "warning: --samples is deprecated; use --samples-per-prompt" in err
+    for expected in ("--prompts: required", "--out: required", "--samples-per-prompt: must be >= 1",
+                     "--limit: must be >= 1"):
         assert expected in err
     out = tmp_path / "out"
-    assert main([TINY, "--prompts", str(tmp_path / "missing.jsonl"), "--samples", "1", "--out", str(out),
+    assert main([TINY, "--prompts", str(tmp_path / "missing.jsonl"), "--samples-per-prompt", "1", "--out", str(out),
                  "--only", "nope", "rollout.sampling.top_p=0"]) == 2
     err = capsys.readouterr().err
     for expected in ("--prompts: paths[0]: file or folder not found", "only: unknown reward(s) ['nope']",

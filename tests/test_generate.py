@@ -152,6 +152,13 @@ def test_every_problem_is_reported_before_anything_loads(tmp_path, capsys):
         assert expected in err, expected
 
 
+def test_a_checkpoint_that_does_not_exist_is_named_with_its_resolved_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main([TINY, "--prompts", str(tmp_path / "p.txt"), "--out", "out", "--checkpoint", "runs/nope/step_1"])
+    assert code == 2
+    assert f"--checkpoint: {tmp_path / 'runs/nope/step_1'} does not exist" in capsys.readouterr().err
+
+
 def test_a_training_checkpoint_that_does_not_verify_is_refused_naming_the_file(tmp_path, capsys):
     def write(path):
         (path / LEARNER_DIR).mkdir()

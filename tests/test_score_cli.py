@@ -250,6 +250,27 @@ def test_usage_and_config_errors_exit_2_before_any_reward_is_built(tmp_path, cap
     assert main([*base, "--config", good]) == 0 and marker.exists()
 
 
+def test_config_is_positional_and_the_older_config_flag_still_works(tmp_path, capsys):
+    """CONFIG as the other commands take it; `--config` with overrides after it (intermixed parsing hands the first
+    override to the positional) means the same."""
+    save_image(tmp_path / "images" / "a.png", 10)
+    (tmp_path / "images" / "a.txt").write_text("a prompt")
+    config = write_config(tmp_path / "c.yaml", {"mean": {"_component_": f"{__name__}.MeanReward"}},
+                          gating={"default": ["mean"]})
+    images = ["--images", str(tmp_path / "images")]
+    assert main([config, *images, "--out", str(tmp_path / "positional")]) == 0
+    assert main([*images, "--config", config, "--out", str(tmp_path / "flag"), "ensemble.nan_policy=renormalize"]) == 0
+    assert [r["mean"] for r in read_jsonl(tmp_path / "positional" / "scores.jsonl")] == \
+        [r["mean"] for r in read_jsonl(tmp_path / "flag" / "scores.jsonl")]
+    capsys.readouterr()
+    assert main([*images, "--config", config, "--out", str(tmp_path / "o"), "ensemble.nan_policy=maybe"]) == 2
+    assert "ensemble.nan_policy" in capsys.readouterr().err  # the override reached the config
+    assert main([config, *images, "--config", config, "--out", str(tmp_path / "o")]) == 2
+    assert "CONFIG: given twice" in capsys.readouterr().err
+    assert main([*images, "--out", str(tmp_path / "o")]) == 2
+    assert "CONFIG: required" in capsys.readouterr().err
+
+
 def test_help_documents_the_layouts(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
