@@ -1,4 +1,5 @@
-"""`python -m rl.export`: a training checkpoint + the base X-Omni folder -> a complete X-Omni folder.
+"""`python -m rl.export`: a training checkpoint + the base X-Omni folder -> a complete X-Omni folder; without --base,
+the base named by the run's saved config (a tiny run's component policy built again).
 
 The base is a tiny policy saved in shards (so the LM weights are an index + shards, as X-Omni ships them),
 its config.json extended with X-Omni's remote-code and vision keys, a tokenizer, and stand-in vision files
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from core.config import load_config
 from rl.export import export, main
 from rl.model.policy import XOmniPolicy
 from rl.model.tiny import tiny_policy, tiny_tokenizer
@@ -140,3 +143,55 @@ def test_existing_output_needs_overwrite_and_must_not_overlap_the_inputs(base, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert main(["--checkpoint", str(checkpoint), "--base", str(base), "--out", str(base / "rl"), "--overwrite"]) == 2
     assert "overlaps --base" in capsys.readouterr().err
+
+
+TINY_POLICY = {"image_vocab_size": 40, "mm_vocab_size": 128, "initializer_range": 0.1}  # configs/tiny.yaml's
+
+
+def make_run(run_dir: Path, policy: XOmniPolicy, config: Path) -> Path:
+    """A run.dir as rl.train leaves it: checkpoints/step_N with the learner's files and the resolved config."""
+    policy.lm_head.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad])
+    state = {"trained": {"lora": None, "freeze_text_embedding": False}}
+
+    def write(directory):
+        save_learner(directory, policy, optimizer, state)
+        OmegaConf.save(load_config(config), directory / "config.yaml", resolve=True)
+
+    save_checkpoint(run_dir, 2, write, keep=1)
+    return run_dir
+
+
+def test_a_tiny_run_exports_without_base_from_its_saved_config(tmp_path, capsys):
+    """The demo's case: model.policy is a component (the seeded tiny_policy), no folder to copy; the base is built
+    again from the run's saved config, so its frozen weights are the ones the run started from."""
+    trained = tiny_policy(seed=1, **TINY_POLICY)
+    run = make_run(tmp_path / "demo", trained, ROOT / "configs" / "tiny.yaml")
+    out = tmp_path / "demo" / "export"
+    assert main(["--checkpoint", str(run), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    exported, start = XOmniPolicy.from_pretrained(out), tiny_policy(seed=0, **TINY_POLICY)
+    for key, value in trained.state_dict().items():
+        expected = start.lm_head.weight if key == "lm_head.weight" else value
+        assert torch.equal(exported.state_dict()[key], expected), key
+    assert load_tokenizer(out).get_vocab() == tiny_tokenizer().get_vocab()
+    info = json.loads((out / "export_info.json").read_text())
+    assert info["step"] == 2 and "rl.model.tiny.tiny_policy" in info["base"]
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["checkpoints", "export"]  # no temporary base
+
+
+def test_missing_paths_are_named_with_their_flag_or_key_and_resolved_path(tmp_path, checkpoint, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--checkpoint", "runs/nope", "--out", "out"]) == 2
+    assert f"--checkpoint: {tmp_path / 'runs/nope'} does not exist" in capsys.readouterr().err
+    assert main(["--checkpoint", str(checkpoint), "--base", "sft", "--out", "out"]) == 2
+    assert f"--base: {tmp_path / 'sft'} does not exist" in capsys.readouterr().err
+    pretrained = tmp_path / "pretrained.yaml"  # a run of a policy folder that is gone since
+    pretrained.write_text(f"_base_: {ROOT / 'configs' / 'tiny.yaml'}\n_remove_: [model.policy]\nmodel:\n  policy:\n"
+                          "    _component_: rl.model.policy.XOmniPolicy.from_pretrained\n    path: ckpt/X-Omni-SFT\n")
+    run = make_run(tmp_path / "run", tiny_policy(seed=1), pretrained)
+    assert main(["--checkpoint", str(run), "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert f"model.policy.path (in {run / 'checkpoints'}" in err
+    assert f"{tmp_path / 'ckpt/X-Omni-SFT'} does not exist" in err
+    assert not (tmp_path / "out").exists()
